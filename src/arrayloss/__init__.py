@@ -1,0 +1,20 @@
+"""arrayloss: cross-entropy and sequence losses written once against the Python array API.
+
+Pass NumPy, PyTorch, CuPy, JAX, Dask or array-api-strict arrays and get arrays of
+the same library back, on the same device. No array library is imported until
+you hand one in.
+"""
+
+from ._cross_entropy import softmax_cross_entropy, sparse_softmax_cross_entropy
+from ._sequence import sequence_loss, sequence_loss_by_example
+from ._special import log_softmax, logsumexp
+
+__all__ = [
+    "log_softmax",
+    "logsumexp",
+    "sequence_loss",
+    "sequence_loss_by_example",
+    "softmax_cross_entropy",
+    "sparse_softmax_cross_entropy",
+]
+__version__ = "0.1.0"

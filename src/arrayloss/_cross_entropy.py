@@ -1,0 +1,316 @@
+"""Softmax cross entropy with integer labels and with dense (probability) targets."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from array_api_compat import device
+
+from ._reduce import reduce_losses
+from ._special import lse_last
+from ._validation import (
+    Array,
+    check_broadcastable,
+    check_floating,
+    check_fraction,
+    check_labels,
+    check_labels_in_range,
+    check_logits,
+    check_real,
+    check_reduction,
+    check_weights_valid,
+    class_axis_last,
+    compute_dtype,
+    is_eager_host,
+    namespace_of,
+)
+
+
+def pick_label_logits(z: Array, labels: Array, xp: ModuleType) -> Array:
+    """``z[..., labels]`` along the last axis, for labels already known to be in range."""
+    index = xp.astype(labels, xp.__array_namespace_info__().default_dtypes()["indexing"], copy=False)
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
+    # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
+    # (0 * -inf would be NaN).
+    classes = xp.arange(z.shape[-1], dtype=index.dtype, device=device(z))
+    zero = xp.asarray(0, dtype=z.dtype, device=device(z))
+    return xp.sum(xp.where(classes == index[..., None], z, zero), axis=-1)
+
+
+def sparse_terms(
+    z: Array,
+    labels: Array,
+    *,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    xp: ModuleType,
+) -> tuple[Array, Array | None, Array | None]:
+    """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and integer ``labels``.
+
+    Returns ``(loss, counted, poisoned)``: ``counted`` is the mask of examples not
+    equal to ``ignore_index`` (``None`` without one); ``poisoned`` marks counted
+    labels out of range on arrays whose values cannot be checked eagerly (``None``
+    when they were checked).
+    """
+    num_classes = z.shape[-1]
+    counted = None if ignore_index is None else labels != ignore_index
+    in_range = (labels >= 0) & (labels < num_classes)
+    poisoned = None
+    if is_eager_host(labels):
+        check_labels_in_range(labels, num_classes, counted, xp)
+    else:
+        poisoned = ~in_range if counted is None else ~in_range & counted
+    safe_labels = xp.where(in_range, labels, xp.zeros_like(labels))
+
+    lse = lse_last(z, xp)[..., 0]
+    loss = lse - pick_label_logits(z, safe_labels, xp)
+    if label_smoothing:
+        smooth = lse - xp.mean(z, axis=-1)
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    if z_loss:
+        loss = loss + z_loss * lse * lse
+    return loss, counted, poisoned
+
+
+def broadcast_weights(
+    weights: Array, shape: tuple[int, ...], target: str, dtype: object, xp: ModuleType
+) -> Array:
+    """Check per-example ``weights`` against ``shape`` (of ``target``) and broadcast them in ``dtype``."""
+    check_real("weights", weights, xp)
+    check_broadcastable("weights", weights, shape, target)
+    if is_eager_host(weights):
+        check_weights_valid("weights", weights, xp)
+    return xp.broadcast_to(xp.astype(weights, dtype), shape)
+
+
+def example_weights(
+    weights: Array | None,
+    class_weights: Array | None,
+    labels: Array,
+    counted: Array | None,
+    dtype: object,
+    xp: ModuleType,
+) -> Array | None:
+    """Combine per-example ``weights``, the labels' ``class_weights`` and the ignore mask."""
+    combined = None
+    if weights is not None:
+        combined = broadcast_weights(weights, tuple(labels.shape), "labels", dtype, xp)
+    if class_weights is not None:
+        check_real("class_weights", class_weights, xp)
+        if is_eager_host(class_weights):
+            check_weights_valid("class_weights", class_weights, xp)
+        num_classes = class_weights.shape[0]
+        in_range = (labels >= 0) & (labels < num_classes)
+        flat = xp.reshape(xp.where(in_range, labels, xp.zeros_like(labels)), (-1,))
+        picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), tuple(labels.shape))
+        combined = picked if combined is None else combined * picked
+    if counted is not None:
+        if combined is None:
+            combined = xp.astype(counted, dtype)
+        else:
+            combined = xp.where(counted, combined, xp.zeros_like(combined))
+    return combined
+
+
+def sparse_softmax_cross_entropy(
+    logits: Array,
+    labels: Array,
+    /,
+    *,
+    axis: int = -1,
+    weights: Array | None = None,
+    class_weights: Array | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "none",
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""Softmax cross entropy between ``logits`` and integer class ``labels``.
+
+    For one example with logits :math:`z \in \mathbb{R}^C`, label :math:`y`,
+    smoothing :math:`\varepsilon` and z-loss weight :math:`\lambda`:
+
+    .. math::
+
+        \ell = (1-\varepsilon)\,(\operatorname{lse}(z) - z_y)
+               + \varepsilon\,\Big(\operatorname{lse}(z) - \frac{1}{C}\sum_c z_c\Big)
+               + \lambda\,\operatorname{lse}(z)^2
+
+    which is the cross entropy against the target :math:`(1-\varepsilon)\,\mathrm{onehot}(y)
+    + \varepsilon/C` (the convention of PyTorch and optax) plus PaLM's z-loss.
+    Each example has the weight :math:`w_i = \mathrm{weights}_i \cdot
+    \mathrm{class\_weights}_{y_i} \cdot [y_i \ne \mathrm{ignore\_index}]`; a weight
+    of 0 removes the example (its loss is 0 even if it is ``inf`` or NaN).
+
+    Parameters
+    ----------
+    logits : array, shape ``(..., C, ...)``
+        Unnormalised log-probabilities, real floating. float16 and bfloat16 are
+        accumulated in float32 and the result is cast back.
+    labels : array of integers
+        The shape of ``logits`` without ``axis``; values in ``[0, C)`` or ``ignore_index``.
+    axis : int, optional
+        The class axis of ``logits``. Default: the last.
+    weights : array, optional
+        Non-negative per-example weights, broadcastable to ``labels``.
+    class_weights : array, shape ``(C,)``, optional
+        Non-negative weight of each class, applied by label (PyTorch's ``weight=``).
+        With label smoothing, the whole smoothed loss of an example is scaled by
+        its label's weight (PyTorch instead weights each class of the smoothing
+        term; the two agree when ``label_smoothing=0``).
+    ignore_index : int, optional
+        Examples with this label have weight 0 and are left out of the mean.
+    label_smoothing : float in [0, 1], optional
+        :math:`\varepsilon` above.
+    z_loss : float, optional
+        :math:`\lambda \ge 0` above.
+    reduction : {"none", "sum", "mean"}, optional
+        ``"none"``: the weighted loss of each example, shape of ``labels``.
+        ``"sum"``: :math:`\sum_i w_i \ell_i`.
+        ``"mean"``: :math:`\sum_i w_i \ell_i / \sum_i w_i`, or 0 when the weights sum to 0
+        (an empty batch, or all examples ignored).
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        In the namespace, on the device, and with the dtype of ``logits``.
+
+    Raises
+    ------
+    TypeError
+        Non-array inputs, integer logits, non-integer labels, arrays of two libraries.
+    ValueError
+        Mismatched shapes or devices, ``axis`` out of range, unknown ``reduction``,
+        options out of range; and, on eager host arrays (NumPy, array-api-strict,
+        torch on CPU), labels outside ``[0, C)`` and negative or NaN weights. On other
+        arrays (GPU, JAX, Dask, ``torch.compile``) checking values would sync the
+        device or break the trace, so an out-of-range label gives that example a
+        NaN loss instead, and weights are not checked.
+
+    References
+    ----------
+    Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (label
+    smoothing), 2016. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways"
+    (z-loss), 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> logits = np.asarray([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    >>> labels = np.asarray([0, 2])
+    >>> al.sparse_softmax_cross_entropy(logits, labels)
+    array([0.24131129, 1.00194022])
+    >>> al.sparse_softmax_cross_entropy(logits, labels, ignore_index=2, reduction="mean")
+    np.float64(0.24131129...)
+    """
+    xp = namespace_of(
+        {"logits": logits, "labels": labels, "weights": weights, "class_weights": class_weights}, xp
+    )
+    axis = check_logits(logits, axis, xp)
+    check_reduction(reduction)
+    check_fraction("label_smoothing", label_smoothing)
+    if not z_loss >= 0:
+        raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
+    num_classes = logits.shape[axis]
+    check_labels(labels, logits.shape[:axis] + logits.shape[axis + 1 :], xp)
+    if class_weights is not None and tuple(class_weights.shape) != (num_classes,):
+        raise ValueError(
+            f"class_weights must have shape ({num_classes},), one weight per class, "
+            f"got {tuple(class_weights.shape)}"
+        )
+    dtype = compute_dtype(logits.dtype, xp)
+    z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
+    loss, counted, poisoned = sparse_terms(
+        z, labels, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+    )
+    w = example_weights(weights, class_weights, labels, counted, dtype, xp)
+    out = reduce_losses(loss, w, reduction, xp, poisoned=poisoned)
+    return xp.astype(out, logits.dtype, copy=False)
+
+
+def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:
+    """Per-example cross entropy of ``z`` and probability ``targets``, both classes-last, same dtype."""
+    if label_smoothing:
+        targets = (1.0 - label_smoothing) * targets + label_smoothing / z.shape[-1]
+    log_probs = z - lse_last(z, xp)
+    zero = xp.asarray(0, dtype=z.dtype, device=device(z))
+    # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN).
+    return -xp.sum(xp.where(targets == 0, zero, targets * log_probs), axis=-1)
+
+
+def softmax_cross_entropy(
+    logits: Array,
+    targets: Array,
+    /,
+    *,
+    axis: int = -1,
+    weights: Array | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "none",
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""Softmax cross entropy between ``logits`` and dense probability ``targets``.
+
+    .. math:: \ell = -\sum_c t_c \log \operatorname{softmax}(z)_c,
+              \qquad t = (1-\varepsilon)\,\mathrm{targets} + \varepsilon / C
+
+    Parameters
+    ----------
+    logits : array, shape ``(..., C, ...)``
+        Real floating logits; float16 and bfloat16 are accumulated in float32.
+    targets : array
+        Real floating, the shape of ``logits``; each slice along ``axis`` is a
+        probability distribution (not checked). A target of 0 contributes 0 even
+        where the logit is ``-inf``.
+    axis : int, optional
+        The class axis. Default: the last.
+    weights : array, optional
+        Non-negative per-example weights, broadcastable to ``logits`` without ``axis``.
+    label_smoothing : float in [0, 1], optional
+        :math:`\varepsilon` above.
+    reduction : {"none", "sum", "mean"}, optional
+        As in :func:`sparse_softmax_cross_entropy`; ``"mean"`` is the weighted mean,
+        0 when the weights sum to 0.
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        In the namespace, on the device, and with the dtype of ``logits``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> logits = np.asarray([[2.0, 0.5, -1.0]])
+    >>> al.softmax_cross_entropy(logits, np.asarray([[1.0, 0.0, 0.0]]))
+    array([0.24131129])
+    """
+    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp)
+    axis = check_logits(logits, axis, xp)
+    check_reduction(reduction)
+    check_fraction("label_smoothing", label_smoothing)
+    check_floating("targets", targets, xp)
+    if tuple(targets.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"targets has shape {tuple(targets.shape)} but logits has shape {tuple(logits.shape)}; "
+            "they must match"
+        )
+    dtype = compute_dtype(logits.dtype, xp)
+    z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
+    t = xp.astype(class_axis_last(targets, axis, xp), dtype, copy=False)
+    loss = dense_terms(z, t, label_smoothing=label_smoothing, xp=xp)
+    w = (
+        None
+        if weights is None
+        else broadcast_weights(weights, tuple(loss.shape), "per-example loss", dtype, xp)
+    )
+    out = reduce_losses(loss, w, reduction, xp)
+    return xp.astype(out, logits.dtype, copy=False)

@@ -1,0 +1,59 @@
+"""Weighting and reduction of per-example losses, shared by every loss."""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+from array_api_compat import device
+
+from ._validation import Array
+
+
+def apply_weights(loss: Array, weights: Array | None, xp: ModuleType) -> Array:
+    """``loss * weights``, where a weight of exactly 0 drops the example.
+
+    A zero weight gives 0 even where the loss is ``inf`` or NaN, so masked-out
+    data never turns into NaN and a weight of 0 is the same as leaving the
+    example out.
+    """
+    if weights is None:
+        return loss
+    return xp.where(weights == 0, xp.zeros_like(loss), loss * weights)
+
+
+def safe_divide(numerator: Array, denominator: Array, xp: ModuleType) -> Array:
+    """``numerator / denominator``, and 0 where the denominator is 0 (never NaN from 0/0)."""
+    empty = denominator == 0
+    ones = xp.ones_like(denominator)
+    return xp.where(empty, xp.zeros_like(numerator), numerator / xp.where(empty, ones, denominator))
+
+
+def count_nonzero(x: Array, axis: int | tuple[int, ...] | None, xp: ModuleType) -> Array:
+    """Number of non-zero entries of ``x`` along ``axis``, in the floating dtype of ``x``."""
+    return xp.sum(xp.astype(x != 0, x.dtype), axis=axis)
+
+
+def reduce_losses(
+    loss: Array, weights: Array | None, reduction: str, xp: ModuleType, *, poisoned: Array | None = None
+) -> Array:
+    """Weight the per-example ``loss`` and reduce it.
+
+    ``"mean"`` is ``sum(weights * loss) / sum(weights)`` (``0`` when the weights sum to
+    0), or the plain mean without weights. ``poisoned`` marks examples whose loss is
+    NaN whatever their weight (labels out of range on arrays that cannot be checked).
+    """
+    weighted = apply_weights(loss, weights, xp)
+    if poisoned is not None:
+        weighted = xp.where(poisoned, xp.full_like(weighted, math.nan), weighted)
+    if reduction == "none":
+        return weighted
+    total = xp.sum(weighted)
+    if reduction == "sum":
+        return total
+    if weights is None:
+        count = math.prod(loss.shape)
+        denominator = xp.asarray(float(count), dtype=total.dtype, device=device(total))
+    else:
+        denominator = xp.sum(weights)
+    return safe_divide(total, denominator, xp)

@@ -1,0 +1,92 @@
+"""Stable log-sum-exp and log-softmax, written once against the array API."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ._validation import Array, check_floating, compute_dtype, namespace_of, normalize_axis
+
+
+def lse_last(z: Array, xp: ModuleType) -> Array:
+    """log(sum(exp(z))) over the last axis of a floating array, keeping that axis (size 1).
+
+    The running maximum is replaced by 0 where it is not finite, so that rows of
+    all ``-inf`` give ``-inf``, rows holding ``+inf`` give ``+inf`` and NaN stays NaN,
+    never ``inf - inf``.
+    """
+    shift = xp.max(z, axis=-1, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
+    return xp.log(xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)) + shift
+
+
+def _prepare(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, ModuleType]:
+    xp = namespace_of({"x": x}, xp)
+    check_floating("x", x, xp)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    axis = normalize_axis(axis, x.ndim, "x")
+    z = xp.astype(x, compute_dtype(x.dtype, xp), copy=False)
+    return xp.moveaxis(z, axis, -1), axis, xp
+
+
+def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False, xp: ModuleType | None = None) -> Array:
+    r"""Log of the sum of exponentials along one axis, computed stably.
+
+    .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
+
+    Parameters
+    ----------
+    x : array
+        Real floating array. float16 and bfloat16 are accumulated in float32.
+    axis : int, optional
+        The axis to reduce. Default: the last.
+    keepdims : bool, optional
+        Keep the reduced axis with size 1.
+    xp : namespace, optional
+        The array namespace; inferred from ``x`` when omitted.
+
+    Returns
+    -------
+    array
+        Of the dtype, namespace and device of ``x``. A slice of all ``-inf`` gives
+        ``-inf``, one holding ``+inf`` gives ``+inf``, one holding NaN gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.logsumexp(np.asarray([1000.0, 1000.0]))
+    np.float64(1000.6931471805599)
+    """
+    z, axis, xp = _prepare(x, axis, xp)
+    out = xp.astype(lse_last(z, xp), x.dtype, copy=False)
+    return xp.moveaxis(out, -1, axis) if keepdims else out[..., 0]
+
+
+def log_softmax(x: Array, /, *, axis: int = -1, xp: ModuleType | None = None) -> Array:
+    r"""Logarithm of the softmax along one axis: :math:`x_i - \operatorname{lse}(x)`.
+
+    Parameters
+    ----------
+    x : array
+        Real floating array. float16 and bfloat16 are computed in float32.
+    axis : int, optional
+        The axis along which the softmax is normalised. Default: the last.
+    xp : namespace, optional
+        The array namespace; inferred from ``x`` when omitted.
+
+    Returns
+    -------
+    array
+        The shape, dtype, namespace and device of ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.log_softmax(np.asarray([0.0, 0.0, -np.inf]))
+    array([-0.69314718, -0.69314718,        -inf])
+    """
+    z, axis, xp = _prepare(x, axis, xp)
+    out = xp.astype(z - lse_last(z, xp), x.dtype, copy=False)
+    return xp.moveaxis(out, -1, axis)

@@ -1,0 +1,173 @@
+"""Argument checks shared by every loss: namespaces, devices, dtypes, shapes.
+
+Everything here is cheap (metadata only) except :func:`check_labels_in_range`
+and :func:`check_weights_valid`, which look at values and therefore run only on
+eager host arrays (see :func:`is_eager_host`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import array_api_compat as compat
+
+Array = Any
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def namespace_of(named: dict[str, Array | None], xp: ModuleType | None) -> ModuleType:
+    """Return the array namespace shared by the named arrays (``None`` entries are skipped).
+
+    Raises ``TypeError`` naming the argument when something is not an array, or
+    when the arrays come from two libraries, and ``ValueError`` when they live on
+    two devices.
+    """
+    present = {name: a for name, a in named.items() if a is not None}
+    for name, a in present.items():
+        if not compat.is_array_api_obj(a):
+            raise TypeError(
+                f"{name} must be an array, got {type(a).__name__}; convert it with the "
+                f"namespace of your other arrays first, e.g. xp.asarray({name})"
+            )
+    arrays = list(present.values())
+    if xp is None:
+        try:
+            xp = compat.array_namespace(*arrays)
+        except TypeError:
+            kinds = ", ".join(
+                f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in present.items()
+            )
+            raise TypeError(
+                f"arrays from more than one array library in one call ({kinds}); "
+                "pass arrays of a single library"
+            ) from None
+    if len(arrays) > 1:
+        first_name, first = next(iter(present.items()))
+        first_device = compat.device(first)
+        for name, a in present.items():
+            if compat.device(a) != first_device:
+                raise ValueError(
+                    f"{name} is on device {compat.device(a)!r} but {first_name} is on "
+                    f"{first_device!r}; move all arrays to one device"
+                )
+    return xp
+
+
+def is_eager_host(x: Array) -> bool:
+    """Whether values of ``x`` can be read without a device sync or breaking a trace.
+
+    True for NumPy, array-api-strict and torch CPU tensors outside ``torch.compile``;
+    False for GPU arrays and lazy or traced arrays (JAX, Dask, ...).
+    """
+    if compat.is_numpy_array(x):
+        return True
+    if compat.is_torch_array(x):
+        torch = sys.modules["torch"]
+        return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    return type(x).__module__.startswith("array_api_strict")
+
+
+def compute_dtype(dtype: Any, xp: ModuleType) -> Any:
+    """The dtype to accumulate in: float32 for half precision, else ``dtype`` itself."""
+    return dtype if dtype in (xp.float32, xp.float64) else xp.float32
+
+
+def check_floating(name: str, x: Array, xp: ModuleType) -> None:
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+
+
+def check_real(name: str, x: Array, xp: ModuleType) -> None:
+    if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
+        raise TypeError(f"{name} must have a real or boolean dtype, got {x.dtype}")
+
+
+def normalize_axis(axis: int, ndim: int, name: str = "logits") -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for {name} with {ndim} dimension(s)")
+    return axis % ndim
+
+
+def class_axis_last(x: Array, axis: int, xp: ModuleType) -> Array:
+    """Move the (normalized) class ``axis`` of ``x`` to the end, without a copy when it is already last."""
+    return x if axis == x.ndim - 1 else xp.moveaxis(x, axis, -1)
+
+
+def check_logits(logits: Array, axis: int, xp: ModuleType) -> int:
+    """Check dtype and shape of ``logits``; return ``axis`` normalized to be non-negative."""
+    check_floating("logits", logits, xp)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the classes), got a 0-d array")
+    axis = normalize_axis(axis, logits.ndim)
+    if logits.shape[axis] == 0:
+        raise ValueError(f"logits has no classes: its axis {axis} has size 0 (shape {logits.shape})")
+    return axis
+
+
+def check_labels(labels: Array, expected_shape: tuple[Any, ...], xp: ModuleType) -> None:
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but logits without its class axis has shape "
+            f"{tuple(expected_shape)}; they must match"
+        )
+
+
+def check_broadcastable(name: str, x: Array, shape: tuple[Any, ...], target: str) -> None:
+    """Raise unless ``x`` broadcasts to ``shape`` without changing it (``target`` names the shape)."""
+    xs = tuple(x.shape)
+    ok = len(xs) <= len(shape) and all(a == 1 or a == b for a, b in zip(reversed(xs), reversed(shape)))
+    if not ok:
+        raise ValueError(
+            f"{name} has shape {xs}, which does not broadcast to the {target} shape {tuple(shape)}"
+        )
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+def check_labels_in_range(labels: Array, num_classes: int, valid: Array | None, xp: ModuleType) -> None:
+    """Raise ``ValueError`` naming the first counted label outside ``[0, num_classes)`` (eager arrays only)."""
+    bad = (labels < 0) | (labels >= num_classes)
+    if valid is not None:
+        bad = bad & valid
+    if bool(xp.any(bad)):
+        zero = xp.zeros_like(labels)
+        largest = int(xp.max(xp.where(bad, labels, zero)))
+        value = largest if largest >= num_classes else int(xp.min(xp.where(bad, labels, zero)))
+        raise ValueError(
+            f"labels contains {value}, outside the valid range [0, {num_classes}) of class indices"
+        )
+
+
+def check_weights_valid(name: str, weights: Array, xp: ModuleType) -> None:
+    """Raise ``ValueError`` for negative or NaN weights (eager arrays only)."""
+    if xp.isdtype(weights.dtype, "bool"):
+        return
+    bad = weights < 0
+    if xp.isdtype(weights.dtype, "real floating"):
+        bad = bad | xp.isnan(weights)
+    if bool(xp.any(bad)):
+        raise ValueError(f"{name} must be non-negative and not NaN; it contains negative or NaN values")
+
+
+def check_same_length(named: dict[str, Sequence[Any]]) -> int:
+    lengths = {name: len(seq) for name, seq in named.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise ValueError(f"sequences of per-step arrays must have the same length ({detail})")
+    return next(iter(lengths.values()))

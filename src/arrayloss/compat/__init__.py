@@ -1,0 +1,1 @@
+"""Drop-in replacements with the names and conventions of other libraries."""
