@@ -123,7 +123,8 @@ def check_labels(labels: Array, expected_shape: tuple[Any, ...], xp: ModuleType)
 def check_broadcastable(name: str, x: Array, shape: tuple[Any, ...], target: str) -> None:
     """Raise unless ``x`` broadcasts to ``shape`` without changing it (``target`` names the shape)."""
     xs = tuple(x.shape)
-    ok = len(xs) <= len(shape) and all(a == 1 or a == b for a, b in zip(reversed(xs), reversed(shape)))
+    trailing = shape[len(shape) - len(xs) :]
+    ok = len(xs) <= len(shape) and all(a in (1, b) for a, b in zip(xs, trailing, strict=True))
     if not ok:
         raise ValueError(
             f"{name} has shape {xs}, which does not broadcast to the {target} shape {tuple(shape)}"
@@ -141,7 +142,7 @@ def check_fraction(name: str, value: float) -> None:
 
 
 def check_labels_in_range(labels: Array, num_classes: int, valid: Array | None, xp: ModuleType) -> None:
-    """Raise ``ValueError`` naming the first counted label outside ``[0, num_classes)`` (eager arrays only)."""
+    """Raise ``ValueError`` naming a counted label outside ``[0, num_classes)`` (eager arrays only)."""
     bad = (labels < 0) | (labels >= num_classes)
     if valid is not None:
         bad = bad & valid
