@@ -28,7 +28,8 @@ from ._validation import (
 
 def pick_label_logits(z: Array, labels: Array, xp: ModuleType) -> Array:
     """``z[..., labels]`` along the last axis, for labels already known to be in range."""
-    index = xp.astype(labels, xp.__array_namespace_info__().default_dtypes()["indexing"], copy=False)
+    index_dtype = xp.__array_namespace_info__().default_dtypes(device=device(z))["indexing"]
+    index = xp.astype(labels, index_dtype, copy=False)
     if hasattr(xp, "take_along_axis"):
         return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
     # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
