@@ -1,0 +1,101 @@
+"""The backend x device test matrix.
+
+``nox`` runs every CPU session (lint, typecheck, the package tests and the
+conformance suite on each CPU backend); ``nox -t gpu`` runs the GPU sessions,
+which skip with a message when no GPU is present. ``nox -s "conformance(torch-cpu)"``
+runs one session; ``nox -s fuzz`` runs the long property-based profile and
+``nox -s bench`` the benchmarks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+nox.options.tags = ["cpu"]  # plain `nox`: every CPU session; GPU sessions need `-t gpu`
+
+CONSTRAINTS = ("-c", "constraints-cpu.txt")
+TEST_TOOLS = (".[test]",)
+
+# (id, backend module, --device value, extra requirements, tags)
+MATRIX = [
+    ("numpy", "numpy", "default", (), ["cpu"]),
+    ("array_api_strict", "array_api_strict", "default", (), ["cpu"]),
+    ("array_api_strict-device1", "array_api_strict", "device1", (), ["cpu"]),
+    ("torch-cpu", "torch", "cpu", ("torch",), ["cpu"]),
+    ("jax-cpu", "jax", "cpu", ("jax",), ["cpu"]),
+    ("dask", "dask", "default", ("dask[array]",), ["cpu"]),
+    ("torch-cuda", "torch", "cuda", ("torch",), ["gpu"]),
+    ("cupy", "cupy", "default", ("cupy-cuda12x",), ["gpu"]),
+]
+
+
+def has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def run_pytest(session: nox.Session, *args: str) -> None:
+    """Run pytest and fail the session if no test actually ran (all skipped or none collected)."""
+    report = Path(session.create_tmp()) / "junit.xml"
+    session.run("pytest", f"--junitxml={report}", *args, *session.posargs)
+    suite = ET.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    ran = int(suite.get("tests", 0)) - int(suite.get("skipped", 0))
+    if ran <= 0:
+        session.error("no test ran in this session")
+
+
+@nox.session
+@nox.parametrize(
+    "backend,device,extra",
+    [nox.param(b, d, e, id=i, tags=t) for i, b, d, e, t in MATRIX],
+)
+def conformance(session: nox.Session, backend: str, device: str, extra: tuple[str, ...]) -> None:
+    """The behavioural suite on one backend and device."""
+    if device == "cuda" or backend == "cupy":
+        if not has_gpu():
+            session.skip(f"{backend} on {device} needs an NVIDIA GPU (nvidia-smi not found)")
+        session.install(*TEST_TOOLS, *extra)
+    else:
+        session.install(*CONSTRAINTS, *TEST_TOOLS, *extra)
+    run_pytest(session, "conformance", f"--backend={backend}", f"--device={device}")
+
+
+@nox.session(tags=["cpu"])
+def tests(session: nox.Session) -> None:
+    """Package-level tests, doctests of the sources and of the README."""
+    session.install(*CONSTRAINTS, *TEST_TOOLS, "torch")
+    run_pytest(session, "tests", "src", "README.md")
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The long property-based profile on NumPy and torch CPU (thousands of examples)."""
+    session.install(*CONSTRAINTS, *TEST_TOOLS, "torch")
+    for backend in ("numpy", "torch"):
+        run_pytest(session, "conformance", f"--backend={backend}", "--hypothesis-profile=fuzz")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (pass options after --, e.g. ``nox -s bench -- --smoke``)."""
+    session.install(*CONSTRAINTS, ".", "torch", "scipy")
+    session.run("python", "-m", "arrayloss", "bench", *session.posargs)
+
+
+@nox.session(tags=["cpu"])
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(tags=["cpu"])
+def typecheck(session: nox.Session) -> None:
+    session.install("mypy", ".")
+    session.run("mypy")

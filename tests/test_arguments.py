@@ -1,0 +1,53 @@
+"""Argument handling of the public functions on NumPy (the conformance suite covers every backend)."""
+
+import numpy as np
+import pytest
+
+import arrayloss as al
+
+
+def test_options_are_keyword_only():
+    logits, labels = np.zeros((2, 3)), np.zeros(2, dtype=np.int64)
+    with pytest.raises(TypeError):
+        al.sparse_softmax_cross_entropy(logits, labels, -1)
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="reductio"):
+        al.sparse_softmax_cross_entropy(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), reductio="mean")
+
+
+def test_explicit_namespace_is_used():
+    import array_api_compat.numpy as xp
+
+    out = al.sparse_softmax_cross_entropy(np.zeros((2, 4)), np.zeros(2, dtype=np.int64), xp=xp)
+    np.testing.assert_allclose(out, [np.log(4.0)] * 2, rtol=1e-15)
+
+
+def test_list_where_array_required_names_argument_and_hints():
+    with pytest.raises(TypeError, match=r"labels must be an array.*asarray"):
+        al.sparse_softmax_cross_entropy(np.zeros((2, 3)), [0, 1])
+
+
+def test_python_scalar_weights_rejected_with_hint():
+    with pytest.raises(TypeError, match="weights must be an array"):
+        al.sparse_softmax_cross_entropy(np.zeros((2, 3)), np.zeros(2, dtype=np.int64), weights=2.0)
+
+
+def test_sequence_list_form_needs_sequences_everywhere():
+    steps = [np.zeros((2, 3))]
+    with pytest.raises(TypeError, match="targets must be one too"):
+        al.sequence_loss_by_example(steps, np.zeros((2, 1), dtype=np.int64), [np.ones(2)])
+
+
+def test_sequence_steps_of_different_shapes():
+    logits = [np.zeros((2, 3)), np.zeros((3, 3))]
+    labels = [np.zeros(2, dtype=np.int64), np.zeros(3, dtype=np.int64)]
+    weights = [np.ones(2), np.ones(3)]
+    with pytest.raises(ValueError, match="every step of logits must have the same shape"):
+        al.sequence_loss_by_example(logits, labels, weights)
+
+
+def test_sequence_empty_lists():
+    with pytest.raises(ValueError, match="at least one step"):
+        al.sequence_loss_by_example([], [], [])

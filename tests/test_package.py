@@ -1,0 +1,59 @@
+"""Package-level properties: imports, public signatures, typing marker."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import arrayloss as al
+
+HEAVY = ("torch", "cupy", "jax", "dask", "tensorflow", "array_api_strict", "scipy")
+LOSSES = [
+    al.sparse_softmax_cross_entropy,
+    al.softmax_cross_entropy,
+    al.sequence_loss,
+    al.sequence_loss_by_example,
+    al.logsumexp,
+    al.log_softmax,
+]
+
+
+def test_import_pulls_in_no_array_library():
+    code = "import sys, arrayloss, arrayloss.compat.tf; print(' '.join(sorted(sys.modules)))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert not {m for m in loaded if m.split(".")[0] in HEAVY}
+
+
+@pytest.mark.parametrize("function", LOSSES, ids=lambda f: f.__name__)
+def test_signature_arrays_positional_options_keyword_xp_last(function):
+    params = list(inspect.signature(function).parameters.values())
+    kinds = [p.kind for p in params]
+    assert kinds.count(inspect.Parameter.POSITIONAL_ONLY) >= 1
+    assert all(
+        k is inspect.Parameter.POSITIONAL_ONLY
+        for k in kinds[: kinds.count(inspect.Parameter.POSITIONAL_ONLY)]
+    )
+    assert all(
+        k is inspect.Parameter.KEYWORD_ONLY for k in kinds[kinds.count(inspect.Parameter.POSITIONAL_ONLY) :]
+    )
+    assert params[-1].name == "xp" and params[-1].default is None
+
+
+@pytest.mark.parametrize("function", LOSSES, ids=lambda f: f.__name__)
+def test_public_functions_have_runnable_examples(function):
+    assert ">>> " in (function.__doc__ or "")
+
+
+def test_py_typed_marker_ships():
+    assert (Path(al.__file__).parent / "py.typed").is_file()
+
+
+def test_public_names():
+    assert set(al.__all__) >= {f.__name__ for f in LOSSES}
+    assert all(callable(getattr(al, name)) for name in al.__all__)
