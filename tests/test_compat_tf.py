@@ -55,7 +55,7 @@ def test_legacy_sequence_loss_divides_summed_examples_by_batch_size():
 
 
 def test_sequence_loss_by_example_weights_and_custom_loss():
-    weights = [np.array([1.0, 0.0])] + WEIGHTS[1:]
+    weights = [np.array([1.0, 0.0]), *WEIGHTS[1:]]
     out = tf.sequence_loss_by_example(LOGITS, LABELS, weights)
     expected_second = (STEP_LOSSES[1][1] + STEP_LOSSES[2][1] + STEP_LOSSES[3][1]) / (3 + 1e-12)
     np.testing.assert_allclose(out, [BY_EXAMPLE[0], expected_second], atol=1e-8)
