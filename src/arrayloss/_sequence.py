@@ -175,6 +175,34 @@ def _stack_steps(name: str, steps: Sequence[Array], xp: ModuleType) -> Array:
     return xp.stack(list(steps), axis=1)
 
 
+def _stacked(
+    logits: Sequence[Array] | Array,
+    targets: Sequence[Array] | Array,
+    weights: Sequence[Array] | Array,
+    xp: ModuleType | None,
+) -> tuple[Array, Array, Array, ModuleType]:
+    """Stack per-step sequences batch-major (``[batch, time, ...]``); return arrays and their namespace."""
+    if not isinstance(logits, (list, tuple)):
+        return (
+            logits,
+            targets,
+            weights,
+            namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp),
+        )
+    for name, seq in (("targets", targets), ("weights", weights)):
+        if not isinstance(seq, (list, tuple)):
+            raise TypeError(
+                f"logits is a sequence of per-step arrays, so {name} must be one too, "
+                f"got {type(seq).__name__}"
+            )
+    steps = {"logits": logits, "targets": targets, "weights": weights}
+    if check_same_length(steps) == 0:
+        raise ValueError("logits, targets and weights are empty sequences; need at least one step")
+    xp = namespace_of({f"{name}[{t}]": step for name, seq in steps.items() for t, step in enumerate(seq)}, xp)
+    stacked = [_stack_steps(name, seq, xp) for name, seq in steps.items()]
+    return stacked[0], stacked[1], stacked[2], xp
+
+
 def sequence_loss_by_example(
     logits: Sequence[Array] | Array,
     targets: Sequence[Array] | Array,
@@ -223,26 +251,7 @@ def sequence_loss_by_example(
     >>> al.sequence_loss_by_example(logits, labels, weights)
     array([0.76008178, 1.27178254])
     """
-    if isinstance(logits, (list, tuple)):
-        for name, seq in (("targets", targets), ("weights", weights)):
-            if not isinstance(seq, (list, tuple)):
-                raise TypeError(
-                    f"logits is a sequence of per-step arrays, so {name} must be one too, "
-                    f"got {type(seq).__name__}"
-                )
-        if check_same_length({"logits": logits, "targets": targets, "weights": weights}) == 0:
-            raise ValueError("logits, targets and weights are empty sequences; need at least one step")
-        named = {
-            f"{name}[{t}]": step
-            for name, seq in (("logits", logits), ("targets", targets), ("weights", weights))
-            for t, step in enumerate(seq)
-        }
-        xp = namespace_of(named, xp)
-        logits = _stack_steps("logits", logits, xp)
-        targets = _stack_steps("targets", targets, xp)
-        weights = _stack_steps("weights", weights, xp)
-    else:
-        xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp)
+    logits, targets, weights, xp = _stacked(logits, targets, weights, xp)
     losses = step_losses(logits, targets, softmax_loss_function, xp)
     w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
     total = xp.sum(apply_weights(losses, w, xp), axis=1)
