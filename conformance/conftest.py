@@ -1,0 +1,158 @@
+"""The conformance suite's command line and its ``backend`` fixture.
+
+``pytest conformance --backend=MODULE --device=NAME`` runs every test on the arrays of
+one library and device. The backend is named by the module that provides its arrays
+(``numpy``, ``array_api_strict``, ``torch``, ``jax``, ``dask``, ``cupy``); ``--device``
+is ``default`` or a device name of that library (``cpu``, ``cuda``, ``device1``...).
+Tests build inputs in NumPy float64, hand them to the backend with
+:meth:`Backend.asarray`, and compare results with a float64 reference after
+:meth:`Backend.to_numpy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile(
+    "fuzz", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Relative tolerance of a result against the float64 reference, by the dtype it was computed in.
+RTOL = {"float64": 1e-10, "float32": 2e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+ATOL = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("arrayloss conformance")
+    group.addoption("--backend", default="numpy", help="module providing the arrays (numpy, torch, ...)")
+    group.addoption("--device", default="default", help="device name of that library, or 'default'")
+
+
+@dataclass
+class Backend:
+    """One array library on one device, as the tests see it."""
+
+    name: str
+    module: ModuleType  # what users call: numpy, torch, jax.numpy, dask.array, ...
+    xp: ModuleType  # the array API namespace arrayloss infers for those arrays
+    device: Any
+    eager: bool  # values are checked eagerly (labels in range, weights valid)
+    float_dtypes: list[str] = field(default_factory=list)
+    int_dtypes: list[str] = field(default_factory=list)
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self.xp, name) if name != "bfloat16" else self.module.bfloat16
+
+    def asarray(self, values: Any, dtype: str | None = None) -> Any:
+        """``values`` (NumPy or nested lists) as an array of this backend, on its device."""
+        a = np.asarray(values)
+        if dtype is None:
+            dtype = "float64" if a.dtype.kind == "f" else "int64" if a.dtype.kind in "iu" else "bool"
+        if dtype in ("float16", "bfloat16"):  # through float32: not every library converts from NumPy
+            return self.xp.astype(self.asarray(a, "float32"), self.dtype(dtype))
+        a = a.astype(dtype)
+        if self.name == "dask":
+            chunks = tuple(max(1, (n + 1) // 2) if i == 0 else n for i, n in enumerate(a.shape))
+            return self.module.from_array(a, chunks=chunks or None)
+        if self.name == "torch":
+            return self.module.asarray(a.copy(), device=self.device)
+        return self.xp.asarray(a, device=self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A float64 (or integer/bool) NumPy copy of ``x``, computed if lazy."""
+        if self.name == "dask":
+            x = x.compute()
+        if self.name == "torch":
+            x = x.detach().cpu()
+            if x.is_floating_point():
+                x = x.double()
+            return x.numpy()
+        if self.name == "cupy":
+            x = x.get()
+        if self.name == "array_api_strict":
+            cpu = self.module.Device("CPU_DEVICE")
+            x = self.xp.asarray(x.to_device(cpu), copy=True)
+        if self.name == "jax" and str(x.dtype) == "bfloat16":
+            x = x.astype("float32")
+        a = np.asarray(x)
+        return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+    def check_result(self, out: Any, *, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """Assert ``out`` is an array of this backend, on its device, with ``dtype`` and ``shape``.
+
+        Returns its float64 NumPy copy for comparing values.
+        """
+        assert array_api_compat.is_array_api_obj(out), f"result is a {type(out).__name__}"
+        assert array_api_compat.array_namespace(out) is self.xp, f"result namespace of {type(out)}"
+        assert array_api_compat.device(out) == self.device, (
+            f"result on {array_api_compat.device(out)!r}, inputs on {self.device!r}"
+        )
+        assert out.dtype == self.dtype(dtype), f"result dtype {out.dtype}, expected {dtype}"
+        assert tuple(out.shape) == tuple(shape), f"result shape {tuple(out.shape)}, expected {shape}"
+        return self.to_numpy(out)
+
+    def assert_close(self, out: Any, expected: Any, *, dtype: str, scale: float = 1.0) -> None:
+        """``check_result`` with the shape of ``expected``, then compare values at ``dtype``'s tolerance."""
+        expected = np.asarray(expected, dtype=np.float64)
+        got = self.check_result(out, dtype=dtype, shape=expected.shape)
+        np.testing.assert_allclose(got, expected, rtol=RTOL[dtype] * scale, atol=ATOL[dtype] * scale)
+
+
+def _make_backend(name: str, device_name: str) -> Backend:
+    if name == "array_api_strict":
+        strict = importlib.import_module("array_api_strict")
+        # The strictest flags: no boolean indexing, no data-dependent output shapes.
+        strict.set_array_api_strict_flags(boolean_indexing=False, data_dependent_shapes=False)
+        module = strict
+    elif name == "jax":
+        jax = importlib.import_module("jax")
+        jax.config.update("jax_enable_x64", True)
+        module = importlib.import_module("jax.numpy")
+    elif name == "dask":
+        module = importlib.import_module("dask.array")
+    else:
+        module = importlib.import_module(name)
+
+    probe = module.asarray([0.0]) if name != "torch" else module.zeros(1)
+    xp = array_api_compat.array_namespace(probe)
+    info = xp.__array_namespace_info__()
+    if device_name == "default":
+        device = info.default_device()
+    elif name == "array_api_strict":
+        device = module.Device(device_name)
+    elif name == "torch":
+        device = module.device(device_name)
+    elif name == "jax":
+        device = importlib.import_module("jax").devices(device_name)[0]
+    else:
+        raise pytest.UsageError(f"unknown device {device_name!r} for backend {name!r}")
+    if device is None:  # dask's namespace info reports no default device
+        device = array_api_compat.device(probe)
+    if name == "torch" and device.type == "cuda" and not module.cuda.is_available():
+        raise pytest.UsageError("--device=cuda but torch sees no CUDA device")
+
+    dtypes = info.dtypes(device=device)
+    floats = [d for d in ("float16", "float32", "float64") if d in dtypes]
+    if hasattr(module, "bfloat16") or name == "jax":
+        floats.insert(1, "bfloat16")
+    ints = [d for d in ("int8", "int16", "int32", "int64", "uint8") if d in dtypes]
+    eager = name in ("numpy", "array_api_strict") or (name == "torch" and device.type == "cpu")
+    return Backend(name, module, xp, device, eager, floats, ints)
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
