@@ -1,0 +1,256 @@
+"""Float64 NumPy references for the conformance suite, written from the definitions.
+
+Independent of arrayloss: every function takes and returns NumPy float64 and spells
+out the formula one example (one row of classes) at a time. Slow, plain and meant to
+be read next to the documentation, not to be fast.
+
+Conventions shared with arrayloss's documentation (not with its code):
+
+- an example of weight exactly 0 contributes 0, even if its loss is ``inf`` or NaN;
+- ``"mean"`` is ``sum(w * loss) / sum(w)``, and 0 when ``sum(w)`` is 0; without any
+  weight it is the plain mean (0 for an empty batch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "dense_ce",
+    "legacy_sequence_loss_by_example",
+    "logsumexp",
+    "sparse_ce",
+    "tfa_reduce",
+    "tfa_sequence_loss",
+]
+
+
+def _row_logsumexp(row: np.ndarray) -> float:
+    """log(sum(exp(row))) of one 1-D row of float64 values."""
+    if np.isnan(row).any():
+        return math.nan
+    if (row == math.inf).any():
+        return math.inf
+    if (row == -math.inf).all():
+        return -math.inf
+    largest = float(row.max())
+    return largest + math.log(sum(math.exp(v - largest) for v in row.tolist()))
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log(sum(exp(x))) along ``axis`` (removed).
+
+    A slice of all ``-inf`` gives ``-inf``, one holding ``+inf`` gives ``+inf``, one holding NaN gives NaN.
+    """
+    rows = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    out = np.empty(rows.shape[:-1], dtype=np.float64)
+    for index in np.ndindex(out.shape):
+        out[index] = _row_logsumexp(rows[index])
+    return out
+
+
+def _sparse_example_loss(z: np.ndarray, label: int, label_smoothing: float, z_loss: float) -> float:
+    """(1-eps)(lse(z) - z_y) + eps(lse(z) - mean(z)) + lam * lse(z)^2 for one row ``z``."""
+    lse = _row_logsumexp(z)
+    loss = (1.0 - label_smoothing) * (lse - z[label])
+    if label_smoothing:
+        loss += label_smoothing * (lse - z.sum() / z.size)
+    if z_loss:
+        loss += z_loss * lse * lse
+    return float(loss)
+
+
+def _dense_example_loss(z: np.ndarray, target: np.ndarray, label_smoothing: float) -> float:
+    """-sum_c t_c log softmax(z)_c with t = (1-eps) target + eps/C; a zero target term is 0."""
+    t = (1.0 - label_smoothing) * target + label_smoothing / z.size
+    log_probs = z - _row_logsumexp(z)
+    return float(-sum(tc * lp for tc, lp in zip(t.tolist(), log_probs.tolist(), strict=True) if tc != 0))
+
+
+def _reduce(loss: np.ndarray, weights: np.ndarray | None, reduction: str) -> np.ndarray:
+    """Weight per-example ``loss`` (weight 0 drops the example) and reduce it."""
+    if weights is None:
+        weighted = loss
+    else:
+        weighted = np.where(weights == 0, 0.0, loss * np.where(weights == 0, 1.0, weights))
+    if reduction == "none":
+        return weighted
+    total = float(weighted.sum())
+    if reduction == "sum":
+        return np.asarray(total)
+    if reduction != "mean":
+        raise ValueError(f"unknown reduction {reduction!r}")
+    denominator = float(loss.size) if weights is None else float(weights.sum())
+    return np.asarray(0.0 if denominator == 0 else total / denominator)
+
+
+def sparse_ce(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    axis: int = -1,
+    weights: np.ndarray | None = None,
+    class_weights: np.ndarray | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "none",
+) -> np.ndarray:
+    """Softmax cross entropy with integer labels; ``logits`` has the classes on ``axis``.
+
+    The weight of example i is ``weights_i * class_weights[y_i] * [y_i != ignore_index]``.
+    """
+    z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
+    labels = np.asarray(labels)
+    assert labels.shape == z.shape[:-1], (labels.shape, z.shape)
+    loss = np.zeros(labels.shape, dtype=np.float64)
+    example_weight = np.ones(labels.shape, dtype=np.float64)
+    if weights is not None:
+        example_weight = example_weight * np.broadcast_to(np.asarray(weights, dtype=np.float64), labels.shape)
+    for index in np.ndindex(labels.shape):
+        label = int(labels[index])
+        if ignore_index is not None and label == ignore_index:
+            example_weight[index] = 0.0
+            continue
+        assert 0 <= label < z.shape[-1], f"label {label} out of range"
+        if class_weights is not None:
+            example_weight[index] *= float(class_weights[label])
+        loss[index] = _sparse_example_loss(z[index], label, label_smoothing, z_loss)
+    weighted = weights is not None or class_weights is not None or ignore_index is not None
+    return _reduce(loss, example_weight if weighted else None, reduction)
+
+
+def dense_ce(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    axis: int = -1,
+    weights: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "none",
+) -> np.ndarray:
+    """Softmax cross entropy with probability ``targets`` (the shape of ``logits``)."""
+    z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
+    t = np.moveaxis(np.asarray(targets, dtype=np.float64), axis, -1)
+    loss = np.zeros(z.shape[:-1], dtype=np.float64)
+    for index in np.ndindex(loss.shape):
+        loss[index] = _dense_example_loss(z[index], t[index], label_smoothing)
+    w = None
+    if weights is not None:
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), loss.shape)
+    return _reduce(loss, w, reduction)
+
+
+_TFA_FORBIDDEN = (
+    ("average_across_timesteps", "sum_over_timesteps"),
+    ("average_across_batch", "sum_over_batch"),
+    ("average_across_batch", "sum_over_timesteps"),
+    ("sum_over_batch", "average_across_timesteps"),
+)
+
+
+def tfa_reduce(
+    step_losses: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    average_across_timesteps: bool = True,
+    average_across_batch: bool = True,
+    sum_over_timesteps: bool = False,
+    sum_over_batch: bool = False,
+) -> np.ndarray:
+    """TensorFlow Addons' reduction of ``[batch, time]`` step losses (``tfa.seq2seq.sequence_loss``).
+
+    ``average_*`` divides the summed weighted losses by the summed weights, ``sum_over_*``
+    by the number of non-zero weights, both over the reduced axes; x / 0 is 0
+    (``divide_no_nan``). Shapes: both axes reduced -> ``()``, time only -> ``[batch]``,
+    batch only -> ``[time]``, neither -> ``[batch, time]``.
+    """
+    flags = {
+        "average_across_timesteps": average_across_timesteps,
+        "average_across_batch": average_across_batch,
+        "sum_over_timesteps": sum_over_timesteps,
+        "sum_over_batch": sum_over_batch,
+    }
+    for first, second in _TFA_FORBIDDEN:
+        if flags[first] and flags[second]:
+            raise ValueError(f"{first} and {second} cannot both be True")
+    losses = np.asarray(step_losses, dtype=np.float64)
+    batch, time = losses.shape
+    w = np.ones((batch, time)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weighted = np.zeros((batch, time))
+    for b in range(batch):
+        for t in range(time):
+            weighted[b, t] = 0.0 if w[b, t] == 0 else losses[b, t] * w[b, t]
+
+    def divide_no_nan(numerator: float, denominator: float) -> float:
+        return 0.0 if denominator == 0 else numerator / denominator
+
+    def reduce_cells(cells: list[tuple[int, int]], by_count: bool) -> float:
+        total = sum(weighted[b, t] for b, t in cells)
+        if by_count:
+            return divide_no_nan(total, float(sum(w[b, t] != 0 for b, t in cells)))
+        return divide_no_nan(total, sum(w[b, t] for b, t in cells))
+
+    over_time = average_across_timesteps or sum_over_timesteps
+    over_batch = average_across_batch or sum_over_batch
+    by_count = not (average_across_timesteps or average_across_batch)
+    if over_time and over_batch:
+        cells = [(b, t) for b in range(batch) for t in range(time)]
+        return np.asarray(reduce_cells(cells, by_count))
+    if over_time:
+        return np.asarray([reduce_cells([(b, t) for t in range(time)], by_count) for b in range(batch)])
+    if over_batch:
+        return np.asarray([reduce_cells([(b, t) for b in range(batch)], by_count) for t in range(time)])
+    return weighted
+
+
+def tfa_sequence_loss(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    average_across_timesteps: bool = True,
+    average_across_batch: bool = True,
+    sum_over_timesteps: bool = False,
+    sum_over_batch: bool = False,
+) -> np.ndarray:
+    """``tfa.seq2seq.sequence_loss`` of ``[batch, time, classes]`` logits.
+
+    ``targets`` are integer ``[batch, time]`` labels or ``[batch, time, classes]``
+    probabilities; ``weights=None`` means all ones. See :func:`tfa_reduce`.
+    """
+    targets = np.asarray(targets)
+    step_losses = dense_ce(logits, targets) if targets.ndim == 3 else sparse_ce(logits, targets)
+    return tfa_reduce(
+        step_losses,
+        weights,
+        average_across_timesteps=average_across_timesteps,
+        average_across_batch=average_across_batch,
+        sum_over_timesteps=sum_over_timesteps,
+        sum_over_batch=sum_over_batch,
+    )
+
+
+def legacy_sequence_loss_by_example(
+    logits_btc: np.ndarray,
+    labels_bt: np.ndarray,
+    weights_bt: np.ndarray,
+    *,
+    average_across_timesteps: bool = True,
+) -> np.ndarray:
+    """TensorFlow's legacy ``sequence_loss_by_example`` (batch-major): one loss per sequence.
+
+    ``sum_t w_bt * l_bt``, divided by ``sum_t w_bt + 1e-12`` when averaging across timesteps.
+    """
+    step_losses = sparse_ce(logits_btc, labels_bt)
+    w = np.asarray(weights_bt, dtype=np.float64)
+    batch, time = step_losses.shape
+    out = np.zeros(batch)
+    for b in range(batch):
+        total = sum(0.0 if w[b, t] == 0 else step_losses[b, t] * w[b, t] for t in range(time))
+        if average_across_timesteps:
+            total /= sum(w[b, t] for t in range(time)) + 1e-12
+        out[b] = total
+    return out
