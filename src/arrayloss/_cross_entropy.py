@@ -211,7 +211,9 @@ def sparse_softmax_cross_entropy(
     array(0.2413113)
     """
     xp = namespace_of(
-        {"logits": logits, "labels": labels, "weights": weights, "class_weights": class_weights}, xp
+        {"logits": logits, "labels": labels, "weights": weights, "class_weights": class_weights},
+        xp,
+        optional=("weights", "class_weights"),
     )
     axis = check_logits(logits, axis, xp)
     check_reduction(reduction)
@@ -294,7 +296,7 @@ def softmax_cross_entropy(
     >>> al.softmax_cross_entropy(logits, np.asarray([[1.0, 0.0, 0.0]]))
     array([0.2413113])
     """
-    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp)
+    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
     axis = check_logits(logits, axis, xp)
     check_reduction(reduction)
     check_fraction("label_smoothing", label_smoothing)

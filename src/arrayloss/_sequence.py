@@ -149,7 +149,7 @@ def sequence_loss(
     for first, second in _EXCLUSIVE_FLAGS:
         if flags[first] and flags[second]:
             raise ValueError(f"{first} and {second} cannot both be True")
-    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp)
+    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
     losses = step_losses(logits, targets, softmax_loss_function, xp)
     w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
     weighted = apply_weights(losses, w, xp)

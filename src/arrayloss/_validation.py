@@ -19,14 +19,16 @@ Array = Any
 REDUCTIONS = ("none", "sum", "mean")
 
 
-def namespace_of(named: dict[str, Array | None], xp: ModuleType | None) -> ModuleType:
-    """Return the array namespace shared by the named arrays (``None`` entries are skipped).
+def namespace_of(
+    named: dict[str, Array | None], xp: ModuleType | None, *, optional: tuple[str, ...] = ()
+) -> ModuleType:
+    """Return the array namespace shared by the named arrays (``None`` entries in ``optional`` are skipped).
 
     Raises ``TypeError`` naming the argument when something is not an array, or
     when the arrays come from two libraries, and ``ValueError`` when they live on
     two devices.
     """
-    present = {name: a for name, a in named.items() if a is not None}
+    present = {name: a for name, a in named.items() if a is not None or name not in optional}
     for name, a in present.items():
         if not compat.is_array_api_obj(a):
             raise TypeError(
