@@ -47,20 +47,21 @@ def sparse_terms(
     label_smoothing: float,
     z_loss: float,
     xp: ModuleType,
+    name: str = "labels",
 ) -> tuple[Array, Array | None, Array | None]:
     """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and integer ``labels``.
 
     Returns ``(loss, counted, poisoned)``: ``counted`` is the mask of examples not
     equal to ``ignore_index`` (``None`` without one); ``poisoned`` marks counted
     labels out of range on arrays whose values cannot be checked eagerly (``None``
-    when they were checked).
+    when they were checked). Errors call the labels ``name``.
     """
     num_classes = z.shape[-1]
     counted = None if ignore_index is None else labels != ignore_index
     in_range = (labels >= 0) & (labels < num_classes)
     poisoned = None
     if is_eager_host(labels):
-        check_labels_in_range(labels, num_classes, counted, xp)
+        check_labels_in_range(labels, num_classes, counted, xp, name)
     else:
         poisoned = ~in_range if counted is None else ~in_range & counted
     safe_labels = xp.where(in_range, labels, xp.zeros_like(labels))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -62,9 +63,12 @@ def step_losses(
                 f"{tuple(logits.shape)}; they must match"
             )
         return dense_terms(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, xp=xp)
-    check_labels(targets, (batch, time), xp)
-    loss, _, _ = sparse_terms(z, targets, ignore_index=None, label_smoothing=0.0, z_loss=0.0, xp=xp)
-    return loss
+    check_labels(targets, (batch, time), xp, "targets")
+    loss, _, poisoned = sparse_terms(
+        z, targets, ignore_index=None, label_smoothing=0.0, z_loss=0.0, xp=xp, name="targets"
+    )
+    # Targets out of range on arrays that cannot be checked eagerly: that step's loss is NaN.
+    return loss if poisoned is None else xp.where(poisoned, xp.full_like(loss, math.nan), loss)
 
 
 def _step_weights(

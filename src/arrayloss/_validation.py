@@ -112,12 +112,14 @@ def check_logits(logits: Array, axis: int, xp: ModuleType) -> int:
     return axis
 
 
-def check_labels(labels: Array, expected_shape: tuple[Any, ...], xp: ModuleType) -> None:
+def check_labels(
+    labels: Array, expected_shape: tuple[Any, ...], xp: ModuleType, name: str = "labels"
+) -> None:
     if not xp.isdtype(labels.dtype, "integral"):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != tuple(expected_shape):
         raise ValueError(
-            f"labels has shape {tuple(labels.shape)} but logits without its class axis has shape "
+            f"{name} has shape {tuple(labels.shape)} but logits without its class axis has shape "
             f"{tuple(expected_shape)}; they must match"
         )
 
@@ -143,7 +145,9 @@ def check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
-def check_labels_in_range(labels: Array, num_classes: int, valid: Array | None, xp: ModuleType) -> None:
+def check_labels_in_range(
+    labels: Array, num_classes: int, valid: Array | None, xp: ModuleType, name: str = "labels"
+) -> None:
     """Raise ``ValueError`` naming a counted label outside ``[0, num_classes)`` (eager arrays only)."""
     bad = (labels < 0) | (labels >= num_classes)
     if valid is not None:
@@ -153,7 +157,7 @@ def check_labels_in_range(labels: Array, num_classes: int, valid: Array | None, 
         largest = int(xp.max(xp.where(bad, labels, zero)))
         value = largest if largest >= num_classes else int(xp.min(xp.where(bad, labels, zero)))
         raise ValueError(
-            f"labels contains {value}, outside the valid range [0, {num_classes}) of class indices"
+            f"{name} contains {value}, outside the valid range [0, {num_classes}) of class indices"
         )
 
 
