@@ -10,6 +10,7 @@ from ._reduce import reduce_losses
 from ._special import lse_last
 from ._validation import (
     Array,
+    as_index,
     check_broadcastable,
     check_floating,
     check_fraction,
@@ -57,7 +58,11 @@ def sparse_terms(
     when they were checked). Errors call the labels ``name``.
     """
     num_classes = z.shape[-1]
-    counted = None if ignore_index is None else labels != ignore_index
+    counted = None
+    if ignore_index is not None:
+        info = xp.iinfo(labels.dtype)
+        # An ignore_index the labels' dtype cannot hold (-100 for uint8) matches no label.
+        counted = labels != ignore_index if info.min <= ignore_index <= info.max else None
     in_range = (labels >= 0) & (labels < num_classes)
     poisoned = None
     if is_eager_host(labels):
@@ -219,6 +224,8 @@ def sparse_softmax_cross_entropy(
     axis = check_logits(logits, axis, xp)
     check_reduction(reduction)
     check_fraction("label_smoothing", label_smoothing)
+    if ignore_index is not None:
+        ignore_index = as_index("ignore_index", ignore_index)
     if not z_loss >= 0:
         raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
     num_classes = logits.shape[axis]

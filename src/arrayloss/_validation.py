@@ -7,6 +7,7 @@ eager host arrays (see :func:`is_eager_host`).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -138,6 +139,14 @@ def check_broadcastable(name: str, x: Array, shape: tuple[Any, ...], target: str
 def check_reduction(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def as_index(name: str, value: Any) -> int:
+    """``value`` as a Python int (NumPy integers and the like are accepted); ``TypeError`` otherwise."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
 
 
 def check_fraction(name: str, value: float) -> None:
