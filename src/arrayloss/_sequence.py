@@ -17,7 +17,9 @@ from ._validation import (
     check_logits,
     check_real,
     check_same_length,
+    check_weights_valid,
     compute_dtype,
+    is_eager_host,
     namespace_of,
 )
 
@@ -79,6 +81,8 @@ def _step_weights(
     check_real("weights", weights, xp)
     if tuple(weights.shape) != shape:
         raise ValueError(f"weights has shape {tuple(weights.shape)} but must be [batch, time] = {shape}")
+    if is_eager_host(weights):
+        check_weights_valid("weights", weights, xp)
     return xp.astype(weights, dtype)
 
 
@@ -118,7 +122,7 @@ def sequence_loss(
     targets : array, shape ``[batch, time]``
         Integer labels, or float probabilities of shape ``[batch, time, classes]``.
     weights : array, shape ``[batch, time]``, optional
-        Per-step weights (e.g. a padding mask); ``None`` means all ones.
+        Non-negative per-step weights (e.g. a padding mask); ``None`` means all ones.
     average_across_timesteps, average_across_batch, sum_over_timesteps, sum_over_batch : bool
         The reductions described above.
     softmax_loss_function : callable, optional
@@ -231,6 +235,7 @@ def sequence_loss_by_example(
         One array per time step, as in TensorFlow, or the steps stacked batch-major.
     targets : sequence of integer arrays ``[batch]``, or array ``[batch, time]``
     weights : sequence of arrays ``[batch]``, or array ``[batch, time]``
+        Non-negative per-step weights.
     average_across_timesteps : bool, optional
         Divide by the summed weights (plus ``1e-12``). Default True.
     softmax_loss_function : callable, optional
