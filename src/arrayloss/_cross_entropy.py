@@ -252,7 +252,7 @@ def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleT
     log_probs = z - lse_last(z, xp)
     zero = xp.asarray(0, dtype=z.dtype, device=device(z))
     # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN).
-    return -xp.sum(xp.where(targets == 0, zero, targets * log_probs), axis=-1)
+    return -xp.sum(targets * xp.where(targets == 0, zero, log_probs), axis=-1)
 
 
 def softmax_cross_entropy(

@@ -19,7 +19,8 @@ def apply_weights(loss: Array, weights: Array | None, xp: ModuleType) -> Array:
     """
     if weights is None:
         return loss
-    return xp.where(weights == 0, xp.zeros_like(loss), loss * weights)
+    # Zero the loss before multiplying: 0 * inf would be NaN (and a NumPy RuntimeWarning).
+    return xp.where(weights == 0, xp.zeros_like(loss), loss) * weights
 
 
 def safe_divide(numerator: Array, denominator: Array, xp: ModuleType) -> Array:
