@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
+
+from array_api_compat import device
 
 from ._validation import Array, check_floating, compute_dtype, namespace_of, normalize_axis
 
@@ -14,6 +17,8 @@ def lse_last(z: Array, xp: ModuleType) -> Array:
     all ``-inf`` give ``-inf``, rows holding ``+inf`` give ``+inf`` and NaN stays NaN,
     never ``inf - inf``.
     """
+    if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
+        return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
     return xp.log(xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)) + shift
