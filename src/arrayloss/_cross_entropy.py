@@ -27,10 +27,15 @@ from ._validation import (
 )
 
 
+def label_indices(labels: Array, xp: ModuleType) -> Array:
+    """Integer ``labels`` in their device's indexing dtype, which every gather accepts (torch: not int8)."""
+    index_dtype = xp.__array_namespace_info__().default_dtypes(device=device(labels))["indexing"]
+    return xp.astype(labels, index_dtype, copy=False)
+
+
 def pick_label_logits(z: Array, labels: Array, xp: ModuleType) -> Array:
     """``z[..., labels]`` along the last axis, for labels already known to be in range."""
-    index_dtype = xp.__array_namespace_info__().default_dtypes(device=device(z))["indexing"]
-    index = xp.astype(labels, index_dtype, copy=False)
+    index = label_indices(labels, xp)
     if hasattr(xp, "take_along_axis"):
         return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
     # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
@@ -110,7 +115,7 @@ def example_weights(
             check_weights_valid("class_weights", class_weights, xp)
         num_classes = class_weights.shape[0]
         in_range = (labels >= 0) & (labels < num_classes)
-        flat = xp.reshape(xp.where(in_range, labels, xp.zeros_like(labels)), (-1,))
+        flat = xp.reshape(label_indices(xp.where(in_range, labels, xp.zeros_like(labels)), xp), (-1,))
         picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), tuple(labels.shape))
         combined = picked if combined is None else combined * picked
     if counted is not None:
