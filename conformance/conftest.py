@@ -66,7 +66,7 @@ class Backend:
         a = a.astype(dtype)
         if self.name == "dask":
             chunks = tuple(max(1, (n + 1) // 2) if i == 0 else n for i, n in enumerate(a.shape))
-            return self.module.from_array(a, chunks=chunks or None)
+            return self.module.from_array(a, chunks=chunks)
         if self.name == "torch":
             return self.module.asarray(a.copy(), device=self.device)
         return self.xp.asarray(a, device=self.device)
