@@ -6,6 +6,7 @@ from types import ModuleType
 
 from array_api_compat import device
 
+from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
 from ._reduce import reduce_losses
 from ._special import lse_last
 from ._validation import (
@@ -45,24 +46,16 @@ def pick_label_logits(z: Array, labels: Array, xp: ModuleType) -> Array:
     return xp.sum(xp.where(classes == index[..., None], z, zero), axis=-1)
 
 
-def sparse_terms(
-    z: Array,
-    labels: Array,
-    *,
-    ignore_index: int | None,
-    label_smoothing: float,
-    z_loss: float,
-    xp: ModuleType,
-    name: str = "labels",
+def prepare_labels(
+    labels: Array, num_classes: int, ignore_index: int | None, xp: ModuleType, name: str = "labels"
 ) -> tuple[Array, Array | None, Array | None]:
-    """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and integer ``labels``.
+    """Check integer ``labels`` against ``num_classes`` classes; return ``(safe_labels, counted, poisoned)``.
 
-    Returns ``(loss, counted, poisoned)``: ``counted`` is the mask of examples not
-    equal to ``ignore_index`` (``None`` without one); ``poisoned`` marks counted
-    labels out of range on arrays whose values cannot be checked eagerly (``None``
-    when they were checked). Errors call the labels ``name``.
+    ``safe_labels`` has out-of-range labels replaced by 0; ``counted`` is the mask of
+    examples not equal to ``ignore_index`` (``None`` without one); ``poisoned`` marks
+    counted labels out of range on arrays whose values cannot be checked eagerly
+    (``None`` when they were checked). Errors call the labels ``name``.
     """
-    num_classes = z.shape[-1]
     counted = None
     if ignore_index is not None:
         info = xp.iinfo(labels.dtype)
@@ -74,8 +67,13 @@ def sparse_terms(
         check_labels_in_range(labels, num_classes, counted, xp, name)
     else:
         poisoned = ~in_range if counted is None else ~in_range & counted
-    safe_labels = xp.where(in_range, labels, xp.zeros_like(labels))
+    return xp.where(in_range, labels, xp.zeros_like(labels)), counted, poisoned
 
+
+def label_terms(
+    z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
+) -> Array:
+    """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and in-range labels."""
     lse = lse_last(z, xp)[..., 0]
     loss = lse - pick_label_logits(z, safe_labels, xp)
     if label_smoothing:
@@ -83,6 +81,37 @@ def sparse_terms(
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
         loss = loss + z_loss * lse * lse
+    return loss
+
+
+def sparse_terms(
+    z: Array,
+    labels: Array,
+    *,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    xp: ModuleType,
+    name: str = "labels",
+    chunk_size: int | None = None,
+) -> tuple[Array, Array | None, Array | None]:
+    """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and integer ``labels``.
+
+    Returns ``(loss, counted, poisoned)`` as :func:`prepare_labels`. The loss is
+    computed in row chunks chosen by :func:`~arrayloss._chunking.rows_per_chunk`
+    from ``chunk_size``.
+    """
+    safe_labels, counted, poisoned = prepare_labels(labels, z.shape[-1], ignore_index, xp, name)
+    chunk = rows_per_chunk(chunk_size, z, xp)
+    if chunk is None or z.ndim < 2:
+        loss = label_terms(z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp)
+        return loss, counted, poisoned
+    rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
+
+    def terms(z_rows: Array, label_rows: Array) -> Array:
+        return label_terms(z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp)
+
+    loss = xp.reshape(map_row_chunks(terms, rows, chunk, xp), tuple(labels.shape))
     return loss, counted, poisoned
 
 
@@ -138,6 +167,7 @@ def sparse_softmax_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     reduction: str = "none",
+    chunk_size: int | None = None,
     xp: ModuleType | None = None,
 ) -> Array:
     r"""Softmax cross entropy between ``logits`` and integer class ``labels``.
@@ -184,6 +214,13 @@ def sparse_softmax_cross_entropy(
         ``"sum"``: :math:`\sum_i w_i \ell_i`.
         ``"mean"``: :math:`\sum_i w_i \ell_i / \sum_i w_i`, or 0 when the weights sum to 0
         (an empty batch, or all examples ignored).
+    chunk_size : int, optional
+        Compute the loss ``chunk_size`` examples (rows of ``logits``) at a time, so
+        that the working memory of the computation is a few ``chunk_size x C``
+        arrays rather than several of the size of ``logits``. The result is the
+        same. By default eager arrays on the host (NumPy, array-api-strict, torch
+        on CPU) are processed in cache-sized blocks of rows, which is faster, and
+        other arrays (GPU, JAX, Dask) in one piece.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
@@ -229,6 +266,7 @@ def sparse_softmax_cross_entropy(
     axis = check_logits(logits, axis, xp)
     check_reduction(reduction)
     check_fraction("label_smoothing", label_smoothing)
+    check_chunk_size(chunk_size)
     if ignore_index is not None:
         ignore_index = as_index("ignore_index", ignore_index)
     if not z_loss >= 0:
@@ -243,7 +281,13 @@ def sparse_softmax_cross_entropy(
     dtype = compute_dtype(logits.dtype, xp)
     z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
     loss, counted, poisoned = sparse_terms(
-        z, labels, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+        z,
+        labels,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        xp=xp,
+        chunk_size=chunk_size,
     )
     w = example_weights(weights, class_weights, labels, counted, dtype, xp)
     out = reduce_losses(loss, w, reduction, xp, poisoned=poisoned)

@@ -1,0 +1,70 @@
+"""Row chunking: compute a per-row function over blocks of rows and concatenate the results.
+
+One implementation serves two purposes:
+
+- **speed** on eager host arrays (NumPy, array-api-strict, torch on CPU): a block of
+  logits small enough to stay in the CPU cache is read from memory once, while its
+  maximum, exponential sum and label logit are computed (a plain ``log_softmax``
+  streams the whole array through memory several times and writes a copy of it);
+- **memory**: with ``chunk_size=`` the working memory of the forward pass is a few
+  ``chunk_size x C`` arrays instead of several logits-sized ones.
+
+The rule (measured with ``python -m arrayloss bench``, see ``benchmarks/RESULTS.md``):
+``chunk_size=None`` picks blocks of about :data:`BLOCK_BYTES` on eager host arrays
+with more than one such block of rows, and the plain one-shot path everywhere else.
+Lazy and traced arrays (JAX, Dask, ``torch.compile``) and device arrays (CUDA) get
+the plain path: their compilers and kernels fuse the reduction already, and a Python
+loop would only add graph nodes or kernel launches. An explicit ``chunk_size`` is
+honoured on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import ModuleType
+
+from ._validation import Array, is_eager_host
+
+# Bytes of one block of logits on the automatic path (about half of a core's L2 cache).
+BLOCK_BYTES = 1 << 19
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``chunk_size`` unless it is ``None`` or a positive int."""
+    if chunk_size is None:
+        return
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+
+
+def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType) -> int | None:
+    """Rows per chunk for the ``[..., C]`` array ``z``, or ``None`` for the plain one-shot path.
+
+    An explicit ``chunk_size`` is returned as is. Otherwise eager host arrays get
+    blocks of about :data:`BLOCK_BYTES` when there is more than one such block.
+    """
+    if chunk_size is not None:
+        return chunk_size
+    if z.ndim < 2 or not is_eager_host(z):
+        return None
+    row_bytes = z.shape[-1] * xp.finfo(z.dtype).bits // 8
+    block = max(1, BLOCK_BYTES // max(1, row_bytes))
+    return block if block < math.prod(z.shape[:-1]) else None
+
+
+def map_row_chunks(
+    fn: Callable[..., Array], rows: tuple[Array, ...], chunk: int | None, xp: ModuleType
+) -> Array:
+    """``fn(*rows)`` computed ``chunk`` rows at a time and concatenated along the first axis.
+
+    Every array of ``rows`` has the rows as its first axis and ``fn`` returns one
+    value per row. With ``chunk=None`` (or a single chunk) ``fn`` is called once.
+    """
+    count = rows[0].shape[0]
+    if chunk is None or chunk >= count:
+        return fn(*rows)
+    parts = [fn(*(a[start : start + chunk, ...] for a in rows)) for start in range(0, count, chunk)]
+    return xp.concat(parts, axis=0)
