@@ -10,18 +10,35 @@ from array_api_compat import device
 from ._validation import Array, check_floating, compute_dtype, namespace_of, normalize_axis
 
 
+def shifted_log_sum(z: Array, xp: ModuleType) -> tuple[Array, Array]:
+    """``(shift, log_sum)`` with ``log(sum(exp(z))) = shift + log_sum`` over the last axis (kept, size 1).
+
+    ``shift`` is the row's maximum, replaced by 0 where it is not finite, so that rows
+    of all ``-inf`` give a ``log_sum`` of ``-inf`` (never ``log(0)``), rows holding
+    ``+inf`` give ``+inf`` and NaN stays NaN, never ``inf - inf``. Keep the two apart
+    to stay accurate for huge logits: ``(z - shift) - log_sum`` keeps a ``log_sum``
+    that ``z - (shift + log_sum)`` would round away when ``|shift|`` is large.
+    """
+    if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
+        zeros = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
+        return zeros, zeros
+    shift = xp.max(z, axis=-1, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
+    total = xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)
+    nothing = total == 0
+    log_sum = xp.where(
+        nothing, xp.full_like(total, -math.inf), xp.log(xp.where(nothing, xp.ones_like(total), total))
+    )
+    return shift, log_sum
+
+
 def lse_last(z: Array, xp: ModuleType) -> Array:
     """log(sum(exp(z))) over the last axis of a floating array, keeping that axis (size 1).
 
-    The running maximum is replaced by 0 where it is not finite, so that rows of
-    all ``-inf`` give ``-inf``, rows holding ``+inf`` give ``+inf`` and NaN stays NaN,
-    never ``inf - inf``.
+    See :func:`shifted_log_sum` for infinities and NaN.
     """
-    if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
-        return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
-    shift = xp.max(z, axis=-1, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    return xp.log(xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)) + shift
+    shift, log_sum = shifted_log_sum(z, xp)
+    return log_sum + shift
 
 
 def _prepare(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, ModuleType]:
@@ -93,5 +110,6 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: ModuleType | None = None) ->
     array([-0.69314718, -0.69314718,        -inf])
     """
     z, axis, xp = _prepare(x, axis, xp)
-    out = xp.astype(z - lse_last(z, xp), x.dtype, copy=False)
+    shift, log_sum = shifted_log_sum(z, xp)
+    out = xp.astype((z - shift) - log_sum, x.dtype, copy=False)
     return xp.moveaxis(out, -1, axis)
