@@ -8,7 +8,7 @@ from array_api_compat import device
 
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
 from ._reduce import reduce_losses
-from ._special import lse_last
+from ._special import shifted_log_sum
 from ._validation import (
     Array,
     as_index,
@@ -74,12 +74,14 @@ def label_terms(
     z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
 ) -> Array:
     """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and in-range labels."""
-    lse = lse_last(z, xp)[..., 0]
-    loss = lse - pick_label_logits(z, safe_labels, xp)
+    shift, log_sum = (part[..., 0] for part in shifted_log_sum(z, xp))
+    # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
+    loss = log_sum - (pick_label_logits(z, safe_labels, xp) - shift)
     if label_smoothing:
-        smooth = lse - xp.mean(z, axis=-1)
+        smooth = log_sum - (xp.mean(z, axis=-1) - shift)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
+        lse = log_sum + shift
         loss = loss + z_loss * lse * lse
     return loss
 
@@ -298,7 +300,8 @@ def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleT
     """Per-example cross entropy of ``z`` and probability ``targets``, both classes-last, same dtype."""
     if label_smoothing:
         targets = (1.0 - label_smoothing) * targets + label_smoothing / z.shape[-1]
-    log_probs = z - lse_last(z, xp)
+    shift, log_sum = shifted_log_sum(z, xp)
+    log_probs = (z - shift) - log_sum
     zero = xp.asarray(0, dtype=z.dtype, device=device(z))
     # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN).
     return -xp.sum(targets * xp.where(targets == 0, zero, log_probs), axis=-1)
