@@ -117,6 +117,31 @@ def sparse_terms(
     return loss, counted, poisoned
 
 
+def check_sparse_options(
+    num_classes: int,
+    class_weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: str,
+    chunk_size: int | None,
+) -> int | None:
+    """Check the options of the integer-label cross entropies; return ``ignore_index`` as an int."""
+    check_reduction(reduction)
+    check_fraction("label_smoothing", label_smoothing)
+    check_chunk_size(chunk_size)
+    if ignore_index is not None:
+        ignore_index = as_index("ignore_index", ignore_index)
+    if not z_loss >= 0:
+        raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
+    if class_weights is not None and tuple(class_weights.shape) != (num_classes,):
+        raise ValueError(
+            f"class_weights must have shape ({num_classes},), one weight per class, "
+            f"got {tuple(class_weights.shape)}"
+        )
+    return ignore_index
+
+
 def broadcast_weights(
     weights: Array, shape: tuple[int, ...], target: str, dtype: object, xp: ModuleType
 ) -> Array:
@@ -266,20 +291,10 @@ def sparse_softmax_cross_entropy(
         optional=("weights", "class_weights"),
     )
     axis = check_logits(logits, axis, xp)
-    check_reduction(reduction)
-    check_fraction("label_smoothing", label_smoothing)
-    check_chunk_size(chunk_size)
-    if ignore_index is not None:
-        ignore_index = as_index("ignore_index", ignore_index)
-    if not z_loss >= 0:
-        raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
-    num_classes = logits.shape[axis]
+    ignore_index = check_sparse_options(
+        logits.shape[axis], class_weights, ignore_index, label_smoothing, z_loss, reduction, chunk_size
+    )
     check_labels(labels, logits.shape[:axis] + logits.shape[axis + 1 :], xp)
-    if class_weights is not None and tuple(class_weights.shape) != (num_classes,):
-        raise ValueError(
-            f"class_weights must have shape ({num_classes},), one weight per class, "
-            f"got {tuple(class_weights.shape)}"
-        )
     dtype = compute_dtype(logits.dtype, xp)
     z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
     loss, counted, poisoned = sparse_terms(

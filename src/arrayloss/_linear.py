@@ -1,0 +1,332 @@
+"""Fused linear cross entropy: the loss of ``hidden @ weight.T`` without holding all the logits.
+
+The logits of a language model's output layer (``tokens x vocabulary``) are often
+the largest array of a training step. :func:`linear_cross_entropy` computes them a
+chunk of rows at a time, reduces each chunk to per-example losses with the same
+functions as :func:`~arrayloss.sparse_softmax_cross_entropy`, and its gradient
+recomputes each chunk's logits, as in Liger-Kernel's fused linear cross entropy and
+Apple's Cut Cross-Entropy, but written once against the array API.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+from array_api_compat import device
+
+from ._autodiff import Linearization, analytic_backward, register_rule
+from ._chunking import map_row_chunks
+from ._cross_entropy import check_sparse_options, example_weights, label_terms, prepare_labels
+from ._grad import _bind, example_scale, sparse_logits_vjp
+from ._reduce import reduce_losses
+from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
+
+# Bytes of one chunk of logits when chunk_size is not given.
+CHUNK_BYTES = 1 << 24
+
+
+def _check(
+    hidden: Array, weight: Array, labels: Array, bias: Array | None, xp: ModuleType
+) -> tuple[int, Any]:
+    """Check shapes and dtypes; return the number of classes and the accumulation dtype."""
+    check_floating("hidden", hidden, xp)
+    check_floating("weight", weight, xp)
+    if hidden.ndim == 0:
+        raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
+    if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
+        raise ValueError(
+            f"weight must have shape (classes, {hidden.shape[-1]}) with at least one class to match "
+            f"hidden of shape {tuple(hidden.shape)}, got {tuple(weight.shape)}"
+        )
+    check_labels(labels, tuple(hidden.shape[:-1]), xp)
+    num_classes = weight.shape[0]
+    if bias is not None:
+        check_floating("bias", bias, xp)
+        if tuple(bias.shape) != (num_classes,):
+            raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
+    return num_classes, compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
+
+
+def _chunk_rows(chunk_size: int | None, rows: int, num_classes: int, dtype: Any, xp: ModuleType) -> int:
+    """Rows per chunk: ``chunk_size``, or chunks of logits of about :data:`CHUNK_BYTES`."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, min(rows, CHUNK_BYTES // (num_classes * xp.finfo(dtype).bits // 8)))
+
+
+class _Problem:
+    """One call, flattened to rows: ``hidden`` ``(R, D)``, labels ``(R,)``, parameters in ``dtype``."""
+
+    def __init__(
+        self,
+        hidden: Array,
+        weight: Array,
+        labels: Array,
+        bias: Array | None,
+        options: dict[str, Any],
+    ) -> None:
+        xp = namespace_of(
+            {
+                "hidden": hidden,
+                "weight": weight,
+                "labels": labels,
+                "bias": bias,
+                "weights": options["weights"],
+                "class_weights": options["class_weights"],
+            },
+            options["xp"],
+        )
+        num_classes, dtype = _check(hidden, weight, labels, bias, xp)
+        ignore_index = check_sparse_options(
+            num_classes,
+            options["class_weights"],
+            options["ignore_index"],
+            options["label_smoothing"],
+            options["z_loss"],
+            options["reduction"],
+            options["chunk_size"],
+        )
+        self.xp, self.dtype, self.shape = xp, dtype, tuple(labels.shape)
+        self.out_dtype = xp.result_type(hidden.dtype, weight.dtype)
+        self.label_smoothing, self.z_loss = options["label_smoothing"], options["z_loss"]
+        self.reduction = options["reduction"]
+        rows = math.prod(self.shape)
+        self.hidden = xp.reshape(hidden, (rows, hidden.shape[-1]))
+        self.weight = xp.astype(weight, dtype, copy=False)
+        self.bias = None if bias is None else xp.astype(bias, dtype, copy=False)
+        safe_labels, counted, self.poisoned = prepare_labels(labels, num_classes, ignore_index, xp)
+        self.labels = xp.reshape(safe_labels, (rows,))
+        self.example_weights = example_weights(
+            options["weights"], options["class_weights"], labels, counted, dtype, xp
+        )
+        self.chunk = _chunk_rows(options["chunk_size"], rows, num_classes, dtype, xp)
+
+    def logits(self, hidden_rows: Array) -> Array:
+        xp = self.xp
+        z = xp.matmul(xp.astype(hidden_rows, self.dtype, copy=False), xp.matrix_transpose(self.weight))
+        return z if self.bias is None else z + self.bias
+
+    def terms(self, hidden_rows: Array, label_rows: Array) -> Array:
+        z = self.logits(hidden_rows)
+        return label_terms(
+            z, label_rows, label_smoothing=self.label_smoothing, z_loss=self.z_loss, xp=self.xp
+        )
+
+    def reduce(self, loss_rows: Array) -> Array:
+        """The weighted and reduced loss from the per-row losses, in the output dtype."""
+        xp = self.xp
+        loss = xp.reshape(loss_rows, self.shape)
+        out = reduce_losses(loss, self.example_weights, self.reduction, xp, poisoned=self.poisoned)
+        return xp.astype(out, self.out_dtype, copy=False)
+
+    def value(self) -> Array:
+        return self.reduce(map_row_chunks(self.terms, (self.hidden, self.labels), self.chunk, self.xp))
+
+    def value_and_gradients(
+        self, cotangent: Array | None, like: tuple[Array, ...]
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """The value, and the gradients of ``sum(cotangent * value)`` for hidden, weight (and bias).
+
+        One pass over the chunks: each chunk's logits are computed once and serve
+        the value and the gradients. ``cotangent=None`` means ones. ``like`` holds
+        the original arrays, whose shapes and dtypes the gradients take.
+        """
+        xp = self.xp
+        w = self.example_weights
+        if cotangent is None:
+            shape = self.shape if self.reduction == "none" else ()
+            cotangent = xp.ones(shape, dtype=self.dtype, device=device(self.hidden))
+        scale = example_scale(cotangent, w, self.reduction, self.shape, self.dtype, xp)
+        if self.poisoned is not None:  # a label out of range: NaN loss, NaN gradient
+            scale = xp.where(self.poisoned, xp.full_like(scale, math.nan), scale)
+        scale = xp.reshape(scale, (-1,))
+        losses, d_hidden, d_weight, d_bias = [], [], None, None
+        for start in range(0, self.hidden.shape[0], self.chunk):
+            stop = start + self.chunk
+            h = xp.astype(self.hidden[start:stop, ...], self.dtype, copy=False)
+            z = self.logits(h)
+            losses.append(
+                label_terms(
+                    z,
+                    self.labels[start:stop],
+                    label_smoothing=self.label_smoothing,
+                    z_loss=self.z_loss,
+                    xp=xp,
+                )
+            )
+            g = sparse_logits_vjp(
+                z,
+                self.labels[start:stop],
+                scale[start:stop],
+                label_smoothing=self.label_smoothing,
+                z_loss=self.z_loss,
+                masked=w is not None,
+                xp=xp,
+            )
+            d_hidden.append(xp.matmul(g, self.weight))
+            part = xp.matmul(xp.matrix_transpose(g), h)
+            d_weight = part if d_weight is None else d_weight + part
+            if self.bias is not None:
+                d_b = xp.sum(g, axis=0)
+                d_bias = d_b if d_bias is None else d_bias + d_b
+        if d_weight is None:  # no rows: zero gradients
+            value = self.reduce(xp.zeros((0,), dtype=self.dtype, device=device(self.hidden)))
+            zeros = tuple(xp.zeros_like(a) for a in like)
+            return value, zeros
+        grads = [xp.reshape(xp.concat(d_hidden, axis=0), tuple(like[0].shape)), d_weight]
+        if d_bias is not None:
+            grads.append(d_bias)
+        value = self.reduce(xp.concat(losses, axis=0))
+        return value, tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, like, strict=True))
+
+
+def _linear_rule(*args: Any, **kwargs: Any) -> Linearization:
+    options = _bind(linear_cross_entropy, args, kwargs)
+    hidden, weight, labels, bias = (options.pop(name) for name in ("hidden", "weight", "labels", "bias"))
+    primals = (hidden, weight) if bias is None else (hidden, weight, bias)
+    scalar = options["reduction"] != "none"
+
+    def problem(primals: tuple[Array, ...]) -> _Problem:
+        return _Problem(primals[0], primals[1], labels, primals[2] if bias is not None else None, options)
+
+    def forward(*primals: Array) -> tuple[Array, tuple[Array, ...]]:
+        # A scalar loss: compute the gradients in the same pass as the value (one matmul fewer than
+        # recomputing the logits in the backward pass) and scale them by the cotangent later.
+        p = problem(primals)
+        return p.value_and_gradients(None, primals) if scalar else (p.value(), ())
+
+    def backward(
+        primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+    ) -> tuple[Array, ...]:
+        if residuals:
+            return tuple(g * cotangent for g in residuals)
+        return problem(primals).value_and_gradients(cotangent, primals)[1]
+
+    def unpack(grads: tuple[Array, ...]) -> tuple[Array, ...]:
+        return grads
+
+    return Linearization(primals, forward, backward, (options["weights"], options["class_weights"]), unpack)
+
+
+@analytic_backward
+def linear_cross_entropy(
+    hidden: Array,
+    weight: Array,
+    labels: Array,
+    /,
+    *,
+    bias: Array | None = None,
+    weights: Array | None = None,
+    class_weights: Array | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "none",
+    chunk_size: int | None = None,
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""Softmax cross entropy of the logits ``hidden @ weight.T + bias``, computed without holding them.
+
+    The same loss as ``sparse_softmax_cross_entropy(hidden @ weight.T + bias, labels, ...)``
+    with the same options, computed ``chunk_size`` rows at a time: the working memory
+    is a few ``chunk_size x C`` arrays instead of several ``N x C`` ones. On PyTorch,
+    ``loss.backward()`` uses the analytic gradient of
+    :func:`linear_cross_entropy_value_and_grad` (chunk by chunk; for a scalar
+    ``reduction`` it is computed together with the value, as Liger-Kernel does), so
+    the full logits never exist in the backward pass either. On JAX, autodiff of the
+    chunked computation gives the same numbers but keeps the chunks' intermediates.
+
+    Parameters
+    ----------
+    hidden : array, shape ``(..., D)``
+        Real floating features of each example.
+    weight : array, shape ``(C, D)``
+        The output layer: one row per class.
+    labels : array of integers, shape ``hidden.shape[:-1]``
+        Values in ``[0, C)`` or ``ignore_index``.
+    bias : array, shape ``(C,)``, optional
+        Added to the logits.
+    weights, class_weights, ignore_index, label_smoothing, z_loss, reduction
+        As in :func:`sparse_softmax_cross_entropy`.
+    chunk_size : int, optional
+        Rows (examples) per chunk. Default: chunks of logits of about 16 MiB.
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        In the namespace and on the device of the inputs, in the dtype of
+        ``hidden @ weight.T`` (half precision is accumulated in float32).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sparse_softmax_cross_entropy`, naming the argument; shapes of
+        ``hidden``, ``weight`` and ``bias`` that do not match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> hidden = np.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> weight = np.asarray([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
+    >>> al.linear_cross_entropy(hidden, weight, np.asarray([0, 1, 2]), chunk_size=2)
+    array([0.17937052, 0.55144471, 2.70809483])
+    """
+    options = {
+        "weights": weights,
+        "class_weights": class_weights,
+        "ignore_index": ignore_index,
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "reduction": reduction,
+        "chunk_size": chunk_size,
+        "xp": xp,
+    }
+    return _Problem(hidden, weight, labels, bias, options).value()
+
+
+def linear_cross_entropy_value_and_grad(
+    hidden: Array, weight: Array, labels: Array, /, **options: Any
+) -> tuple[Array, tuple[Array, ...]]:
+    """:func:`linear_cross_entropy` and its gradients, in one chunked pass.
+
+    Parameters
+    ----------
+    hidden, weight, labels, **options
+        As :func:`linear_cross_entropy`.
+
+    Returns
+    -------
+    value : array
+        What :func:`linear_cross_entropy` returns.
+    grads : tuple of arrays
+        ``(d_hidden, d_weight)``, plus ``d_bias`` when ``bias`` is given: the
+        gradients of ``sum(value)`` (for ``reduction="none"``, the vector-Jacobian
+        product with ones), in the shapes and dtypes of those arrays. Each chunk's
+        logits exist only while that chunk is processed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> from arrayloss._linear import linear_cross_entropy_value_and_grad
+    >>> hidden = np.asarray([[1.0, 0.0]])
+    >>> weight = np.asarray([[0.0, 0.0], [0.0, 0.0]])
+    >>> value, (d_hidden, d_weight) = linear_cross_entropy_value_and_grad(hidden, weight, np.asarray([0]))
+    >>> value, d_weight
+    (array([0.69314718]), array([[-0.5, -0.0],
+           [ 0.5,  0.0]]))
+    """
+    bound = _bind(linear_cross_entropy, (hidden, weight, labels), options)
+    bias = bound.pop("bias")
+    for name in ("hidden", "weight", "labels"):
+        bound.pop(name)
+    like = (hidden, weight) if bias is None else (hidden, weight, bias)
+    return _Problem(hidden, weight, labels, bias, bound).value_and_gradients(None, like)
+
+
+register_rule(linear_cross_entropy, _linear_rule)
