@@ -74,11 +74,12 @@ def label_terms(
     z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
 ) -> Array:
     """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and in-range labels."""
-    shift, log_sum = (part[..., 0] for part in shifted_log_sum(z, xp))
+    row_shift, row_log_sum = shifted_log_sum(z, xp)
+    shift, log_sum = row_shift[..., 0], row_log_sum[..., 0]
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
     loss = log_sum - (pick_label_logits(z, safe_labels, xp) - shift)
     if label_smoothing:
-        smooth = log_sum - (xp.mean(z, axis=-1) - shift)
+        smooth = log_sum - xp.mean(z - row_shift, axis=-1)  # the mean of huge z would be rounded
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
         lse = log_sum + shift
