@@ -6,15 +6,19 @@ you hand one in.
 """
 
 from ._cross_entropy import softmax_cross_entropy, sparse_softmax_cross_entropy
+from ._grad import value_and_grad
+from ._linear import linear_cross_entropy
 from ._sequence import sequence_loss, sequence_loss_by_example
 from ._special import log_softmax, logsumexp
 
 __all__ = [
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "sequence_loss",
     "sequence_loss_by_example",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",
+    "value_and_grad",
 ]
 __version__ = "0.1.0"

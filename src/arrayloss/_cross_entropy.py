@@ -6,6 +6,7 @@ from types import ModuleType
 
 from array_api_compat import device
 
+from ._autodiff import analytic_backward
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
 from ._reduce import reduce_losses
 from ._special import shifted_log_sum
@@ -183,6 +184,7 @@ def example_weights(
     return combined
 
 
+@analytic_backward
 def sparse_softmax_cross_entropy(
     logits: Array,
     labels: Array,
@@ -323,6 +325,7 @@ def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleT
     return -xp.sum(targets * xp.where(targets == 0, zero, log_probs), axis=-1)
 
 
+@analytic_backward
 def softmax_cross_entropy(
     logits: Array,
     targets: Array,

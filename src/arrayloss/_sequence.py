@@ -8,6 +8,7 @@ from types import ModuleType
 
 from array_api_compat import device
 
+from ._autodiff import analytic_backward
 from ._cross_entropy import dense_terms, sparse_terms
 from ._reduce import apply_weights, count_nonzero, safe_divide
 from ._validation import (
@@ -86,6 +87,35 @@ def _step_weights(
     return xp.astype(weights, dtype)
 
 
+def tfa_denominator(
+    w: Array,
+    *,
+    average_across_timesteps: bool,
+    average_across_batch: bool,
+    sum_over_timesteps: bool,
+    sum_over_batch: bool,
+    xp: ModuleType,
+) -> tuple[tuple[int, ...], Array | None]:
+    """The ``[batch, time]`` axes :func:`sequence_loss` reduces, and what their sums are divided by.
+
+    The summed weights ``w`` when averaging, their count of non-zeros for ``sum_over_*``
+    (None when no axis is reduced).
+    """
+    axes = tuple(
+        axis
+        for axis, reduced in (
+            (0, average_across_batch or sum_over_batch),
+            (1, average_across_timesteps or sum_over_timesteps),
+        )
+        if reduced
+    )
+    if not axes:
+        return axes, None
+    averaged = average_across_batch or average_across_timesteps
+    return axes, xp.sum(w, axis=axes) if averaged else count_nonzero(w, axes, xp)
+
+
+@analytic_backward
 def sequence_loss(
     logits: Array,
     targets: Array,
@@ -161,17 +191,8 @@ def sequence_loss(
     losses = step_losses(logits, targets, softmax_loss_function, xp)
     w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
     weighted = apply_weights(losses, w, xp)
-    axes = tuple(
-        axis
-        for axis, reduced in (
-            (0, average_across_batch or sum_over_batch),
-            (1, average_across_timesteps or sum_over_timesteps),
-        )
-        if reduced
-    )
+    axes, denominator = tfa_denominator(w, xp=xp, **flags)
     if axes:
-        averaged = average_across_batch or average_across_timesteps
-        denominator = xp.sum(w, axis=axes) if averaged else count_nonzero(w, axes, xp)
         weighted = safe_divide(xp.sum(weighted, axis=axes), denominator, xp)
     return xp.astype(weighted, logits.dtype, copy=False)
 
@@ -211,6 +232,7 @@ def _stacked(
     return stacked[0], stacked[1], stacked[2], xp
 
 
+@analytic_backward
 def sequence_loss_by_example(
     logits: Sequence[Array] | Array,
     targets: Sequence[Array] | Array,
