@@ -13,15 +13,18 @@ Conventions shared with arrayloss's documentation (not with its code):
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 
 __all__ = [
+    "TFA_FORBIDDEN",
     "dense_ce",
     "legacy_sequence_loss_by_example",
     "logsumexp",
     "sparse_ce",
+    "tfa_flag_combinations",
     "tfa_reduce",
     "tfa_sequence_loss",
 ]
@@ -51,21 +54,34 @@ def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return out
 
 
+def _shift_by_max(z: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(z - m, m)`` with ``m`` the row's maximum (0 if that is not finite).
+
+    Losses are written in the shifted row, so that a huge common offset of the logits
+    (1e30) does not round ``log(sum(exp(z - m)))`` away.
+    """
+    largest = float(z.max())
+    m = largest if math.isfinite(largest) else 0.0
+    return z - m, m
+
+
 def _sparse_example_loss(z: np.ndarray, label: int, label_smoothing: float, z_loss: float) -> float:
     """(1-eps)(lse(z) - z_y) + eps(lse(z) - mean(z)) + lam * lse(z)^2 for one row ``z``."""
-    lse = _row_logsumexp(z)
-    loss = (1.0 - label_smoothing) * (lse - z[label])
+    s, m = _shift_by_max(z)
+    log_sum = _row_logsumexp(s)  # lse(z) - m
+    loss = (1.0 - label_smoothing) * (log_sum - s[label])
     if label_smoothing:
-        loss += label_smoothing * (lse - z.sum() / z.size)
+        loss += label_smoothing * (log_sum - s.sum() / s.size)
     if z_loss:
-        loss += z_loss * lse * lse
+        loss += z_loss * (log_sum + m) ** 2
     return float(loss)
 
 
 def _dense_example_loss(z: np.ndarray, target: np.ndarray, label_smoothing: float) -> float:
     """-sum_c t_c log softmax(z)_c with t = (1-eps) target + eps/C; a zero target term is 0."""
     t = (1.0 - label_smoothing) * target + label_smoothing / z.size
-    log_probs = z - _row_logsumexp(z)
+    s, _ = _shift_by_max(z)
+    log_probs = s - _row_logsumexp(s)
     return float(-sum(tc * lp for tc, lp in zip(t.tolist(), log_probs.tolist(), strict=True) if tc != 0))
 
 
@@ -143,12 +159,20 @@ def dense_ce(
     return _reduce(loss, w, reduction)
 
 
-_TFA_FORBIDDEN = (
+# Pairs of flags that TensorFlow Addons rejects together (the last two: ambiguous order).
+TFA_FORBIDDEN = (
     ("average_across_timesteps", "sum_over_timesteps"),
     ("average_across_batch", "sum_over_batch"),
     ("average_across_batch", "sum_over_timesteps"),
     ("sum_over_batch", "average_across_timesteps"),
 )
+
+
+def tfa_flag_combinations(*, allowed: bool) -> list[dict[str, bool]]:
+    """Every assignment of the four ``sequence_loss`` flags that TensorFlow Addons accepts (or rejects)."""
+    names = ("average_across_timesteps", "average_across_batch", "sum_over_timesteps", "sum_over_batch")
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product([False, True], repeat=4)]
+    return [c for c in combos if allowed == (not any(c[a] and c[b] for a, b in TFA_FORBIDDEN))]
 
 
 def tfa_reduce(
@@ -173,7 +197,7 @@ def tfa_reduce(
         "sum_over_timesteps": sum_over_timesteps,
         "sum_over_batch": sum_over_batch,
     }
-    for first, second in _TFA_FORBIDDEN:
+    for first, second in TFA_FORBIDDEN:
         if flags[first] and flags[second]:
             raise ValueError(f"{first} and {second} cannot both be True")
     losses = np.asarray(step_losses, dtype=np.float64)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -16,21 +15,8 @@ import arrayloss as al
 from arrayloss.compat import tf
 
 FLAGS = ("average_across_timesteps", "average_across_batch", "sum_over_timesteps", "sum_over_batch")
-FORBIDDEN = [
-    ("average_across_timesteps", "sum_over_timesteps"),
-    ("average_across_batch", "sum_over_batch"),
-    ("average_across_batch", "sum_over_timesteps"),
-    ("sum_over_batch", "average_across_timesteps"),
-]
-
-
-def flag_combinations(allowed: bool) -> list[dict[str, bool]]:
-    """Every assignment of the four flags that TensorFlow Addons accepts (or rejects)."""
-    combos = [dict(zip(FLAGS, values, strict=True)) for values in itertools.product([False, True], repeat=4)]
-    return [c for c in combos if allowed == (not any(c[a] and c[b] for a, b in FORBIDDEN))]
-
-
-ALLOWED = flag_combinations(allowed=True)
+FORBIDDEN = ref.TFA_FORBIDDEN
+ALLOWED = ref.tfa_flag_combinations(allowed=True)
 
 
 def combo_id(flags: dict[str, bool]) -> str:
@@ -128,7 +114,7 @@ def test_sequence_loss_empty(backend, flags, shape):
     backend.assert_close(out, expected, dtype="float64")
 
 
-@pytest.mark.parametrize("flags", flag_combinations(allowed=False), ids=combo_id)
+@pytest.mark.parametrize("flags", ref.tfa_flag_combinations(allowed=False), ids=combo_id)
 def test_sequence_loss_forbidden_flags(backend, flags):
     """The combinations TensorFlow Addons rejects raise ValueError naming a conflicting pair."""
     inputs = sequence_inputs(6)

@@ -237,6 +237,24 @@ def test_all_ignored(backend, reduction):
     backend.assert_close(out, np.zeros(4) if reduction == "none" else 0.0, dtype="float64")
 
 
+@pytest.mark.parametrize("offset", [1e3, -1e4, 1e30])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_large_logits(backend, dtype, offset):
+    """A large common offset of the logits changes no loss: the log of the summed
+    exponentials is not rounded away by adding it to the offset."""
+    logits_np, targets_np, _ = dense_inputs(41, with_zeros=False)
+    labels = np.random.default_rng(41).integers(0, CLASSES + 1, size=BATCH)
+    logits, values = rounded(backend, logits_np + offset, dtype)
+    options = {"label_smoothing": 0.1}
+    out = al.sparse_softmax_cross_entropy(logits, backend.asarray(labels), **options)
+    expected = ref.sparse_ce(values, labels, **options)
+    assert np.isfinite(expected).all() and (expected > 0.01).all()
+    backend.assert_close(out, expected, dtype=dtype)
+    targets, target_values = rounded(backend, targets_np, dtype)
+    dense = al.softmax_cross_entropy(logits, targets)
+    backend.assert_close(dense, ref.dense_ce(values, target_values), dtype=dtype)
+
+
 # --- PyTorch as a second library (float64) ------------------------------------------------------------
 
 
