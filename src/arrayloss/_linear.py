@@ -53,7 +53,8 @@ def _chunk_rows(chunk_size: int | None, rows: int, num_classes: int, dtype: Any,
     """Rows per chunk: ``chunk_size``, or chunks of logits of about :data:`CHUNK_BYTES`."""
     if chunk_size is not None:
         return chunk_size
-    return max(1, min(rows, CHUNK_BYTES // (num_classes * xp.finfo(dtype).bits // 8)))
+    row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
+    return max(1, min(rows, CHUNK_BYTES // row_bytes))
 
 
 class _Problem:
@@ -77,6 +78,7 @@ class _Problem:
                 "class_weights": options["class_weights"],
             },
             options["xp"],
+            optional=("bias", "weights", "class_weights"),
         )
         num_classes, dtype = _check(hidden, weight, labels, bias, xp)
         ignore_index = check_sparse_options(

@@ -1,0 +1,582 @@
+"""The benchmark suite: ``python -m arrayloss bench [--smoke] [--json PATH] [--plot PATH] [--repeat N]``.
+
+Every case times arrayloss and its peers (``torch.nn.functional.cross_entropy``, the
+SciPy idiom ``-take_along_axis(log_softmax(x), y)``, a plain ``sum`` of the logits as
+a memory-bandwidth floor, optax on JAX, Liger-Kernel on CUDA) in the same process,
+interleaved round by round so that both see the same machine load, and reports the
+median time, the speed-up of arrayloss over each peer (peer time / arrayloss time,
+above 1 is faster) and the peak memory of one call. Backends that are not installed
+are skipped, as is the GPU case without a GPU. ``--smoke`` runs tiny sizes in seconds.
+
+Peak memory is the growth of the process's peak resident memory during one call on
+the CPU (``/proc/self/clear_refs``; Linux only, else not reported) and the peak of
+the allocator on CUDA (torch) or of CuPy's memory pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._cross_entropy import sparse_softmax_cross_entropy
+from ._grad import value_and_grad
+from ._linear import linear_cross_entropy
+from ._sequence import sequence_loss
+
+CASES = ("forward", "forward_backward", "small", "sequence", "linear", "sweep", "gpu")
+
+
+@dataclass
+class Bench:
+    """One measurement: arrayloss (``ours``) and its peers on the same inputs."""
+
+    case: str
+    backend: str
+    size: str
+    dtype: str
+    ours: Callable[[], Any]
+    peers: dict[str, Callable[[], Any]]
+    targets: dict[str, float] = field(default_factory=dict)  # peer -> least speed-up the issue asks for
+    memory: str = "cpu"  # how peak memory is measured: "cpu", "torch-cuda", "cupy" or "none"
+    classes: int = 0
+    sync: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Result:
+    case: str
+    backend: str
+    size: str
+    dtype: str
+    classes: int
+    impl: str
+    times_s: list[float]
+    peak_bytes: int | None
+    speedup: float | None = None  # peer time / arrayloss time (arrayloss rows: None)
+    target: float | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _read_status(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_memory(fn: Callable[[], Any], kind: str, sync: Callable[[], None]) -> int | None:
+    """Peak memory one call of ``fn`` adds, in bytes (``None`` when it cannot be measured)."""
+    if kind == "cpu":
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:  # resets the peak resident size (Linux)
+                refs.write("5")
+            before = _read_status("VmRSS")
+        except OSError:
+            return None
+        result = fn()
+        peak = _read_status("VmHWM") - before
+        del result
+        return max(peak, 0)
+    if kind == "torch-cuda":
+        torch = sys.modules["torch"]
+        sync()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn()
+        sync()
+        del result
+        return int(torch.cuda.max_memory_allocated() - before)
+    if kind == "cupy":
+        cupy = sys.modules["cupy"]
+        pool = cupy.get_default_memory_pool()
+        sync()
+        before = pool.used_bytes()
+        result = fn()
+        sync()
+        peak = pool.total_bytes() - before
+        del result
+        return int(peak)
+    return None
+
+
+def measure(bench: Bench, repeat: int) -> list[Result]:
+    """Time arrayloss and its peers, interleaved round by round; then their peak memory."""
+    impls = {"arrayloss": bench.ours, **bench.peers}
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for fn in impls.values():  # warm up: first-call costs, allocator, JIT compilation
+        fn()
+        bench.sync()
+    for _ in range(repeat):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            fn()
+            bench.sync()
+            times[name].append(time.perf_counter() - start)
+    peaks = {name: peak_memory(fn, bench.memory, bench.sync) for name, fn in impls.items()}
+    ours = statistics.median(times["arrayloss"])
+    return [
+        Result(
+            bench.case,
+            bench.backend,
+            bench.size,
+            bench.dtype,
+            bench.classes,
+            name,
+            times[name],
+            peaks[name],
+            None if name == "arrayloss" else statistics.median(times[name]) / ours,
+            bench.targets.get(name),
+        )
+        for name in impls
+    ]
+
+
+# ----------------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int
+    classes: int
+    small_rows: int
+    small_classes: int
+    batch: int
+    time: int
+    linear_rows: int
+    features: int
+    sweep: tuple[int, ...]
+    gpu_rows: int
+    gpu_classes: int
+
+
+FULL = Sizes(4096, 32000, 8, 16, 16, 256, 4096, 1024, (1000, 4000, 16000, 32000, 64000), 16384, 131072)
+SMOKE = Sizes(64, 500, 8, 16, 2, 8, 64, 32, (50, 500), 256, 1024)
+
+
+def _torch_inputs(rows: int, classes: int, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    torch = importlib.import_module("torch")
+    generator = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(rows, classes, generator=generator, device=device).to(getattr(torch, dtype))
+    labels = torch.randint(0, classes, (rows,), generator=generator, device=device)
+    return logits, labels
+
+
+def _forward_torch(rows: int, classes: int, case: str, targets: dict[str, float]) -> Bench:
+    torch_f = importlib.import_module("torch.nn.functional")
+    logits, labels = _torch_inputs(rows, classes)
+    return Bench(
+        case,
+        "torch-cpu",
+        f"{rows}x{classes}",
+        "float32",
+        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        {"F.cross_entropy": lambda: torch_f.cross_entropy(logits, labels), "sum": lambda: logits.sum()},
+        targets,
+        classes=classes,
+    )
+
+
+def _forward_numpy(rows: int, classes: int, case: str, targets: dict[str, float]) -> Bench:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, classes), dtype=np.float32)
+    labels = rng.integers(0, classes, rows)
+    peers: dict[str, Callable[[], Any]] = {"sum": lambda: np.sum(logits)}
+    if _installed("scipy"):
+        special = importlib.import_module("scipy.special")
+
+        def scipy_idiom() -> Any:
+            log_probs = special.log_softmax(logits, axis=-1)
+            return -np.mean(np.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+        peers = {"scipy log_softmax": scipy_idiom, **peers}
+    return Bench(
+        case,
+        "numpy",
+        f"{rows}x{classes}",
+        "float32",
+        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        peers,
+        targets,
+        classes=classes,
+    )
+
+
+def _forward_jax(rows: int, classes: int, case: str) -> Bench:
+    jax = importlib.import_module("jax")
+    jnp = importlib.import_module("jax.numpy")
+    key_logits, key_labels = jax.random.split(jax.random.key(0))
+    logits = jax.random.normal(key_logits, (rows, classes), dtype=jnp.float32)
+    labels = jax.random.randint(key_labels, (rows,), 0, classes)
+    ours = jax.jit(lambda x, y: sparse_softmax_cross_entropy(x, y, reduction="mean"))
+    peers: dict[str, Callable[[], Any]] = {}
+    if _installed("optax"):
+        optax = importlib.import_module("optax")
+        theirs = jax.jit(lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y)))
+        peers["optax"] = lambda: theirs(logits, labels).block_until_ready()
+    floor = jax.jit(jnp.sum)
+    peers["sum"] = lambda: floor(logits).block_until_ready()
+    return Bench(
+        case,
+        "jax-cpu (jit)",
+        f"{rows}x{classes}",
+        "float32",
+        lambda: ours(logits, labels).block_until_ready(),
+        peers,
+        classes=classes,
+    )
+
+
+def forward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    if _installed("torch"):
+        yield lambda: _forward_torch(s.rows, s.classes, "forward", {"F.cross_entropy": 1.5})
+    yield lambda: _forward_numpy(s.rows, s.classes, "forward", {"scipy log_softmax": 1.5, "sum": 1 / 6})
+    if _installed("jax"):
+        yield lambda: _forward_jax(s.rows, s.classes, "forward")
+
+
+def sweep_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    for classes in s.sweep:
+        if _installed("torch"):
+            yield functools.partial(_forward_torch, s.rows, classes, "sweep", {})
+        yield functools.partial(_forward_numpy, s.rows, classes, "sweep", {})
+
+
+def small_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    if _installed("torch"):
+        yield lambda: _forward_torch(s.small_rows, s.small_classes, "small", {"F.cross_entropy": 0.2})
+    yield lambda: _forward_numpy(s.small_rows, s.small_classes, "small", {"scipy log_softmax": 1.0})
+
+
+def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    if not _installed("torch"):
+        return
+
+    def make() -> Bench:
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, labels = _torch_inputs(s.rows, s.classes)
+        logits.requires_grad_(True)
+
+        def ours() -> Any:
+            logits.grad = None
+            sparse_softmax_cross_entropy(logits, labels, reduction="mean").backward()
+            return logits.grad
+
+        def theirs() -> Any:
+            logits.grad = None
+            torch_f.cross_entropy(logits, labels).backward()
+            return logits.grad
+
+        return Bench(
+            "forward_backward",
+            "torch-cpu",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            ours,
+            {"F.cross_entropy": theirs},
+            {"F.cross_entropy": 2.0},
+            classes=s.classes,
+        )
+
+    yield make
+
+    def make_numpy() -> Bench:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal((s.rows, s.classes), dtype=np.float32)
+        labels = rng.integers(0, s.classes, s.rows)
+        f = value_and_grad(sparse_softmax_cross_entropy)
+        return Bench(
+            "forward_backward",
+            "numpy (value_and_grad)",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            lambda: f(logits, labels, reduction="mean"),
+            {"sum": lambda: np.sum(logits)},
+            classes=s.classes,
+        )
+
+    yield make_numpy
+
+
+def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    if not _installed("torch"):
+        return
+
+    def make() -> Bench:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, labels = _torch_inputs(s.batch * s.time, s.classes)
+        logits = logits.reshape(s.batch, s.time, s.classes)
+        labels = labels.reshape(s.batch, s.time)
+        weights = (torch.arange(s.time) < s.time - 3).to(torch.float32).expand(s.batch, s.time)
+
+        def plain() -> Any:
+            losses = torch_f.cross_entropy(
+                logits.reshape(-1, s.classes), labels.reshape(-1), reduction="none"
+            )
+            return (losses * weights.reshape(-1)).sum() / weights.sum()
+
+        return Bench(
+            "sequence_loss",
+            "torch-cpu",
+            f"{s.batch}x{s.time}x{s.classes}",
+            "float32",
+            lambda: sequence_loss(logits, labels, weights),
+            {"F.cross_entropy": plain},
+            {"F.cross_entropy": 1.5},
+            classes=s.classes,
+        )
+
+    yield make
+
+
+def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    if not _installed("torch"):
+        return
+
+    def make() -> Bench:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        generator = torch.Generator().manual_seed(0)
+        hidden = torch.randn(s.linear_rows, s.features, generator=generator).requires_grad_(True)
+        weight = (
+            torch.randn(s.classes, s.features, generator=generator) / math.sqrt(s.features)
+        ).requires_grad_(True)
+        labels = torch.randint(0, s.classes, (s.linear_rows,), generator=generator)
+
+        def clear() -> None:
+            hidden.grad = None
+            weight.grad = None
+
+        def ours() -> Any:
+            clear()
+            linear_cross_entropy(hidden, weight, labels, reduction="mean").backward()
+            return hidden.grad, weight.grad
+
+        def theirs() -> Any:
+            clear()
+            torch_f.cross_entropy(hidden @ weight.T, labels).backward()
+            return hidden.grad, weight.grad
+
+        return Bench(
+            "linear_cross_entropy fwd+bwd",
+            "torch-cpu",
+            f"{s.linear_rows}x{s.features}x{s.classes}",
+            "float32",
+            ours,
+            {"logits + F.cross_entropy": theirs},
+            {"logits + F.cross_entropy": 0.8},
+            classes=s.classes,
+        )
+
+    yield make
+
+
+def gpu_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    torch = importlib.import_module("torch") if _installed("torch") else None
+    if torch is not None and torch.cuda.is_available():
+        for dtype in ("float32", "bfloat16"):
+            yield functools.partial(_gpu_torch, s, dtype)
+    if _installed("cupy"):
+        cupy = importlib.import_module("cupy")
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            yield lambda: _gpu_cupy(s)
+
+
+def _gpu_torch(s: Sizes, dtype: str) -> Bench:
+    torch = importlib.import_module("torch")
+    torch_f = importlib.import_module("torch.nn.functional")
+    logits, labels = _torch_inputs(s.gpu_rows, s.gpu_classes, dtype, "cuda")
+    peers: dict[str, Callable[[], Any]] = {
+        "F.cross_entropy": lambda: torch_f.cross_entropy(logits, labels),
+        "sum": lambda: logits.sum(dtype=torch.float32),
+    }
+    if _installed("liger_kernel"):
+        liger = importlib.import_module("liger_kernel.transformers")
+        liger_loss = liger.LigerCrossEntropyLoss()
+        peers["liger"] = lambda: liger_loss(logits, labels)
+    return Bench(
+        "forward (gpu)",
+        "torch-cuda",
+        f"{s.gpu_rows}x{s.gpu_classes}",
+        dtype,
+        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        peers,
+        memory="torch-cuda",
+        classes=s.gpu_classes,
+        sync=torch.cuda.synchronize,
+    )
+
+
+def _gpu_cupy(s: Sizes) -> Bench:
+    cupy = importlib.import_module("cupy")
+    rng = cupy.random.default_rng(0)
+    logits = rng.standard_normal((s.gpu_rows, s.gpu_classes), dtype=cupy.float32)
+    labels = rng.integers(0, s.gpu_classes, s.gpu_rows)
+
+    def sync() -> None:
+        cupy.cuda.Device().synchronize()
+
+    return Bench(
+        "forward (gpu)",
+        "cupy",
+        f"{s.gpu_rows}x{s.gpu_classes}",
+        "float32",
+        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        {"sum": lambda: cupy.sum(logits)},
+        memory="cupy",
+        classes=s.gpu_classes,
+        sync=sync,
+    )
+
+
+SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
+    "forward": forward_cases,
+    "forward_backward": forward_backward_cases,
+    "small": small_cases,
+    "sequence": sequence_cases,
+    "linear": linear_cases,
+    "sweep": sweep_cases,
+    "gpu": gpu_cases,
+}
+
+# ---------------------------------------------------------------------------------------- output
+
+COLUMNS = (
+    ("case", 29),
+    ("backend", 23),
+    ("size", 18),
+    ("dtype", 9),
+    ("implementation", 26),
+    ("median", 11),
+    ("speed-up", 9),
+    ("target", 10),
+    ("peak MiB", 9),
+)
+
+
+def _format_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
+
+
+def format_row(r: Result) -> str:
+    speedup = "" if r.speedup is None else f"{r.speedup:.2f}x"
+    target = (
+        "" if r.target is None else f">={r.target:.2g}" + (" ok" if (r.speedup or 0) >= r.target else " NO")
+    )
+    peak = "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}"
+    cells = (r.case, r.backend, r.size, r.dtype, r.impl, _format_time(r.median_s), speedup, target, peak)
+    return "".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, COLUMNS, strict=True)).rstrip()
+
+
+def table(results: list[Result]) -> str:
+    header = "".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()
+    return "\n".join([header, "-" * len(header), *(format_row(r) for r in results)])
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    for name in ("numpy", "torch", "scipy", "jax", "cupy"):
+        if _installed(name):
+            info[name] = importlib.import_module(name).__version__
+    return info
+
+
+def plot(results: list[Result], path: str) -> None:
+    """Time and speed-up against the number of classes for the ``sweep`` case."""
+    plt = importlib.import_module("matplotlib.pyplot")
+    sweep = [r for r in results if r.case == "sweep"]
+    fig, (ax_time, ax_ratio) = plt.subplots(1, 2, figsize=(11, 4))
+    series = sorted({(r.backend, r.impl) for r in sweep})
+    for backend, impl in series:
+        rows = sorted((r for r in sweep if (r.backend, r.impl) == (backend, impl)), key=lambda r: r.classes)
+        ax_time.plot(
+            [r.classes for r in rows],
+            [r.median_s * 1e3 for r in rows],
+            marker="o",
+            label=f"{backend}: {impl}",
+        )
+        if impl != "arrayloss":
+            ax_ratio.plot(
+                [r.classes for r in rows],
+                [r.speedup for r in rows],
+                marker="o",
+                label=f"{backend}: vs {impl}",
+            )
+    ax_time.set(xscale="log", yscale="log", xlabel="classes C", ylabel="median time (ms)", title="time")
+    ax_ratio.set(xscale="log", xlabel="classes C", ylabel="peer time / arrayloss time", title="speed-up")
+    ax_ratio.axhline(1.0, color="grey", linewidth=0.8)
+    for ax in (ax_time, ax_ratio):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="arrayloss bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="draw time and speed-up vs classes (needs matplotlib)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls of each implementation (median)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.plot and not _installed("matplotlib"):
+        parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib)")
+    sizes = SMOKE if args.smoke else FULL
+    makers = [make for case in args.cases for make in SUITE[case](sizes)]
+    results: list[Result] = []
+    for index, make in enumerate(makers, 1):
+        bench = make()
+        print(
+            f"[{index}/{len(makers)}] {bench.case} {bench.backend} {bench.size} {bench.dtype}",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.extend(measure(bench, args.repeat))
+        del bench
+    print(table(results))
+    if args.json:
+        payload = {
+            "machine": machine(),
+            "smoke": args.smoke,
+            "repeat": args.repeat,
+            "results": [{**vars(r), "median_s": r.median_s} for r in results],
+        }
+        with open(args.json, "w") as out:
+            json.dump(payload, out, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return 0

@@ -1,0 +1,94 @@
+"""The benchmark suite's smoke mode: structure of the table and the JSON, never timings."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from arrayloss import _bench
+
+HEADER = ["case", "backend", "size", "dtype", "implementation", "median", "speed-up", "target", "peak MiB"]
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "arrayloss", "bench", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "results.json"
+    result = run("--smoke", "--repeat", "1", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(path.read_text())
+
+
+def test_smoke_prints_a_table_with_the_columns(smoke):
+    result, _ = smoke
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == HEADER[:5]
+    assert set(lines[1]) == {"-"}
+    rows = lines[2:]
+    assert any(row.startswith("forward ") and " numpy " in row and "arrayloss" in row for row in rows)
+    assert any("scipy log_softmax" in row for row in rows) == (importlib.util.find_spec("scipy") is not None)
+
+
+def test_smoke_reports_progress_on_stderr(smoke):
+    result, _ = smoke
+    progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert progress[0].startswith("[1/")
+    total = progress[0].split("/")[1].split("]")[0]
+    assert progress[-1].startswith(f"[{total}/{total}]")
+
+
+def test_smoke_json_has_one_record_per_table_row(smoke):
+    result, payload = smoke
+    records = payload["results"]
+    assert payload["smoke"] is True and payload["repeat"] == 1
+    assert {"python", "cpus", "numpy"} <= set(payload["machine"])
+    assert len(records) == len(result.stdout.splitlines()) - 2
+    for record in records:
+        assert record["median_s"] > 0 and len(record["times_s"]) == 1
+        assert (record["speedup"] is None) == (record["impl"] == "arrayloss")
+    cases = {record["case"] for record in records}
+    assert {"forward", "small", "sweep"} <= cases
+    numpy_forward = [r for r in records if r["case"] == "forward" and r["backend"] == "numpy"]
+    assert numpy_forward[0]["impl"] == "arrayloss"
+    assert numpy_forward[-1]["impl"] == "sum"
+
+
+def test_cases_option_selects_cases(tmp_path):
+    path = tmp_path / "small.json"
+    result = run("--smoke", "--repeat", "1", "--cases", "small", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    assert {r["case"] for r in json.loads(path.read_text())["results"]} == {"small"}
+
+
+def test_plot_without_matplotlib_is_a_clear_usage_error(tmp_path):
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed; the message is for when it is not")
+    result = run("--smoke", "--plot", str(tmp_path / "plot.png"))
+    assert result.returncode == 2
+    assert "--plot needs matplotlib" in result.stderr
+
+
+def test_bad_repeat_is_a_usage_error():
+    result = run("--smoke", "--repeat", "0")
+    assert result.returncode == 2
+    assert "--repeat must be at least 1" in result.stderr
+
+
+def test_gpu_case_is_skipped_without_a_gpu():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None:
+        pytest.skip("a GPU library is present")
+    assert list(_bench.gpu_cases(_bench.SMOKE)) == []
+
+
+def test_table_formats_speedup_target_and_memory():
+    row = _bench.Result("forward", "numpy", "8x16", "float32", 16, "sum", [2e-3, 4e-3], 3 * 2**20, 0.5, 1.0)
+    line = _bench.format_row(row)
+    assert "3.00 ms" in line and "0.50x" in line and ">=1 NO" in line and line.endswith("3")
