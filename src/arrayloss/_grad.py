@@ -82,6 +82,7 @@ def sparse_logits_vjp(
     scale 0 are exactly 0 even where their logits are not finite.
     """
     num_classes = z.shape[-1]
+    z = _zero_dropped_rows(z, scale, xp) if masked else z
     lse = lse_last(z, xp)
     coefficient = scale[..., None]
     if z_loss:
@@ -91,28 +92,33 @@ def sparse_logits_vjp(
     at_label = scale * (1.0 - label_smoothing) + uniform
     index = label_indices(safe_labels, xp)
     classes = xp.arange(num_classes, dtype=index.dtype, device=device(z))
-    grad = grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
-    return xp.where(scale[..., None] == 0, xp.zeros_like(grad), grad) if masked else grad
+    return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
+
+
+def _zero_dropped_rows(z: Array, scale: Array, xp: ModuleType) -> Array:
+    """``z`` with the rows of scale 0 set to 0: their gradient is then exactly 0, never NaN from inf - inf."""
+    return xp.where(scale[..., None] == 0, xp.zeros_like(z), z)
 
 
 def dense_logits_vjp(
-    z: Array, targets: Array, scale: Array, *, label_smoothing: float, xp: ModuleType
+    z: Array, targets: Array, scale: Array, *, label_smoothing: float, masked: bool, xp: ModuleType
 ) -> Array:
     r"""Gradient of :math:`\sum_i s_i \ell_i` for dense ``targets`` with respect to ``z``.
 
     .. math:: \frac{\partial \ell}{\partial z} = \operatorname{softmax}(z) \sum_c t_c - t,
               \qquad t = (1-\varepsilon)\,\mathrm{targets} + \varepsilon / C
 
-    Rows of scale 0 are exactly 0, even where their logits are not finite.
+    With ``masked``, rows of scale 0 are exactly 0 even where their logits are not finite.
     """
     num_classes = z.shape[-1]
+    z = _zero_dropped_rows(z, scale, xp) if masked else z
     coefficient = scale[..., None]
     mass = (1.0 - label_smoothing) * xp.sum(targets, axis=-1, keepdims=True) + label_smoothing
     grad = xp.exp(z - lse_last(z, xp)) * (coefficient * mass)
     grad = grad - targets * (coefficient * (1.0 - label_smoothing))
     if label_smoothing:
         grad = grad - coefficient * (label_smoothing / num_classes)
-    return xp.where(coefficient == 0, xp.zeros_like(grad), grad)
+    return grad
 
 
 def _as_input(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
@@ -135,7 +141,7 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
 
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
-        xp = namespace_of({"logits": x, "labels": labels}, options["xp"])
+        xp = namespace_of({"logits": x}, options["xp"])
         axis = normalize_axis(options["axis"], x.ndim)
         dtype = compute_dtype(x.dtype, xp)
         z = xp.astype(class_axis_last(x, axis, xp), dtype, copy=False)
@@ -168,7 +174,7 @@ def _dense_rule(*args: Any, **kwargs: Any) -> Linearization:
 
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
-        xp = namespace_of({"logits": x, "targets": targets}, options["xp"])
+        xp = namespace_of({"logits": x}, options["xp"])
         axis = normalize_axis(options["axis"], x.ndim)
         dtype = compute_dtype(x.dtype, xp)
         z = xp.astype(class_axis_last(x, axis, xp), dtype, copy=False)
@@ -176,7 +182,9 @@ def _dense_rule(*args: Any, **kwargs: Any) -> Linearization:
         shape = tuple(z.shape[:-1])
         w = None if weights is None else xp.broadcast_to(xp.astype(weights, dtype), shape)
         scale = example_scale(cotangent, w, options["reduction"], shape, dtype, xp)
-        grad = dense_logits_vjp(z, t, scale, label_smoothing=options["label_smoothing"], xp=xp)
+        grad = dense_logits_vjp(
+            z, t, scale, label_smoothing=options["label_smoothing"], masked=w is not None, xp=xp
+        )
         return (_as_input(grad, x, axis, xp),)
 
     return Linearization((logits,), forward, backward, (weights, targets), _only)
@@ -186,7 +194,9 @@ def _step_vjp(logits: Array, targets: Array, scale: Array, xp: ModuleType) -> Ar
     """Gradient w.r.t. ``[batch, time, classes]`` logits of the steps' losses weighted by ``scale``."""
     z = xp.astype(logits, scale.dtype, copy=False)
     if targets.ndim == 3:
-        grad = dense_logits_vjp(z, xp.astype(targets, scale.dtype), scale, label_smoothing=0.0, xp=xp)
+        grad = dense_logits_vjp(
+            z, xp.astype(targets, scale.dtype), scale, label_smoothing=0.0, masked=True, xp=xp
+        )
     else:
         safe_labels, _, poisoned = prepare_labels(targets, z.shape[-1], None, xp, "targets")
         if poisoned is not None:
@@ -215,7 +225,7 @@ def _sequence_rule(*args: Any, **kwargs: Any) -> Linearization:
 
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
-        xp = namespace_of({"logits": x, "targets": targets, "weights": weights}, options["xp"])
+        xp = namespace_of({"logits": x}, options["xp"])
         dtype = compute_dtype(x.dtype, xp)
         shape = tuple(x.shape[:2])
         w = _step_weights(weights, shape, dtype, xp, x)
