@@ -66,5 +66,8 @@ def map_row_chunks(
     count = rows[0].shape[0]
     if chunk is None or chunk >= count:
         return fn(*rows)
-    parts = [fn(*(a[start : start + chunk, ...] for a in rows)) for start in range(0, count, chunk)]
+    # Stops clamped to the rows: the standard leaves out-of-bounds slice stops unspecified.
+    parts = [
+        fn(*(a[start : min(start + chunk, count), ...] for a in rows)) for start in range(0, count, chunk)
+    ]
     return xp.concat(parts, axis=0)

@@ -145,8 +145,9 @@ class _Problem:
             scale = xp.where(self.poisoned, xp.full_like(scale, math.nan), scale)
         scale = xp.reshape(scale, (-1,))
         losses, d_hidden, d_weight, d_bias = [], [], None, None
-        for start in range(0, self.hidden.shape[0], self.chunk):
-            stop = start + self.chunk
+        rows = self.hidden.shape[0]
+        for start in range(0, rows, self.chunk):
+            stop = min(start + self.chunk, rows)
             h = xp.astype(self.hidden[start:stop, ...], self.dtype, copy=False)
             z = self.logits(h)
             losses.append(
