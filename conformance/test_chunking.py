@@ -39,7 +39,7 @@ def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 @pytest.fixture(params=["tiny", "huge"])
 def block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The automatic rule's block size: ``tiny`` blocks of one row (eager host arrays), ``huge``: one block."""
+    """The automatic block size: ``tiny`` gives one-row blocks (eager host arrays), ``huge`` one block."""
     monkeypatch.setattr(_chunking, "BLOCK_BYTES", 1 if request.param == "tiny" else 1 << 40)
     return str(request.param)
 
