@@ -310,6 +310,15 @@ CASES: list[BadInput] = [
         "logits",
     ),
     BadInput(
+        "ce-logits-scalar",
+        CE,
+        "logits as a Python float",
+        lambda b: ((1.0, labels(b)), {}),
+        TypeError,
+        "logits must be an array, got float",
+        "logits",
+    ),
+    BadInput(
         "ce-weights-scalar",
         CE,
         "weights as a Python float",
@@ -740,6 +749,90 @@ CASES: list[BadInput] = [
         "axis -3 is out of range for x with 2 dimension(s)",
         "axis",
     ),
+    # --- linear_cross_entropy: hidden (4, 2) @ weight (3, 2).T
+    BadInput(
+        "linear-weight-shape",
+        al.linear_cross_entropy,
+        "weight of shape (3, 5) for hidden (4, 2)",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 5)), labels(b)), {}),
+        ValueError,
+        "weight must have shape (classes, 2) with at least one class to match hidden of shape (4, 2)",
+        "weight",
+    ),
+    BadInput(
+        "linear-bias-shape",
+        al.linear_cross_entropy,
+        "bias of shape (2,) for 3 classes",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 2)), labels(b)), {"bias": ones(b, (2,))}),
+        ValueError,
+        "bias must have shape (3,), got (2,)",
+        "bias",
+    ),
+    BadInput(
+        "linear-labels-shape",
+        al.linear_cross_entropy,
+        "labels of shape (3,) for hidden (4, 2)",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 2)), labels(b, [0, 1, 2])), {}),
+        ValueError,
+        "labels has shape (3,)",
+        "labels",
+    ),
+    BadInput(
+        "linear-integer-hidden",
+        al.linear_cross_entropy,
+        "integer hidden",
+        lambda b: ((ones(b, (4, 2), "int32"), ones(b, (3, 2)), labels(b)), {}),
+        TypeError,
+        "hidden must have a real floating dtype",
+        "hidden",
+    ),
+    BadInput(
+        "linear-weight-none",
+        al.linear_cross_entropy,
+        "weight None",
+        lambda b: ((ones(b, (4, 2)), None, labels(b)), {}),
+        TypeError,
+        "weight must be an array, got NoneType",
+        "weight",
+    ),
+    BadInput(
+        "linear-label-out-of-range",
+        al.linear_cross_entropy,
+        "a label equal to the number of classes",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 2)), labels(b, [0, 3, 1, 1])), {}),
+        ValueError,
+        "labels contains 3, outside the valid range [0, 3) of class indices",
+        "labels",
+        eager_only=True,
+    ),
+    BadInput(
+        "linear-chunk-size-zero",
+        al.linear_cross_entropy,
+        "chunk_size=0",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 2)), labels(b)), {"chunk_size": 0}),
+        ValueError,
+        "chunk_size must be a positive number of rows, got 0",
+        "chunk_size",
+    ),
+    BadInput(
+        "ce-chunk-size-float",
+        CE,
+        "chunk_size=1.5",
+        sparse(chunk_size=1.5),
+        TypeError,
+        "chunk_size must be an int or None, got float",
+        "chunk_size",
+    ),
+    # --- value_and_grad
+    BadInput(
+        "value-and-grad-logsumexp",
+        al.value_and_grad,
+        "a function without an analytic gradient (logsumexp)",
+        lambda b: ((al.logsumexp,), {}),
+        TypeError,
+        "value_and_grad has no analytic gradient for logsumexp",
+        "logsumexp",
+    ),
     # --- compat.tf
     BadInput(
         "tf-labels-shape",
@@ -754,9 +847,8 @@ CASES: list[BadInput] = [
 
 
 def function_name(function: Callable[..., Any]) -> str:
-    module = function.__module__.removeprefix("arrayloss.").removeprefix("_")
-    prefix = "" if module.startswith(("cross_entropy", "sequence", "special")) else module + "."
-    return prefix + function.__name__
+    """The public name: ``compat.tf.`` and the name for TensorFlow's conventions, else the bare name."""
+    return f"compat.tf.{function.__name__}" if function.__module__ == tf.__name__ else function.__name__
 
 
 def markdown_table() -> str:

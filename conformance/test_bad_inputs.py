@@ -60,16 +60,25 @@ def raised_if_eager(backend, match, function, *arrays, **options):
     return None
 
 
+# The logits as themselves, and as hidden @ weight.T with weight the identity.
+LOGITS_OF = {
+    "sparse": (al.sparse_softmax_cross_entropy, (LOGITS,)),
+    "linear": (al.linear_cross_entropy, (LOGITS, np.eye(3))),
+}
+
+
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("bad_label", [3, -1, 1000])
-def test_out_of_range_label(backend, reduction, bad_label):
+@pytest.mark.parametrize("form", list(LOGITS_OF))
+def test_out_of_range_label(backend, reduction, bad_label, form):
     labels = LABELS.copy()
     labels[1] = bad_label
+    function, arrays = LOGITS_OF[form]
     out = raised_if_eager(
         backend,
         rf"labels contains {bad_label}, outside the valid range \[0, 3\)",
-        al.sparse_softmax_cross_entropy,
-        LOGITS,
+        function,
+        *arrays,
         labels,
         reduction=reduction,
     )
@@ -82,13 +91,13 @@ def test_out_of_range_label(backend, reduction, bad_label):
     backend.assert_close(out, expected, dtype="float32")
 
 
-def test_out_of_range_label_is_nan_even_with_weight_zero(backend):
+@pytest.mark.parametrize("form", list(LOGITS_OF))
+def test_out_of_range_label_is_nan_even_with_weight_zero(backend, form):
     labels = LABELS.copy()
     labels[2] = 7
     weights = np.array([1.0, 1.0, 0.0, 1.0])
-    out = raised_if_eager(
-        backend, "labels contains 7", al.sparse_softmax_cross_entropy, LOGITS, labels, weights=weights
-    )
+    function, arrays = LOGITS_OF[form]
+    out = raised_if_eager(backend, "labels contains 7", function, *arrays, labels, weights=weights)
     if out is None:
         return
     expected = reference.sparse_ce(LOGITS32, LABELS, weights=weights)
