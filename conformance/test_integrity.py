@@ -28,6 +28,9 @@ DATA = {
     "seq_logits": RNG.normal(size=(3, 5, 4)),
     "seq_targets": RNG.integers(0, 4, size=(3, 5)),
     "seq_weights": (RNG.uniform(size=(3, 5)) > 0.3).astype(float),
+    "hidden": RNG.normal(size=(6, 3)),
+    "weight": RNG.normal(size=(4, 3)),
+    "bias": RNG.normal(size=4),
 }
 LABEL_NAMES = ("labels", "seq_targets")
 
@@ -47,6 +50,12 @@ def sparse_options(a):
 
 def legacy_reference(d):
     return reference.legacy_sequence_loss_by_example(d["seq_logits"], d["seq_targets"], d["seq_weights"])
+
+
+def mean_ce_gradient(z, labels):
+    """d/dz of the mean sparse cross entropy: (softmax(z) - onehot(labels)) / N."""
+    softmax = np.exp(z - reference.logsumexp(z)[:, None])
+    return (softmax - np.eye(z.shape[1])[labels]) / z.shape[0]
 
 
 def log_softmax_reference(z, axis):
@@ -75,6 +84,28 @@ CALLS = [
         "sparse-axis-0",
         lambda a: al.sparse_softmax_cross_entropy(a["logits"].T, a["labels"], axis=0, reduction="mean"),
         lambda d: reference.sparse_ce(d["logits"], d["labels"], reduction="mean"),
+    ),
+    Call(
+        "linear-options-mean",
+        lambda a: al.linear_cross_entropy(
+            a["hidden"],
+            a["weight"],
+            a["labels"],
+            bias=a["bias"],
+            chunk_size=4,
+            reduction="mean",
+            **sparse_options(a),
+        ),
+        lambda d: reference.sparse_ce(
+            d["hidden"] @ d["weight"].T + d["bias"], d["labels"], reduction="mean", **sparse_options(d)
+        ),
+    ),
+    Call(
+        "sparse-gradient",
+        lambda a: al.value_and_grad(al.sparse_softmax_cross_entropy)(
+            a["logits"], a["labels"], reduction="mean"
+        )[1],
+        lambda d: mean_ce_gradient(d["logits"], d["labels"]),
     ),
     Call(
         "dense-mean",
@@ -146,7 +177,9 @@ CALLS = [
     ),
 ]
 CALL_IDS = [call.id for call in CALLS]
-LABEL_CALLS = [call for call in CALLS if call.id.startswith(("sparse", "sequence", "by-example", "tf"))]
+LABEL_CALLS = [
+    call for call in CALLS if call.id.startswith(("sparse", "linear", "sequence", "by-example", "tf"))
+]
 
 
 def make_inputs(backend, label_dtype="int32"):
