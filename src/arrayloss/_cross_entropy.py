@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 from array_api_compat import device
@@ -171,10 +172,12 @@ def example_weights(
         check_real("class_weights", class_weights, xp)
         if is_eager_host(class_weights):
             check_weights_valid("class_weights", class_weights, xp)
-        num_classes = class_weights.shape[0]
-        in_range = (labels >= 0) & (labels < num_classes)
-        flat = xp.reshape(label_indices(xp.where(in_range, labels, xp.zeros_like(labels)), xp), (-1,))
-        picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), tuple(labels.shape))
+        if math.prod(labels.shape) == 0:  # no labels: Dask cannot flatten some empty shapes, e.g. (2, 0, 2)
+            picked = xp.zeros(tuple(labels.shape), dtype=dtype, device=device(labels))
+        else:
+            in_range = (labels >= 0) & (labels < class_weights.shape[0])
+            flat = xp.reshape(label_indices(xp.where(in_range, labels, xp.zeros_like(labels)), xp), (-1,))
+            picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), tuple(labels.shape))
         combined = picked if combined is None else combined * picked
     if counted is not None:
         if combined is None:
