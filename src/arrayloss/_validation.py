@@ -48,13 +48,14 @@ def namespace_of(
                 f"arrays from more than one array library in one call ({kinds}); "
                 "pass arrays of a single library"
             ) from None
-    if len(arrays) > 1:
-        first_name, first = next(iter(present.items()))
-        first_device = compat.device(first)
-        for name, a in present.items():
-            if compat.device(a) != first_device:
+    # Traced arrays (inside jax.jit or jax.grad) have no device (None) until they run: not compared.
+    placed = [(name, d) for name, d in ((n, compat.device(a)) for n, a in present.items()) if d is not None]
+    if len(placed) > 1:
+        first_name, first_device = placed[0]
+        for name, d in placed[1:]:
+            if d != first_device:
                 raise ValueError(
-                    f"{name} is on device {compat.device(a)!r} but {first_name} is on "
+                    f"{name} is on device {d!r} but {first_name} is on "
                     f"{first_device!r}; move all arrays to one device"
                 )
     return xp
