@@ -97,5 +97,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(tags=["cpu"])
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy", ".")
+    """mypy --strict on src, with torch installed so that its types are checked too."""
+    session.install(*CONSTRAINTS, "mypy", ".", "torch")
     session.run("mypy")
