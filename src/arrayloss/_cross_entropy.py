@@ -66,7 +66,11 @@ def prepare_labels(
     in_range = (labels >= 0) & (labels < num_classes)
     poisoned = None
     if is_eager_host(labels):
-        check_labels_in_range(labels, num_classes, counted, xp, name)
+        accepted = in_range if counted is None else in_range | ~counted
+        if not bool(xp.all(accepted)):
+            check_labels_in_range(labels, num_classes, counted, xp, name)  # raises, naming a bad label
+        if counted is None:  # every label is in range
+            return labels, counted, poisoned
     else:
         poisoned = ~in_range if counted is None else ~in_range & counted
     return xp.where(in_range, labels, xp.zeros_like(labels)), counted, poisoned

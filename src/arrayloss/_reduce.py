@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from types import ModuleType
 
-from array_api_compat import device
-
 from ._validation import Array
 
 
@@ -52,9 +50,7 @@ def reduce_losses(
     total = xp.sum(weighted)
     if reduction == "sum":
         return total
-    if weights is None:
+    if weights is None:  # the plain mean: the count is known without looking at values
         count = math.prod(loss.shape)
-        denominator = xp.asarray(float(count), dtype=total.dtype, device=device(total))
-    else:
-        denominator = xp.sum(weights)
-    return safe_divide(total, denominator, xp)
+        return total / float(count) if count else xp.zeros_like(total)
+    return safe_divide(total, xp.sum(weights), xp)
