@@ -328,8 +328,10 @@ def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleT
     shift, log_sum = shifted_log_sum(z, xp)
     log_probs = (z - shift) - log_sum
     zero = xp.asarray(0, dtype=z.dtype, device=device(z))
-    # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN).
-    return -xp.sum(targets * xp.where(targets == 0, zero, log_probs), axis=-1)
+    # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN); a finite
+    # log-probability is kept, so the derivative with respect to a target of 0 is still -log p.
+    masked = (targets == 0) & ~xp.isfinite(log_probs)
+    return -xp.sum(targets * xp.where(masked, zero, log_probs), axis=-1)
 
 
 @analytic_backward

@@ -17,8 +17,10 @@ def apply_weights(loss: Array, weights: Array | None, xp: ModuleType) -> Array:
     """
     if weights is None:
         return loss
-    # Zero the loss before multiplying: 0 * inf would be NaN (and a NumPy RuntimeWarning).
-    return xp.where(weights == 0, xp.zeros_like(loss), loss) * weights
+    # Zero a non-finite loss before multiplying: 0 * inf would be NaN (and a NumPy RuntimeWarning).
+    # A finite one is kept, so the derivative with respect to a weight of 0 is still the loss.
+    dropped = (weights == 0) & ~xp.isfinite(loss)
+    return xp.where(dropped, xp.zeros_like(loss), loss) * weights
 
 
 def safe_divide(numerator: Array, denominator: Array, xp: ModuleType) -> Array:
