@@ -31,7 +31,8 @@ def test_smoke_prints_a_table_with_the_columns(smoke):
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == HEADER[:5]
     assert set(lines[1]) == {"-"}
-    rows = lines[2:]
+    rows = lines[2:-1]
+    assert lines[-1].startswith("load average (1 min) on ")
     assert any(row.startswith("forward ") and " numpy " in row and "arrayloss" in row for row in rows)
     assert any("scipy log_softmax" in row for row in rows) == (importlib.util.find_spec("scipy") is not None)
 
@@ -49,7 +50,8 @@ def test_smoke_json_has_one_record_per_table_row(smoke):
     records = payload["results"]
     assert payload["smoke"] is True and payload["repeat"] == 1
     assert {"python", "cpus", "numpy"} <= set(payload["machine"])
-    assert len(records) == len(result.stdout.splitlines()) - 2
+    assert len(records) == len(result.stdout.splitlines()) - 3  # header, rule, load average
+    assert set(payload["load_average"]) == {"start", "end"}
     for record in records:
         assert record["median_s"] > 0 and len(record["times_s"]) == 1
         assert (record["speedup"] is None) == (record["impl"] == "arrayloss")

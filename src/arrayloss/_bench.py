@@ -500,6 +500,14 @@ def table(results: list[Result]) -> str:
     return "\n".join([header, "-" * len(header), *(format_row(r) for r in results)])
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (other processes competing for the CPUs), where the OS reports it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -556,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot and not _installed("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     sizes = SMOKE if args.smoke else FULL
+    load_start = _load_average()
     makers = [make for case in args.cases for make in SUITE[case](sizes)]
     results: list[Result] = []
     for index, make in enumerate(makers, 1):
@@ -567,10 +576,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         results.extend(measure(bench, args.repeat))
         del bench
+    load = {"start": load_start, "end": _load_average()}
     print(table(results))
+    print(
+        f"load average (1 min) on {os.cpu_count()} CPUs: {load['start']} at the start, "
+        f"{load['end']} at the end"
+    )
     if args.json:
         payload = {
             "machine": machine(),
+            "load_average": load,
             "smoke": args.smoke,
             "repeat": args.repeat,
             "results": [{**vars(r), "median_s": r.median_s} for r in results],

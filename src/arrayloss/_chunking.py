@@ -26,8 +26,8 @@ from types import ModuleType
 
 from ._validation import Array, is_eager_host
 
-# Bytes of one block of logits on the automatic path (about half of a core's L2 cache).
-BLOCK_BYTES = 1 << 19
+# Bytes of one block of logits on the automatic path (measured best of 0.5-8 MiB, see benchmarks/RESULTS.md).
+BLOCK_BYTES = 1 << 22
 
 
 def check_chunk_size(chunk_size: int | None) -> None:

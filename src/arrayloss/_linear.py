@@ -24,7 +24,7 @@ from ._reduce import reduce_losses
 from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
 
 # Bytes of one chunk of logits when chunk_size is not given.
-CHUNK_BYTES = 1 << 24
+CHUNK_BYTES = 1 << 25
 
 
 def _check(
@@ -254,7 +254,7 @@ def linear_cross_entropy(
     weights, class_weights, ignore_index, label_smoothing, z_loss, reduction
         As in :func:`sparse_softmax_cross_entropy`.
     chunk_size : int, optional
-        Rows (examples) per chunk. Default: chunks of logits of about 16 MiB.
+        Rows (examples) per chunk. Default: chunks of logits of about 32 MiB.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
