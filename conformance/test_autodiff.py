@@ -1,0 +1,396 @@
+"""Autodiff of the losses in PyTorch and JAX, and laziness on Dask.
+
+PyTorch: ``backward()`` against ``torch.nn.functional.cross_entropy``, ``torch.func.grad``,
+``torch.compile(fullgraph=True)``, on both paths: the analytic backward of
+``arrayloss._autodiff`` (default) and the plain composition of array-API operations
+(``ENABLED = False``). JAX: ``jit``, ``grad``, ``vmap`` and optax. Gradients with
+respect to weights and soft targets against finite differences of the reference.
+Each test skips on the other backends.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import pytest
+import reference as ref
+from test_grad import (
+    CASES,
+    Case,
+    finite_difference_grad,
+    gradient_to_numpy,
+    held,
+    needs,
+    no_compute,
+    on_backend,
+    reference_value,
+)
+
+import arrayloss as al
+
+AUTODIFF_RTOL = 1e-6  # arrayloss's analytic gradient against an autodiff gradient, float64
+# Warnings torch.compile itself raises while tracing (array-api-compat's cached helpers; its own
+# instantiation of autograd.Function classes), not the code under test.
+DYNAMO_WARNINGS = [
+    "ignore:Dynamo detected a call to a `functools.lru_cache`-wrapped function:UserWarning",
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated:DeprecationWarning",
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+]
+
+
+def only(backend, name: str) -> Any:
+    if backend.name != name:
+        pytest.skip(f"{name}-specific test")
+    return backend.module
+
+
+@pytest.fixture(params=["analytic", "composition"])
+def path(request, monkeypatch) -> str:
+    """Run a PyTorch test on the analytic backward and on the plain composition."""
+    monkeypatch.setattr(al._autodiff, "ENABLED", request.param == "analytic")
+    return request.param
+
+
+def assert_path(out, path: str) -> None:
+    name = type(out.grad_fn).__name__
+    assert ("AnalyticBackward" in name) == (path == "analytic"), f"{path} path gave grad_fn {name}"
+
+
+def random_problem(seed: int, batch: int = 9, classes: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=batch)
+    labels[[2, 5] if batch > 5 else []] = -100
+    return rng.normal(size=(batch, classes)) * 3, labels
+
+
+TORCH_OPTIONS = {  # arrayloss options -> torch.nn.functional.cross_entropy options
+    "plain": ({}, {}),
+    "class_weights": ({"class_weights": [1.0, 0.0, 2.0, 0.5, 1.0, 3.0]}, {"weight": True}),
+    "ignore_index": ({"ignore_index": -100}, {"ignore_index": -100}),
+    "label_smoothing": ({"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
+    "weights_and_ignore": (
+        {"class_weights": [1.0, 0.0, 2.0, 0.5, 1.0, 3.0], "ignore_index": -100},
+        {"weight": True, "ignore_index": -100},
+    ),
+    "smoothing_and_ignore": (
+        {"label_smoothing": 0.2, "ignore_index": -100},
+        {"label_smoothing": 0.2, "ignore_index": -100},
+    ),
+}
+
+
+def torch_problem(backend, option: str, dtype: str) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    torch = backend.module
+    z, labels = random_problem(len(option))
+    ours, theirs = TORCH_OPTIONS[option]
+    if "ignore_index" not in ours:
+        labels[[2, 5]] = [1, 4]
+    ours = {k: backend.asarray(np.asarray(v), dtype) if isinstance(v, list) else v for k, v in ours.items()}
+    if "weight" in theirs:
+        theirs = {**theirs, "weight": ours["class_weights"]}
+    logits = backend.asarray(z, dtype)
+    return logits, torch.asarray(labels, device=backend.device), ours, theirs
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("option", list(TORCH_OPTIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, dtype):
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    logits, labels, ours, theirs = torch_problem(backend, option, dtype)
+    z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    out = al.sparse_softmax_cross_entropy(z1, labels, reduction=reduction, **ours)
+    expected = functional.cross_entropy(z2, labels, reduction=reduction, **theirs)
+    assert_path(out, path)
+    torch.sum(out * torch.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape)).backward()
+    torch.sum(expected * torch.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape)).backward()
+    backend.assert_close(out, backend.to_numpy(expected), dtype=dtype)
+    backend.assert_close(z1.grad, backend.to_numpy(z2.grad), dtype=dtype, scale=10)
+
+
+@pytest.mark.parametrize("option", ["plain", "weights_and_ignore", "smoothing_and_ignore"])
+def test_torch_func_grad(backend, path, option):
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    logits, labels, ours, theirs = torch_problem(backend, option, "float64")
+
+    def loss(z):
+        return al.sparse_softmax_cross_entropy(z, labels, reduction="mean", **ours)
+
+    got = torch.func.grad(loss)(logits)
+    expected = torch.func.grad(lambda z: functional.cross_entropy(z, labels, **theirs))(logits)
+    backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
+
+
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("option", ["plain", "smoothing_and_ignore"])
+def test_torch_compile_fullgraph(backend, path, option):
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    logits, labels, ours, theirs = torch_problem(backend, option, "float32")
+
+    z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    compiled = torch.compile(
+        lambda z: al.sparse_softmax_cross_entropy(z, labels, reduction="mean", **ours), fullgraph=True
+    )
+    out = compiled(z1)
+    out.backward()
+    expected = functional.cross_entropy(z2, labels, **theirs)
+    expected.backward()
+    backend.assert_close(out, backend.to_numpy(expected), dtype="float32")
+    backend.assert_close(z1.grad, backend.to_numpy(z2.grad), dtype="float32")
+
+
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+def test_torch_compile_out_of_range_label_is_nan_while_eager_raises(backend):
+    torch = only(backend, "torch")
+    z, _ = random_problem(3, batch=4, classes=3)
+    logits = backend.asarray(z)
+    labels = torch.asarray([0, 9, 2, 1], device=backend.device)
+    if backend.eager:
+        with pytest.raises(ValueError, match="labels contains 9"):
+            al.sparse_softmax_cross_entropy(logits, labels)
+    compiled = torch.compile(lambda z, y: al.sparse_softmax_cross_entropy(z, y), fullgraph=True)
+    got = backend.check_result(compiled(logits, labels), dtype="float64", shape=(4,))
+    assert np.isnan(got[1])
+    keep = [0, 2, 3]
+    np.testing.assert_allclose(got[keep], ref.sparse_ce(z[keep], np.array([0, 2, 1])), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_autograd_matches_value_and_grad(backend, path, name):
+    torch = only(backend, "torch")
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+    leaves = logits if case.steps else [logits]
+    leaves = [leaf.clone().requires_grad_() for leaf in leaves]
+    out = case.loss(leaves if case.steps else leaves[0], *args, **options)
+    assert_path(out, path)
+    torch.sum(out).backward()
+    grad = [leaf.grad for leaf in leaves] if case.steps else leaves[0].grad
+    expected = gradient_to_numpy(
+        backend, case, al.value_and_grad(case.loss)(logits, *args, **options)[1], "float64"
+    )
+    got = gradient_to_numpy(backend, case, grad, "float64")
+    np.testing.assert_allclose(got, expected, rtol=AUTODIFF_RTOL, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_half_precision_backward(backend, path, dtype):
+    torch = only(backend, "torch")
+    needs(backend, dtype)
+    case = held(CASES["sparse-everything-mean"], dtype)
+    logits, args, options = on_backend(backend, case, dtype)
+    z = logits.clone().requires_grad_()
+    out = case.loss(z, *args, **options)
+    assert_path(out, path)
+    out.backward()
+    backend.assert_close(out, reference_value(case, case.logits), dtype=dtype)
+    backend.assert_close(z.grad, finite_difference_grad(case), dtype=dtype)
+    assert torch.all(torch.isfinite(z.grad))
+
+
+def with_respect_to(case: Case, position: int | str, values: np.ndarray) -> np.ndarray:
+    """Finite differences of ``sum(reference)`` with respect to one input (a positional index or option)."""
+
+    def total(v: np.ndarray) -> float:
+        args, options = list(case.args), dict(case.options)
+        if isinstance(position, int):
+            args[position] = v
+        else:
+            options[position] = v
+        return float(np.sum(case.reference(case.logits, *args, **options)))
+
+    grad = np.zeros_like(values)
+    for index in np.ndindex(values.shape):
+        up, down = values.copy(), values.copy()
+        up[index] += 1e-6
+        down[index] -= 1e-6
+        grad[index] = (total(up) - total(down)) / 2e-6
+    return grad
+
+
+# (case, input, where it sits): weights and soft targets whose gradient autodiff reaches.
+SIDE_INPUTS = [
+    ("sparse-everything-mean", "weights"),
+    ("sparse-everything-sum", "class_weights"),
+    ("dense-weights-mean", "weights"),
+    ("dense-weights-mean", 0),
+    ("dense-label_smoothing-none", 0),
+    ("sequence-average_across_timesteps-average_across_batch", 1),
+    ("by_example-stacked-total", 1),  # averaged, a row of zero weights has derivatives of 1e12
+]
+
+
+@pytest.mark.parametrize(("name", "position"), SIDE_INPUTS)
+def test_torch_gradient_reaches_weights_and_targets(backend, path, name, position):
+    only(backend, "torch")
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+    values = case.args[position] if isinstance(position, int) else case.options[position]
+    side = backend.asarray(values).requires_grad_()
+    if isinstance(position, int):
+        args[position] = side
+    else:
+        options[position] = side
+    z = logits.clone().requires_grad_()
+    out = case.loss(z, *args, **options)
+    assert_path(out, "composition")  # autograd must see the weights: the analytic backward steps aside
+    out.sum().backward()
+    backend.assert_close(side.grad, with_respect_to(case, position, values), dtype="float64", scale=1e4)
+    backend.assert_close(z.grad, finite_difference_grad(case), dtype="float64", scale=1e4)
+
+
+@pytest.mark.parametrize(("name", "position"), SIDE_INPUTS)
+def test_jax_gradient_reaches_weights_and_targets(backend, name, position):
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+    values = case.args[position] if isinstance(position, int) else case.options[position]
+
+    def total(side):
+        a, o = list(args), dict(options)
+        if isinstance(position, int):
+            a[position] = side
+        else:
+            o[position] = side
+        return backend.module.sum(case.loss(logits, *a, **o))
+
+    got = jax.grad(total)(backend.asarray(values))
+    backend.assert_close(got, with_respect_to(case, position, values), dtype="float64", scale=1e4)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jax_jit_grad_vmap(backend, name):
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+
+    def loss(z):
+        return case.loss(z, *args, **options)
+
+    eager = loss(logits)
+    backend.assert_close(jax.jit(loss)(logits), backend.to_numpy(eager), dtype="float64")
+    got = jax.grad(lambda z: jnp.sum(loss(z)))(logits)
+    _, expected = al.value_and_grad(case.loss)(logits, *args, **options)
+    np.testing.assert_allclose(
+        gradient_to_numpy(backend, case, got, "float64"),
+        gradient_to_numpy(backend, case, expected, "float64"),
+        rtol=AUTODIFF_RTOL,
+        atol=1e-12,
+    )
+    jitted_grad = jax.jit(lambda z: al.value_and_grad(case.loss)(z, *args, **options)[1])(logits)
+    np.testing.assert_allclose(
+        gradient_to_numpy(backend, case, jitted_grad, "float64"),
+        gradient_to_numpy(backend, case, expected, "float64"),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    batch = jax.tree_util.tree_map(lambda z: jnp.stack([z, 0.5 * z]), logits)
+    mapped = jax.vmap(loss)(batch)
+    halved = loss(jax.tree_util.tree_map(lambda z: 0.5 * z, logits))
+    backend.assert_close(
+        mapped, np.stack([backend.to_numpy(eager), backend.to_numpy(halved)]), dtype="float64"
+    )
+
+
+def optax_problem(backend, seed: int):
+    z, labels = random_problem(seed)
+    weights = np.where(labels == -100, 0.0, 1.0)
+    weights[0] = 0.0  # and one zero weight
+    safe = np.where(labels == -100, 0, labels)
+    return backend.asarray(z), labels, weights, safe
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_jax_matches_optax_integer_labels(backend, label_smoothing):
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    optax = pytest.importorskip("optax")
+    jnp = backend.module
+    logits, labels, weights, safe = optax_problem(backend, 11)
+    w = jnp.asarray(weights)
+    y = jnp.asarray(labels)
+
+    def ours(z):
+        return al.sparse_softmax_cross_entropy(
+            z, y, weights=w, ignore_index=-100, label_smoothing=label_smoothing, reduction="mean"
+        )
+
+    def theirs(z):
+        if label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(jnp.asarray(safe), z.shape[-1]), label_smoothing)
+            per_example = optax.softmax_cross_entropy(z, targets)
+        else:
+            per_example = optax.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(safe))
+        return jnp.sum(w * per_example) / jnp.sum(w)
+
+    backend.assert_close(ours(logits), np.asarray(theirs(logits)), dtype="float64")
+    expected = np.asarray(jax.grad(theirs)(logits))
+    backend.assert_close(jax.grad(ours)(logits), expected, dtype="float64", scale=1e2)
+    _, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(
+        logits, y, weights=w, ignore_index=-100, label_smoothing=label_smoothing, reduction="mean"
+    )
+    backend.assert_close(grad, expected, dtype="float64", scale=1e2)
+
+
+def test_jax_matches_optax_dense_targets(backend):
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    optax = pytest.importorskip("optax")
+    jnp = backend.module
+    rng = np.random.default_rng(5)
+    logits = backend.asarray(rng.normal(size=(7, 4)) * 2)
+    targets = backend.asarray(rng.dirichlet(np.ones(4), size=7))
+
+    def theirs(z):
+        return jnp.mean(optax.softmax_cross_entropy(z, targets))
+
+    expected = np.asarray(jax.grad(theirs)(logits))
+    value, grad = al.value_and_grad(al.softmax_cross_entropy)(logits, targets, reduction="mean")
+    backend.assert_close(value, np.asarray(theirs(logits)), dtype="float64")
+    backend.assert_close(grad, expected, dtype="float64", scale=1e2)
+    got = jax.grad(lambda z: al.softmax_cross_entropy(z, targets, reduction="mean"))(logits)
+    backend.assert_close(got, expected, dtype="float64", scale=1e2)
+
+
+def test_jax_jit_out_of_range_label_is_nan(backend):
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    z, _ = random_problem(3, batch=4, classes=3)
+    labels = backend.asarray(np.array([0, 9, 2, 1]))
+    got = backend.check_result(
+        jax.jit(al.sparse_softmax_cross_entropy)(backend.asarray(z), labels), dtype="float64", shape=(4,)
+    )
+    assert np.isnan(got[1])
+    keep = [0, 2, 3]
+    np.testing.assert_allclose(got[keep], ref.sparse_ce(z[keep], np.array([0, 2, 1])), rtol=1e-10)
+
+
+def test_dask_raising_scheduler_catches_a_compute(backend):
+    only(backend, "dask")
+    x = backend.asarray(np.ones((4, 3)))
+    with no_compute(backend), pytest.raises(AssertionError, match="computed before"):
+        backend.module.sum(x).compute()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_dask_losses_are_lazy(backend, name):
+    da = only(backend, "dask")
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+    with no_compute(backend):
+        out = case.loss(logits, *args, **options)
+        lse = al.logsumexp(logits if not case.steps else logits[0])
+        log_probs = al.log_softmax(logits if not case.steps else logits[0])
+    assert isinstance(out, da.Array) and isinstance(lse, da.Array) and isinstance(log_probs, da.Array)
+    backend.assert_close(out, reference_value(case, case.logits), dtype="float64")
+    first = case.logits if not case.steps else case.logits[:, 0]
+    backend.assert_close(lse, ref.logsumexp(first), dtype="float64")
+    backend.assert_close(log_probs, first - ref.logsumexp(first)[..., None], dtype="float64")
