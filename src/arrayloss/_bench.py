@@ -518,6 +518,8 @@ def machine() -> dict[str, Any]:
     for name in ("numpy", "torch", "scipy", "jax", "cupy"):
         if _installed(name):
             info[name] = importlib.import_module(name).__version__
+    if _installed("torch"):
+        info["torch_threads"] = importlib.import_module("torch").get_num_threads()
     return info
 
 
@@ -557,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw time and speed-up vs classes (needs matplotlib)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls of each implementation (median)")
+    parser.add_argument(
+        "--threads", type=int, help="PyTorch intra-op threads (torch.set_num_threads); default: PyTorch's"
+    )
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -564,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot and not _installed("matplotlib"):
         parser.error("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     sizes = SMOKE if args.smoke else FULL
+    if args.threads is not None and _installed("torch"):
+        importlib.import_module("torch").set_num_threads(args.threads)
     load_start = _load_average()
     makers = [make for case in args.cases for make in SUITE[case](sizes)]
     results: list[Result] = []
@@ -577,14 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         results.extend(measure(bench, args.repeat))
         del bench
     load = {"start": load_start, "end": _load_average()}
+    machine_info = machine()
     print(table(results))
     print(
         f"load average (1 min) on {os.cpu_count()} CPUs: {load['start']} at the start, "
         f"{load['end']} at the end"
+        + (f"; torch threads: {machine_info['torch_threads']}" if "torch_threads" in machine_info else "")
     )
     if args.json:
         payload = {
-            "machine": machine(),
+            "machine": machine_info,
             "load_average": load,
             "smoke": args.smoke,
             "repeat": args.repeat,
