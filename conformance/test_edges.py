@@ -12,8 +12,8 @@ import arrayloss as al
 
 # Largest magnitudes each dtype is tested at: the losses stay representable.
 MAGNITUDE = {"float64": 1e300, "float32": 1e30, "bfloat16": 1e30, "float16": 6e4}
-# Rows of +-1 times the magnitude; no label sits on a -1 (its loss, 2 x magnitude, would overflow float16).
-HUGE_PATTERN = np.array([[1.0, 1.0, -1.0], [1.0, 0.5, -1.0], [1.0, -1.0, 1.0], [0.5, 1.0, 0.25]])
+# Rows of multiples of the magnitude, no label on a -1: every loss, and their sum, fits float16 at 6e4.
+HUGE_PATTERN = np.array([[1.0, 1.0, -1.0], [1.0, 0.75, -1.0], [1.0, -1.0, 1.0], [0.75, 1.0, 0.75]])
 HUGE_LABELS = np.array([0, 1, 2, 0])
 ORDINARY = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0], [0.0, 3.0, 0.0], [-0.5, 0.5, 1.5]])
 LABELS = np.array([0, 2, 1, 1, 2])
