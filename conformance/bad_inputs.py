@@ -672,6 +672,16 @@ CASES: list[BadInput] = [
         "logits[1]",
     ),
     BadInput(
+        "by-example-step-device",
+        BY_EXAMPLE,
+        "one step of weights on another device",
+        lambda b: ((*steps(b)[:2], [ones(b, (4,)), on_other_device(b, ones(b, (4,)))]), {}),
+        ValueError,
+        "weights[1] is on device",
+        "weights[1]",
+        applies=no_other_device,
+    ),
+    BadInput(
         "by-example-weights-shape",
         BY_EXAMPLE,
         "stacked weights of shape (2,) for [batch, time] = (2, 3)",
