@@ -322,3 +322,52 @@ def test_custom_softmax_loss_function_is_an_error(backend, loss):
     value, grad = f(logits, targets, weights)  # without it: fine
     assert backend.check_result(grad, dtype="float64", shape=(2, 3, 4)).shape == (2, 3, 4)
     assert np.all(np.isfinite(backend.to_numpy(value)))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction):
+    rng = np.random.default_rng(17)
+    hidden, weight = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    labels = np.array([0, 3, IGNORED, 1, 2])
+    options = {"ignore_index": IGNORED, "label_smoothing": 0.1, "reduction": reduction}
+
+    def total(h: np.ndarray, w: np.ndarray) -> float:
+        return float(np.sum(ref.sparse_ce(h @ w.T, labels, **options)))
+
+    def differences(x: np.ndarray, f: Callable[[np.ndarray], float]) -> np.ndarray:
+        grad = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            up, down = x.copy(), x.copy()
+            up[index] += 1e-6
+            down[index] -= 1e-6
+            grad[index] = (f(up) - f(down)) / 2e-6
+        return grad
+
+    with no_compute(backend):
+        value, (d_hidden, d_weight) = al.value_and_grad(al.linear_cross_entropy)(
+            backend.asarray(hidden),
+            backend.asarray(weight),
+            backend.asarray(labels, label_dtype(backend)),
+            **options,
+        )
+    backend.assert_close(value, ref.sparse_ce(hidden @ weight.T, labels, **options), dtype="float64")
+    expected_hidden = differences(hidden, lambda h: total(h, weight))
+    expected_weight = differences(weight, lambda w: total(hidden, w))
+    backend.assert_close(d_hidden, expected_hidden, dtype="float64", scale=1e3)
+    backend.assert_close(d_weight, expected_weight, dtype="float64", scale=1e3)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sparse-everything-mean",
+        "sparse-axis-none",
+        "dense-label_smoothing-none",
+        "sequence-average_across_timesteps-average_across_batch",
+        "by_example-steps-average",
+    ],
+)
+def test_gradient_in_blocks_of_one_row(backend, name, monkeypatch):
+    """Eager host arrays compute the gradient in blocks of rows: force one row per block."""
+    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+    check_value_and_grad(backend, CASES[name], "float64" if "float64" in backend.float_dtypes else "float32")

@@ -80,6 +80,11 @@ def rule_of(loss: Callable[..., Any]) -> Rule | None:
     return _RULES.get(loss)
 
 
+def registered_names() -> list[str]:
+    """Names of the functions with a registered rule, sorted."""
+    return sorted(loss.__name__ for loss in _RULES)
+
+
 def _torch_records_gradient(primals: Sequence[Array]) -> bool:
     torch = sys.modules.get("torch")
     return (

@@ -18,7 +18,8 @@ from typing import Any
 
 from array_api_compat import device
 
-from ._autodiff import Linearization, NotDifferentiable, register_rule, rule_of
+from ._autodiff import Linearization, NotDifferentiable, register_rule, registered_names, rule_of
+from ._chunking import rows_per_chunk
 from ._cross_entropy import (
     example_weights,
     label_indices,
@@ -61,6 +62,32 @@ def example_scale(
     return apply_weights(xp.broadcast_to(scale, shape), weights, xp)
 
 
+def in_row_blocks(
+    row_gradient: Callable[..., Array], z: Array, per_row: tuple[Array, ...], xp: ModuleType
+) -> Array:
+    """``row_gradient(z, *per_row)``, computed in blocks of rows on eager host arrays.
+
+    ``row_gradient`` maps rows of ``z`` (classes last) and of the ``per_row`` arrays
+    (the leading shape of ``z``, maybe with trailing axes of their own) to gradient
+    rows of ``z``'s shape and dtype. The blocks follow the forward pass's rule
+    (:func:`~arrayloss._chunking.rows_per_chunk`): a block stays in the CPU cache
+    through the several elementwise steps of the gradient, and each finished block
+    is written into the gradient, so that no other logits-sized array is ever
+    alive (eager host arrays are writable). Other arrays get one call.
+    """
+    chunk = rows_per_chunk(None, z, xp)
+    if chunk is None:
+        return row_gradient(z, *per_row)
+    lead = z.ndim - 1
+    rows = tuple(xp.reshape(a, (-1, *a.shape[lead:])) for a in (z, *per_row))
+    count = rows[0].shape[0]
+    grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified
+        grad[start:stop, ...] = row_gradient(*(a[start:stop, ...] for a in rows))
+    return xp.reshape(grad, tuple(z.shape))
+
+
 def sparse_logits_vjp(
     z: Array,
     safe_labels: Array,
@@ -79,8 +106,25 @@ def sparse_logits_vjp(
             - (1-\varepsilon)\,\mathrm{onehot}(y) - \varepsilon / C
 
     ``scale`` holds :math:`s_i` (see :func:`example_scale`). With ``masked``, rows of
-    scale 0 are exactly 0 even where their logits are not finite.
+    scale 0 are exactly 0 even where their logits are not finite. Computed in blocks
+    of rows (:func:`in_row_blocks`).
     """
+
+    def rows(z: Array, safe_labels: Array, scale: Array) -> Array:
+        return _sparse_rows(z, safe_labels, scale, label_smoothing, z_loss, masked, xp)
+
+    return in_row_blocks(rows, z, (safe_labels, scale), xp)
+
+
+def _sparse_rows(
+    z: Array,
+    safe_labels: Array,
+    scale: Array,
+    label_smoothing: float,
+    z_loss: float,
+    masked: bool,
+    xp: ModuleType,
+) -> Array:
     num_classes = z.shape[-1]
     z = _zero_dropped_rows(z, scale, xp) if masked else z
     lse = lse_last(z, xp)
@@ -109,7 +153,18 @@ def dense_logits_vjp(
               \qquad t = (1-\varepsilon)\,\mathrm{targets} + \varepsilon / C
 
     With ``masked``, rows of scale 0 are exactly 0 even where their logits are not finite.
+    Computed in blocks of rows (:func:`in_row_blocks`).
     """
+
+    def rows(z: Array, targets: Array, scale: Array) -> Array:
+        return _dense_rows(z, targets, scale, label_smoothing, masked, xp)
+
+    return in_row_blocks(rows, z, (targets, scale), xp)
+
+
+def _dense_rows(
+    z: Array, targets: Array, scale: Array, label_smoothing: float, masked: bool, xp: ModuleType
+) -> Array:
     num_classes = z.shape[-1]
     z = _zero_dropped_rows(z, scale, xp) if masked else z
     coefficient = scale[..., None]
@@ -286,7 +341,9 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
     ----------
     loss : callable
         One of :func:`sparse_softmax_cross_entropy`, :func:`softmax_cross_entropy`,
-        :func:`sequence_loss`, :func:`sequence_loss_by_example`.
+        :func:`sequence_loss`, :func:`sequence_loss_by_example`,
+        :func:`linear_cross_entropy` (a module adds one with
+        :func:`~arrayloss._autodiff.register_rule`).
 
     Returns
     -------
@@ -296,7 +353,8 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
         ``sum(value)`` (for ``reduction="none"``, the vector-Jacobian product with
         ones) with respect to the first argument, in its shape, dtype, namespace and
         device: for :func:`sequence_loss_by_example` with a list of per-step logits,
-        a list of per-step gradients. Half precision is computed in float32. Lazy
+        a list of per-step gradients; for :func:`linear_cross_entropy`, the tuple
+        ``(d_hidden, d_weight)`` (and ``d_bias`` with a bias). Half precision is computed in float32. Lazy
         arrays (Dask) stay lazy. An example whose label is out of range on arrays
         that are not checked eagerly has a NaN loss and a NaN gradient row; an
         example of weight 0 has a gradient of exactly 0.
@@ -323,8 +381,7 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
     if rule is None:
         name = getattr(loss, "__name__", repr(loss))
         raise TypeError(
-            f"value_and_grad has no analytic gradient for {name}; it supports "
-            "sparse_softmax_cross_entropy, softmax_cross_entropy, sequence_loss and sequence_loss_by_example"
+            f"value_and_grad has no analytic gradient for {name}; it supports {', '.join(registered_names())}"
         )
 
     def loss_value_and_grad(*arrays: Any, **options: Any) -> tuple[Array, Any]:
