@@ -26,8 +26,10 @@ from types import ModuleType
 
 from ._validation import Array, is_eager_host
 
-# Bytes of one block of logits on the automatic path (measured best of 0.5-8 MiB, see benchmarks/RESULTS.md).
-BLOCK_BYTES = 1 << 22
+# Bytes of one block of logits on the automatic path: the best of 128 KiB-4 MiB measured on a 2-core host
+# (benchmarks/RESULTS.md). Larger blocks lose to page faults: glibc returns each freed temporary of a
+# few MiB to the OS, so the next block faults its pages in again.
+BLOCK_BYTES = 1 << 18
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
