@@ -51,6 +51,7 @@ class Bench:
     memory: str = "cpu"  # how peak memory is measured: "cpu", "torch-cuda", "cupy" or "none"
     classes: int = 0
     sync: Callable[[], None] = lambda: None
+    reset: Callable[[], None] = lambda: None  # before every call: drop what the last call left (gradients)
 
 
 @dataclass
@@ -87,8 +88,11 @@ def _read_status(key: str) -> int:
     raise KeyError(key)
 
 
-def peak_memory(fn: Callable[[], Any], kind: str, sync: Callable[[], None]) -> int | None:
+def peak_memory(
+    fn: Callable[[], Any], kind: str, sync: Callable[[], None], reset: Callable[[], None]
+) -> int | None:
     """Peak memory one call of ``fn`` adds, in bytes (``None`` when it cannot be measured)."""
+    reset()
     if kind == "cpu":
         try:
             with open("/proc/self/clear_refs", "w") as refs:  # resets the peak resident size (Linux)
@@ -127,15 +131,17 @@ def measure(bench: Bench, repeat: int) -> list[Result]:
     impls = {"arrayloss": bench.ours, **bench.peers}
     times: dict[str, list[float]] = {name: [] for name in impls}
     for fn in impls.values():  # warm up: first-call costs, allocator, JIT compilation
+        bench.reset()
         fn()
         bench.sync()
     for _ in range(repeat):
         for name, fn in impls.items():
+            bench.reset()
             start = time.perf_counter()
             fn()
             bench.sync()
             times[name].append(time.perf_counter() - start)
-    peaks = {name: peak_memory(fn, bench.memory, bench.sync) for name, fn in impls.items()}
+    peaks = {name: peak_memory(fn, bench.memory, bench.sync, bench.reset) for name, fn in impls.items()}
     ours = statistics.median(times["arrayloss"])
     return [
         Result(
@@ -282,14 +288,15 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         logits.requires_grad_(True)
 
         def ours() -> Any:
-            logits.grad = None
             sparse_softmax_cross_entropy(logits, labels, reduction="mean").backward()
             return logits.grad
 
         def theirs() -> Any:
-            logits.grad = None
             torch_f.cross_entropy(logits, labels).backward()
             return logits.grad
+
+        def reset() -> None:
+            logits.grad = None
 
         return Bench(
             "forward_backward",
@@ -300,6 +307,7 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             {"F.cross_entropy": theirs},
             {"F.cross_entropy": 2.0},
             classes=s.classes,
+            reset=reset,
         )
 
     yield make
@@ -370,17 +378,15 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         ).requires_grad_(True)
         labels = torch.randint(0, s.classes, (s.linear_rows,), generator=generator)
 
-        def clear() -> None:
+        def reset() -> None:
             hidden.grad = None
             weight.grad = None
 
         def ours() -> Any:
-            clear()
             linear_cross_entropy(hidden, weight, labels, reduction="mean").backward()
             return hidden.grad, weight.grad
 
         def theirs() -> Any:
-            clear()
             torch_f.cross_entropy(hidden @ weight.T, labels).backward()
             return hidden.grad, weight.grad
 
@@ -393,6 +399,7 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             {"logits + F.cross_entropy": theirs},
             {"logits + F.cross_entropy": 0.8},
             classes=s.classes,
+            reset=reset,
         )
 
     yield make

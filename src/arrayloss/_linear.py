@@ -24,7 +24,7 @@ from ._reduce import reduce_losses
 from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
 
 # Bytes of one chunk of logits when chunk_size is not given.
-CHUNK_BYTES = 1 << 25
+CHUNK_BYTES = 1 << 24
 
 
 def _check(
@@ -169,11 +169,19 @@ class _Problem:
                 xp=xp,
             )
             d_hidden.append(xp.matmul(g, self.weight))
+            # Accumulate in place where the library allows it (NumPy, PyTorch, CuPy; JAX makes a new
+            # array): d_weight + part would hold a third weight-sized array and fault its pages in.
             part = xp.matmul(xp.matrix_transpose(g), h)
-            d_weight = part if d_weight is None else d_weight + part
+            if d_weight is None:
+                d_weight = part
+            else:
+                d_weight += part
             if self.bias is not None:
                 d_b = xp.sum(g, axis=0)
-                d_bias = d_b if d_bias is None else d_bias + d_b
+                if d_bias is None:
+                    d_bias = d_b
+                else:
+                    d_bias += d_b
         if d_weight is None:  # no rows: zero gradients
             value = self.reduce(xp.zeros((0,), dtype=self.dtype, device=device(self.hidden)))
             zeros = tuple(xp.zeros_like(a) for a in like)
@@ -254,7 +262,7 @@ def linear_cross_entropy(
     weights, class_weights, ignore_index, label_smoothing, z_loss, reduction
         As in :func:`sparse_softmax_cross_entropy`.
     chunk_size : int, optional
-        Rows (examples) per chunk. Default: chunks of logits of about 32 MiB.
+        Rows (examples) per chunk. Default: chunks of logits of about 16 MiB.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
