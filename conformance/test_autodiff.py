@@ -397,3 +397,24 @@ def test_dask_losses_are_lazy(backend, name):
     first = case.logits if not case.steps else case.logits[:, 0]
     backend.assert_close(lse, ref.logsumexp(first), dtype="float64")
     backend.assert_close(log_probs, first - ref.logsumexp(first)[..., None], dtype="float64")
+
+
+def test_torch_composition_is_not_chunked_under_autograd(backend, monkeypatch):
+    """Autograd through row blocks would build a whole-array zero gradient per block (quadratic)."""
+    torch = only(backend, "torch")
+    monkeypatch.setattr(al._autodiff, "ENABLED", False)
+    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+    z, labels = random_problem(4)
+    logits = backend.asarray(z).requires_grad_()
+    out = al.sparse_softmax_cross_entropy(
+        logits, torch.asarray(labels, device=backend.device), ignore_index=-100
+    )
+    nodes, seen = [out.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            nodes.extend(next_node for next_node, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert not any(name.startswith("Slice") for name in names), sorted(names)
+    backend.assert_close(out, ref.sparse_ce(z, labels, ignore_index=-100), dtype="float64")

@@ -85,7 +85,8 @@ def registered_names() -> list[str]:
     return sorted(loss.__name__ for loss in _RULES)
 
 
-def _torch_records_gradient(primals: Sequence[Array]) -> bool:
+def torch_records_gradient(primals: Sequence[Array]) -> bool:
+    """Whether PyTorch autograd records operations on one of ``primals`` (grad mode on, requires grad)."""
     torch = sys.modules.get("torch")
     return (
         torch is not None
@@ -132,7 +133,7 @@ def custom_vjp(forward: Forward, backward: Backward, primals: tuple[Array, ...])
     >>> x.grad
     tensor([2., 4.])
     """
-    if not _torch_records_gradient(primals):
+    if not torch_records_gradient(primals):
         return forward(*primals)[0]
     from ._torch_function import AnalyticBackward  # torch is loaded: a primal is a tensor
 
@@ -153,7 +154,7 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(loss)
     def dispatch(*args: P.args, **kwargs: P.kwargs) -> R:
         rule = _RULES.get(dispatch)
-        if ENABLED and rule is not None and _torch_records_gradient(list(_arrays([*args, *kwargs.values()]))):
+        if ENABLED and rule is not None and torch_records_gradient(list(_arrays([*args, *kwargs.values()]))):
             try:
                 linear = rule(*args, **kwargs)
             except (
@@ -161,7 +162,7 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
             ):  # a call the rule does not cover: autograd differentiates the composition
                 linear = None
             constants = [c for c in linear.constants if c is not None] if linear is not None else []
-            if linear is not None and not _torch_records_gradient(constants):
+            if linear is not None and not torch_records_gradient(constants):
                 result: R = custom_vjp(linear.forward, linear.backward, linear.primals)
                 return result
         return loss(*args, **kwargs)

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from types import ModuleType
 
+from ._autodiff import torch_records_gradient
 from ._validation import Array, is_eager_host
 
 # Bytes of one block of logits on the automatic path: the best of 128 KiB-4 MiB measured on a 2-core host
@@ -46,11 +47,13 @@ def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType) -> int | No
     """Rows per chunk for the ``[..., C]`` array ``z``, or ``None`` for the plain one-shot path.
 
     An explicit ``chunk_size`` is returned as is. Otherwise eager host arrays get
-    blocks of about :data:`BLOCK_BYTES` when there is more than one such block.
+    blocks of about :data:`BLOCK_BYTES` when there is more than one such block,
+    except tensors that PyTorch autograd records: the backward pass of every slice
+    would build a zero gradient of the whole array (quadratic time and memory).
     """
     if chunk_size is not None:
         return chunk_size
-    if z.ndim < 2 or not is_eager_host(z):
+    if z.ndim < 2 or not is_eager_host(z) or torch_records_gradient((z,)):
         return None
     row_bytes = z.shape[-1] * xp.finfo(z.dtype).bits // 8
     block = max(1, BLOCK_BYTES // max(1, row_bytes))
