@@ -371,8 +371,8 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
     >>> import arrayloss as al
     >>> f = al.value_and_grad(al.sparse_softmax_cross_entropy)
     >>> value, grad = f(np.asarray([[0.0, 0.0], [0.0, 0.0]]), np.asarray([0, 1]), reduction="mean")
-    >>> value
-    array(0.69314718)
+    >>> print(np.round(value, 6))
+    0.693147
     >>> grad
     array([[-0.25,  0.25],
            [ 0.25, -0.25]])
