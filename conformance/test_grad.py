@@ -371,3 +371,20 @@ def test_gradient_in_blocks_of_one_row(backend, name, monkeypatch):
     """Eager host arrays compute the gradient in blocks of rows: force one row per block."""
     monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
     check_value_and_grad(backend, CASES[name], "float64" if "float64" in backend.float_dtypes else "float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradient_of_huge_logits_keeps_its_precision(backend, dtype):
+    """Logits near 1e4: the softmax must not go through a rounded log-sum-exp of 1e4."""
+    needs(backend, dtype)
+    rng = np.random.default_rng(23)
+    logits = rounded(1e4 + rng.normal(size=(8, 6)), dtype)
+    labels = rng.integers(0, 6, size=8)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    softmax = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    expected = (softmax - np.eye(6)[labels]) / 8  # d mean / d logits, in float64
+    with no_compute(backend):
+        _, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(
+            backend.asarray(logits, dtype), backend.asarray(labels, label_dtype(backend)), reduction="mean"
+        )
+    backend.assert_close(grad, expected, dtype=dtype)

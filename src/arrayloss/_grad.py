@@ -29,7 +29,7 @@ from ._cross_entropy import (
 )
 from ._reduce import apply_weights, safe_divide
 from ._sequence import _stacked, _step_weights, sequence_loss, sequence_loss_by_example, tfa_denominator
-from ._special import lse_last
+from ._special import lse_last, shifted_log_sum
 from ._validation import Array, class_axis_last, compute_dtype, namespace_of, normalize_axis
 
 
@@ -127,16 +127,21 @@ def _sparse_rows(
 ) -> Array:
     num_classes = z.shape[-1]
     z = _zero_dropped_rows(z, scale, xp) if masked else z
-    lse = lse_last(z, xp)
     coefficient = scale[..., None]
     if z_loss:
-        coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
-    grad = xp.exp(z - lse) * coefficient
+        coefficient = coefficient * (1.0 + 2.0 * z_loss * lse_last(z, xp))
+    grad = _softmax(z, xp) * coefficient
     uniform = scale * (label_smoothing / num_classes)
     at_label = scale * (1.0 - label_smoothing) + uniform
     index = label_indices(safe_labels, xp)
     classes = xp.arange(num_classes, dtype=index.dtype, device=device(z))
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
+
+
+def _softmax(z: Array, xp: ModuleType) -> Array:
+    """Softmax over the last axis, as ``exp((z - shift) - log_sum)``: accurate for huge logits too."""
+    shift, log_sum = shifted_log_sum(z, xp)
+    return xp.exp((z - shift) - log_sum)
 
 
 def _zero_dropped_rows(z: Array, scale: Array, xp: ModuleType) -> Array:
@@ -169,7 +174,7 @@ def _dense_rows(
     z = _zero_dropped_rows(z, scale, xp) if masked else z
     coefficient = scale[..., None]
     mass = (1.0 - label_smoothing) * xp.sum(targets, axis=-1, keepdims=True) + label_smoothing
-    grad = xp.exp(z - lse_last(z, xp)) * (coefficient * mass)
+    grad = _softmax(z, xp) * (coefficient * mass)
     grad = grad - targets * (coefficient * (1.0 - label_smoothing))
     if label_smoothing:
         grad = grad - coefficient * (label_smoothing / num_classes)
