@@ -28,7 +28,7 @@ MATRIX = [
     ("array_api_strict", "array_api_strict", "default", (), ["cpu"]),
     ("array_api_strict-device1", "array_api_strict", "device1", (), ["cpu"]),
     ("torch-cpu", "torch", "cpu", ("torch",), ["cpu"]),
-    ("jax-cpu", "jax", "cpu", ("jax",), ["cpu"]),
+    ("jax-cpu", "jax", "cpu", ("jax", "optax"), ["cpu"]),
     ("dask", "dask", "default", ("dask[array]",), ["cpu"]),
     ("torch-cuda", "torch", "cuda", ("torch",), ["gpu"]),
     ("cupy", "cupy", "default", ("cupy-cuda12x",), ["gpu"]),

@@ -185,7 +185,7 @@ def test_torch_autograd_matches_value_and_grad(backend, path, name):
 def test_torch_half_precision_backward(backend, path, dtype):
     torch = only(backend, "torch")
     needs(backend, dtype)
-    case = held(CASES["sparse-everything-mean"], dtype)
+    case = held(backend, CASES["sparse-everything-mean"], dtype)
     logits, args, options = on_backend(backend, case, dtype)
     z = logits.clone().requires_grad_()
     out = case.loss(z, *args, **options)

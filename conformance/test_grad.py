@@ -153,20 +153,16 @@ def label_dtype(backend) -> str:
     return "int64" if "int64" in backend.int_dtypes else "int32"
 
 
-def rounded(values: np.ndarray, dtype: str) -> np.ndarray:
-    """``values`` rounded to ``dtype`` and back to float64 (what the backend actually holds)."""
-    if dtype == "bfloat16":
-        import torch
-
-        return torch.tensor(values).to(torch.bfloat16).double().numpy()
-    return values.astype(dtype).astype(np.float64)
+def rounded(backend, values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` rounded to ``dtype`` by the backend and back to float64 (what the backend holds)."""
+    return backend.to_numpy(backend.asarray(values, dtype))
 
 
-def held(case: Case, dtype: str) -> Case:
+def held(backend, case: Case, dtype: str) -> Case:
     """The case with its float inputs rounded to ``dtype``: the reference sees what the backend holds."""
 
     def held_value(v: Any) -> Any:
-        return rounded(v, dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+        return rounded(backend, v, dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
 
     return Case(
         case.loss,
@@ -240,7 +236,7 @@ def gradient_to_numpy(backend, case: Case, grad: Any, dtype: str) -> np.ndarray:
 
 
 def check_value_and_grad(backend, case: Case, dtype: str) -> None:
-    case = held(case, dtype)
+    case = held(backend, case, dtype)
     logits, args, options = on_backend(backend, case, dtype)
     with no_compute(backend):
         value, grad = al.value_and_grad(case.loss)(logits, *args, **options)
@@ -378,7 +374,7 @@ def test_gradient_of_huge_logits_keeps_its_precision(backend, dtype):
     """Logits near 1e4: the softmax must not go through a rounded log-sum-exp of 1e4."""
     needs(backend, dtype)
     rng = np.random.default_rng(23)
-    logits = rounded(1e4 + rng.normal(size=(8, 6)), dtype)
+    logits = rounded(backend, 1e4 + rng.normal(size=(8, 6)), dtype)
     labels = rng.integers(0, 6, size=8)
     shifted = logits - logits.max(axis=1, keepdims=True)
     softmax = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
