@@ -116,7 +116,7 @@ def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, 
 def test_torch_func_grad(backend, path, option, blocks, monkeypatch):
     torch = only(backend, "torch")
     if blocks == "one_row":  # the analytic backward writes blocks of rows into the gradient
-        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BACKWARD_BLOCK_BYTES", 1)
     functional = importlib.import_module("torch.nn.functional")
     logits, labels, ours, theirs = torch_problem(backend, option, "float64")
 
@@ -403,7 +403,7 @@ def test_torch_composition_is_not_chunked_under_autograd(backend, monkeypatch):
     """Autograd through row blocks would build a whole-array zero gradient per block (quadratic)."""
     torch = only(backend, "torch")
     monkeypatch.setattr(al._autodiff, "ENABLED", False)
-    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BACKWARD_BLOCK_BYTES", 1)
     z, labels = random_problem(4)
     logits = backend.asarray(z).requires_grad_()
     out = al.sparse_softmax_cross_entropy(

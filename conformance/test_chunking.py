@@ -40,7 +40,9 @@ def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 @pytest.fixture(params=["tiny", "huge"])
 def block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The automatic block size: ``tiny`` gives one-row blocks (eager host arrays), ``huge`` one block."""
-    monkeypatch.setattr(_chunking, "BLOCK_BYTES", 1 if request.param == "tiny" else 1 << 40)
+    size = 1 if request.param == "tiny" else 1 << 40
+    monkeypatch.setattr(_chunking, "FORWARD_BLOCK_BYTES", size)
+    monkeypatch.setattr(_chunking, "BACKWARD_BLOCK_BYTES", size)
     return str(request.param)
 
 

@@ -75,7 +75,7 @@ def in_row_blocks(
     is written into the gradient, so that no other logits-sized array is ever
     alive (eager host arrays are writable). Other arrays get one call.
     """
-    chunk = rows_per_chunk(None, z, xp)
+    chunk = rows_per_chunk(None, z, xp, backward=True)
     if chunk is None:
         return row_gradient(z, *per_row)
     lead = z.ndim - 1
