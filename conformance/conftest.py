@@ -98,6 +98,7 @@ class Backend:
         Returns its float64 NumPy copy for comparing values.
         """
         assert array_api_compat.is_array_api_obj(out), f"result is a {type(out).__name__}"
+        assert not isinstance(out, np.generic), f"result is a NumPy scalar: {type(out).__name__}"
         assert array_api_compat.array_namespace(out) is self.xp, f"result namespace of {type(out)}"
         assert array_api_compat.device(out) == self.device, (
             f"result on {array_api_compat.device(out)!r}, inputs on {self.device!r}"

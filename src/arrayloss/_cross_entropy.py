@@ -9,7 +9,7 @@ from array_api_compat import device
 
 from ._autodiff import analytic_backward
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
-from ._reduce import reduce_losses
+from ._reduce import as_result, reduce_losses
 from ._special import shifted_log_sum
 from ._validation import (
     Array,
@@ -318,7 +318,7 @@ def sparse_softmax_cross_entropy(
     )
     w = example_weights(weights, class_weights, labels, counted, dtype, xp)
     out = reduce_losses(loss, w, reduction, xp, poisoned=poisoned)
-    return xp.astype(out, logits.dtype, copy=False)
+    return as_result(out, logits.dtype, xp)
 
 
 def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:
@@ -404,4 +404,4 @@ def softmax_cross_entropy(
         else broadcast_weights(weights, tuple(loss.shape), "per-example loss", dtype, xp)
     )
     out = reduce_losses(loss, w, reduction, xp)
-    return xp.astype(out, logits.dtype, copy=False)
+    return as_result(out, logits.dtype, xp)

@@ -20,7 +20,7 @@ from ._autodiff import Linearization, analytic_backward, register_rule
 from ._chunking import map_row_chunks
 from ._cross_entropy import check_sparse_options, example_weights, label_terms, prepare_labels
 from ._grad import _bind, example_scale, sparse_logits_vjp
-from ._reduce import reduce_losses
+from ._reduce import as_result, reduce_losses
 from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
 
 # Bytes of one chunk of logits when chunk_size is not given.
@@ -121,7 +121,7 @@ class _Problem:
         xp = self.xp
         loss = xp.reshape(loss_rows, self.shape)
         out = reduce_losses(loss, self.example_weights, self.reduction, xp, poisoned=self.poisoned)
-        return xp.astype(out, self.out_dtype, copy=False)
+        return as_result(out, self.out_dtype, xp)
 
     def value(self) -> Array:
         return self.reduce(map_row_chunks(self.terms, (self.hidden, self.labels), self.chunk, self.xp))

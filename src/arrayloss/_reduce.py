@@ -56,3 +56,13 @@ def reduce_losses(
         count = math.prod(loss.shape)
         return total / float(count) if count else xp.zeros_like(total)
     return safe_divide(total, xp.sum(weights), xp)
+
+
+def as_result(out: Array, dtype: object, xp: ModuleType) -> Array:
+    """``out`` in the result ``dtype``, always an array.
+
+    NumPy turns 0-d results of reductions and arithmetic into scalars; an index with
+    an ellipsis gives a 0-d array back (a view elsewhere).
+    """
+    out = xp.astype(out, dtype, copy=False)
+    return out if out.ndim else xp.expand_dims(out, axis=0)[0, ...]

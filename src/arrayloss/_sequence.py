@@ -10,7 +10,7 @@ from array_api_compat import device
 
 from ._autodiff import analytic_backward
 from ._cross_entropy import dense_terms, sparse_terms
-from ._reduce import apply_weights, count_nonzero, safe_divide
+from ._reduce import apply_weights, as_result, count_nonzero, safe_divide
 from ._validation import (
     Array,
     check_floating,
@@ -194,7 +194,7 @@ def sequence_loss(
     axes, denominator = tfa_denominator(w, xp=xp, **flags)
     if axes:
         weighted = safe_divide(xp.sum(weighted, axis=axes), denominator, xp)
-    return xp.astype(weighted, logits.dtype, copy=False)
+    return as_result(weighted, logits.dtype, xp)
 
 
 def _stack_steps(name: str, steps: Sequence[Array], xp: ModuleType) -> Array:
@@ -288,4 +288,4 @@ def sequence_loss_by_example(
     total = xp.sum(apply_weights(losses, w, xp), axis=1)
     if average_across_timesteps:
         total = total / (xp.sum(w, axis=1) + 1e-12)
-    return xp.astype(total, logits.dtype, copy=False)
+    return as_result(total, logits.dtype, xp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._cross_entropy import sparse_softmax_cross_entropy
+from .._reduce import as_result
 from .._sequence import LossFunction
 from .._sequence import sequence_loss_by_example as _by_example
 from .._validation import Array, namespace_of
@@ -61,4 +62,4 @@ def sequence_loss(
     cost = xp.sum(per_example)
     if average_across_batch:
         cost = cost / per_example.shape[0]
-    return cost
+    return as_result(cost, per_example.dtype, xp)
