@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import NamedTuple
 
 from array_api_compat import device
 
@@ -80,6 +81,17 @@ def label_terms(
     z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
 ) -> Array:
     """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and in-range labels."""
+    return label_terms_and_row_stats(z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp)[0]
+
+
+def label_terms_and_row_stats(
+    z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
+) -> tuple[Array, Array, Array]:
+    """``(loss, shift, log_sum)``: :func:`label_terms` and the rows' :func:`~._special.shifted_log_sum`.
+
+    All three have the leading shape of ``z`` (the row axis dropped); the backward pass
+    builds the softmax from ``shift`` and ``log_sum`` without reducing the rows again.
+    """
     row_shift, row_log_sum = shifted_log_sum(z, xp)
     shift, log_sum = row_shift[..., 0], row_log_sum[..., 0]
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
@@ -90,7 +102,17 @@ def label_terms(
     if z_loss:
         lse = log_sum + shift
         loss = loss + z_loss * lse * lse
-    return loss
+    return loss, shift, log_sum
+
+
+class SparseTerms(NamedTuple):
+    """What :func:`sparse_terms` returns; ``shift`` and ``log_sum`` as :func:`label_terms_and_row_stats`."""
+
+    loss: Array
+    counted: Array | None
+    poisoned: Array | None
+    shift: Array
+    log_sum: Array
 
 
 def sparse_terms(
@@ -103,25 +125,32 @@ def sparse_terms(
     xp: ModuleType,
     name: str = "labels",
     chunk_size: int | None = None,
-) -> tuple[Array, Array | None, Array | None]:
+) -> SparseTerms:
     """Per-example cross entropy of ``z`` (classes last, accumulation dtype) and integer ``labels``.
 
-    Returns ``(loss, counted, poisoned)`` as :func:`prepare_labels`. The loss is
-    computed in row chunks chosen by :func:`~arrayloss._chunking.rows_per_chunk`
-    from ``chunk_size``.
+    Returns the loss, ``counted`` and ``poisoned`` as :func:`prepare_labels`, and the
+    rows' ``shift`` and ``log_sum`` (:func:`label_terms_and_row_stats`), each of the
+    shape of ``labels``. The loss is computed in row chunks chosen by
+    :func:`~arrayloss._chunking.rows_per_chunk` from ``chunk_size``.
     """
     safe_labels, counted, poisoned = prepare_labels(labels, z.shape[-1], ignore_index, xp, name)
     chunk = rows_per_chunk(chunk_size, z, xp)
     if chunk is None or z.ndim < 2:
-        loss = label_terms(z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp)
-        return loss, counted, poisoned
+        terms = label_terms_and_row_stats(
+            z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+        )
+        return SparseTerms(terms[0], counted, poisoned, terms[1], terms[2])
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
 
-    def terms(z_rows: Array, label_rows: Array) -> Array:
-        return label_terms(z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp)
+    def stacked_terms(z_rows: Array, label_rows: Array) -> Array:
+        terms = label_terms_and_row_stats(
+            z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+        )
+        return xp.stack(terms, axis=-1)
 
-    loss = xp.reshape(map_row_chunks(terms, rows, chunk, xp), tuple(labels.shape))
-    return loss, counted, poisoned
+    stacked = xp.reshape(map_row_chunks(stacked_terms, rows, chunk, xp), (*labels.shape, 3))
+    loss, shift, log_sum = (stacked[..., k] for k in range(3))
+    return SparseTerms(loss, counted, poisoned, shift, log_sum)
 
 
 def check_sparse_options(
@@ -295,6 +324,40 @@ def sparse_softmax_cross_entropy(
     >>> al.sparse_softmax_cross_entropy(logits, labels, ignore_index=2, reduction="mean")
     array(0.2413113)
     """
+    return sparse_loss_and_row_stats(
+        logits,
+        labels,
+        axis=axis,
+        weights=weights,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        xp=xp,
+    )[0]
+
+
+def sparse_loss_and_row_stats(
+    logits: Array,
+    labels: Array,
+    *,
+    axis: int,
+    weights: Array | None,
+    class_weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: str,
+    chunk_size: int | None,
+    xp: ModuleType | None,
+) -> tuple[Array, tuple[Array, Array]]:
+    """:func:`sparse_softmax_cross_entropy` and the rows' ``(shift, log_sum)`` (see :func:`sparse_terms`).
+
+    The row statistics, of the shape of ``labels`` in the accumulation dtype, let the
+    analytic backward pass build the softmax without reducing the logits again.
+    """
     xp = namespace_of(
         {"logits": logits, "labels": labels, "weights": weights, "class_weights": class_weights},
         xp,
@@ -307,7 +370,7 @@ def sparse_softmax_cross_entropy(
     check_labels(labels, logits.shape[:axis] + logits.shape[axis + 1 :], xp)
     dtype = compute_dtype(logits.dtype, xp)
     z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
-    loss, counted, poisoned = sparse_terms(
+    terms = sparse_terms(
         z,
         labels,
         ignore_index=ignore_index,
@@ -316,9 +379,9 @@ def sparse_softmax_cross_entropy(
         xp=xp,
         chunk_size=chunk_size,
     )
-    w = example_weights(weights, class_weights, labels, counted, dtype, xp)
-    out = reduce_losses(loss, w, reduction, xp, poisoned=poisoned)
-    return as_result(out, logits.dtype, xp)
+    w = example_weights(weights, class_weights, labels, terms.counted, dtype, xp)
+    out = reduce_losses(terms.loss, w, reduction, xp, poisoned=terms.poisoned)
+    return as_result(out, logits.dtype, xp), (terms.shift, terms.log_sum)
 
 
 def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:

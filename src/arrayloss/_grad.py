@@ -25,11 +25,12 @@ from ._cross_entropy import (
     label_indices,
     prepare_labels,
     softmax_cross_entropy,
+    sparse_loss_and_row_stats,
     sparse_softmax_cross_entropy,
 )
 from ._reduce import apply_weights, safe_divide
 from ._sequence import _stacked, _step_weights, sequence_loss, sequence_loss_by_example, tfa_denominator
-from ._special import lse_last, shifted_log_sum
+from ._special import shifted_log_sum
 from ._validation import Array, class_axis_last, compute_dtype, namespace_of, normalize_axis
 
 
@@ -97,6 +98,7 @@ def sparse_logits_vjp(
     z_loss: float,
     masked: bool,
     xp: ModuleType,
+    row_stats: tuple[Array, Array] | None = None,
 ) -> Array:
     r"""Gradient of :math:`\sum_i s_i \ell_i` with respect to ``z`` (classes last, accumulation dtype).
 
@@ -106,31 +108,34 @@ def sparse_logits_vjp(
             - (1-\varepsilon)\,\mathrm{onehot}(y) - \varepsilon / C
 
     ``scale`` holds :math:`s_i` (see :func:`example_scale`). With ``masked``, rows of
-    scale 0 are exactly 0 even where their logits are not finite. Computed in blocks
-    of rows (:func:`in_row_blocks`).
+    scale 0 are exactly 0 even where their logits are not finite. ``row_stats`` are
+    the rows' ``(shift, log_sum)`` from the forward pass (the leading shape of ``z``;
+    see :func:`~._cross_entropy.label_terms_and_row_stats`), which spare the reduction
+    of every row; None computes them. Computed in blocks of rows (:func:`in_row_blocks`).
     """
 
-    def rows(z: Array, safe_labels: Array, scale: Array) -> Array:
-        return _sparse_rows(z, safe_labels, scale, label_smoothing, z_loss, masked, xp)
+    def rows(z: Array, safe_labels: Array, scale: Array, *stats: Array) -> Array:
+        return _sparse_rows(z, safe_labels, scale, stats, label_smoothing, z_loss, masked, xp)
 
-    return in_row_blocks(rows, z, (safe_labels, scale), xp)
+    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), xp)
 
 
 def _sparse_rows(
     z: Array,
     safe_labels: Array,
     scale: Array,
+    row_stats: tuple[Array, ...],
     label_smoothing: float,
     z_loss: float,
     masked: bool,
     xp: ModuleType,
 ) -> Array:
     num_classes = z.shape[-1]
-    z = _zero_dropped_rows(z, scale, xp) if masked else z
+    softmax, lse = _softmax_and_lse(z, scale, row_stats, masked, xp)
     coefficient = scale[..., None]
     if z_loss:
-        coefficient = coefficient * (1.0 + 2.0 * z_loss * lse_last(z, xp))
-    grad = _softmax(z, xp) * coefficient
+        coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
+    grad = softmax * coefficient
     uniform = scale * (label_smoothing / num_classes)
     at_label = scale * (1.0 - label_smoothing) + uniform
     index = label_indices(safe_labels, xp)
@@ -138,14 +143,28 @@ def _sparse_rows(
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
 
 
-def _softmax(z: Array, xp: ModuleType) -> Array:
-    """Softmax over the last axis, as ``exp((z - shift) - log_sum)``: accurate for huge logits too."""
-    shift, log_sum = shifted_log_sum(z, xp)
-    return xp.exp((z - shift) - log_sum)
+def _softmax_and_lse(
+    z: Array, scale: Array, row_stats: tuple[Array, ...], masked: bool, xp: ModuleType
+) -> tuple[Array, Array]:
+    """Softmax over the last axis and the log-sum-exp (kept axis) of the rows ``z``.
+
+    The softmax is ``exp((z - shift) - log_sum)``, accurate for huge logits too, from the
+    rows' ``row_stats = (shift, log_sum)`` (leading shape of ``z``), or from
+    :func:`~._special.shifted_log_sum` when ``row_stats`` is empty. With ``masked``, the
+    rows of ``scale`` 0 are computed from zeros (finite, never NaN from ``inf - inf``).
+    """
+    if not row_stats:
+        z = _zero_dropped_rows(z, scale, xp) if masked else z
+        shift, log_sum = shifted_log_sum(z, xp)
+    else:
+        shift, log_sum = row_stats[0][..., None], row_stats[1][..., None]
+        if masked:
+            z, shift, log_sum = (_zero_dropped_rows(a, scale, xp) for a in (z, shift, log_sum))
+    return xp.exp((z - shift) - log_sum), shift + log_sum
 
 
 def _zero_dropped_rows(z: Array, scale: Array, xp: ModuleType) -> Array:
-    """``z`` with the rows of scale 0 set to 0: their gradient is then exactly 0, never NaN from inf - inf."""
+    """``z`` (rows, or one column per row) with the rows of scale 0 set to 0: their gradient is then 0."""
     return xp.where(scale[..., None] == 0, xp.zeros_like(z), z)
 
 
@@ -171,10 +190,9 @@ def _dense_rows(
     z: Array, targets: Array, scale: Array, label_smoothing: float, masked: bool, xp: ModuleType
 ) -> Array:
     num_classes = z.shape[-1]
-    z = _zero_dropped_rows(z, scale, xp) if masked else z
     coefficient = scale[..., None]
     mass = (1.0 - label_smoothing) * xp.sum(targets, axis=-1, keepdims=True) + label_smoothing
-    grad = _softmax(z, xp) * (coefficient * mass)
+    grad = _softmax_and_lse(z, scale, (), masked, xp)[0] * (coefficient * mass)
     grad = grad - targets * (coefficient * (1.0 - label_smoothing))
     if label_smoothing:
         grad = grad - coefficient * (label_smoothing / num_classes)
@@ -197,7 +215,7 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
     weights, class_weights = options["weights"], options["class_weights"]
 
     def forward(logits: Array) -> tuple[Array, tuple[Array, ...]]:
-        return sparse_softmax_cross_entropy(logits, labels, **options), ()
+        return sparse_loss_and_row_stats(logits, labels, **options)
 
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
@@ -218,6 +236,7 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
             z_loss=options["z_loss"],
             masked=w is not None,
             xp=xp,
+            row_stats=(residuals[0], residuals[1]),
         )
         return (_as_input(grad, x, axis, xp),)
 

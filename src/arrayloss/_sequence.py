@@ -67,9 +67,10 @@ def step_losses(
             )
         return dense_terms(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, xp=xp)
     check_labels(targets, (batch, time), xp, "targets")
-    loss, _, poisoned = sparse_terms(
+    terms = sparse_terms(
         z, targets, ignore_index=None, label_smoothing=0.0, z_loss=0.0, xp=xp, name="targets"
     )
+    loss, poisoned = terms.loss, terms.poisoned
     # Targets out of range on arrays that cannot be checked eagerly: that step's loss is NaN.
     return loss if poisoned is None else xp.where(poisoned, xp.full_like(loss, math.nan), loss)
 
