@@ -18,7 +18,13 @@ from array_api_compat import device
 
 from ._autodiff import Linearization, analytic_backward, register_rule
 from ._chunking import map_row_chunks
-from ._cross_entropy import check_sparse_options, example_weights, label_terms, prepare_labels
+from ._cross_entropy import (
+    check_sparse_options,
+    example_weights,
+    label_terms,
+    label_terms_and_row_stats,
+    prepare_labels,
+)
 from ._grad import _bind, example_scale, sparse_logits_vjp
 from ._reduce import as_result, reduce_losses
 from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
@@ -150,15 +156,14 @@ class _Problem:
             stop = min(start + self.chunk, rows)
             h = xp.astype(self.hidden[start:stop, ...], self.dtype, copy=False)
             z = self.logits(h)
-            losses.append(
-                label_terms(
-                    z,
-                    self.labels[start:stop],
-                    label_smoothing=self.label_smoothing,
-                    z_loss=self.z_loss,
-                    xp=xp,
-                )
+            loss, shift, log_sum = label_terms_and_row_stats(
+                z,
+                self.labels[start:stop],
+                label_smoothing=self.label_smoothing,
+                z_loss=self.z_loss,
+                xp=xp,
             )
+            losses.append(loss)
             g = sparse_logits_vjp(
                 z,
                 self.labels[start:stop],
@@ -167,6 +172,7 @@ class _Problem:
                 z_loss=self.z_loss,
                 masked=w is not None,
                 xp=xp,
+                row_stats=(shift, log_sum),
             )
             d_hidden.append(xp.matmul(g, self.weight))
             # Accumulate in place where the library allows it (NumPy, PyTorch, CuPy; JAX makes a new
