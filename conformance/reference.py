@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -278,3 +279,20 @@ def legacy_sequence_loss_by_example(
             total /= sum(w[b, t] for t in range(time)) + 1e-12
         out[b] = total
     return out
+
+
+def numeric_gradient(
+    f: Callable[[np.ndarray], float], x: np.ndarray, step: float = 1e-6, *, relative: bool = False
+) -> np.ndarray:
+    """Central differences of the scalar ``f`` at the float64 array ``x``.
+
+    Each entry moves by ``step``, or by ``step * max(1, |x_i|)`` when ``relative``.
+    """
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        h = step * max(1.0, abs(x[index])) if relative else step
+        up, down = x.copy(), x.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (f(up) - f(down)) / (2 * h)
+    return grad

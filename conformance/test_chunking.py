@@ -121,16 +121,6 @@ def test_chunked_empty_batch(backend):
         backend.assert_close(out, np.zeros((0,)), dtype=backend.float_dtypes[-1])
 
 
-def numeric_gradient(f, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        grad[index] = (f(up) - f(down)) / (2 * step)
-    return grad
-
-
 @pytest.mark.parametrize("chunk_size", [1, 3, None])
 def test_value_and_grad_with_chunks_matches_finite_differences(backend, chunk_size):
     if "float64" not in backend.float_dtypes:
@@ -150,7 +140,7 @@ def test_value_and_grad_with_chunks_matches_finite_differences(backend, chunk_si
     )
     expected = ref.sparse_ce(logits, labels, reduction="mean", **options)
     backend.assert_close(value, expected, dtype="float64")
-    numeric = numeric_gradient(lambda z: ref.sparse_ce(z, labels, reduction="mean", **options), logits)
+    numeric = ref.numeric_gradient(lambda z: ref.sparse_ce(z, labels, reduction="mean", **options), logits)
     got = backend.check_result(grad, dtype="float64", shape=logits.shape)
     np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8)
 

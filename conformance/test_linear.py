@@ -116,16 +116,6 @@ def test_half_precision_accumulates_in_float32(backend):
         backend.assert_close(out, reference_loss(rounded, options, "mean"), dtype=dtype)
 
 
-def numeric_gradient(f, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        grad[index] = (f(up) - f(down)) / (2 * step)
-    return grad
-
-
 def expected_gradients(arrays: dict[str, Any], options: dict[str, Any], reduction: str) -> dict[str, Any]:
     """Central finite differences of ``sum(reference loss)`` for hidden, weight and bias."""
     names = ["hidden", "weight"] + (["bias"] if arrays["bias"] is not None else [])
@@ -135,7 +125,7 @@ def expected_gradients(arrays: dict[str, Any], options: dict[str, Any], reductio
         def total(x: np.ndarray, name: str = name) -> float:
             return float(np.sum(reference_loss({**arrays, name: x}, options, reduction)))
 
-        grads[name] = numeric_gradient(total, arrays[name])
+        grads[name] = ref.numeric_gradient(total, arrays[name])
     return grads
 
 
