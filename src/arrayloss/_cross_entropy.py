@@ -92,17 +92,34 @@ def label_terms_and_row_stats(
     All three have the leading shape of ``z`` (the row axis dropped); the backward pass
     builds the softmax from ``shift`` and ``log_sum`` without reducing the rows again.
     """
-    row_shift, row_log_sum = shifted_log_sum(z, xp)
-    shift, log_sum = row_shift[..., 0], row_log_sum[..., 0]
+    shift, log_sum = shifted_log_sum(z, xp)
+    loss = terms_from_row_stats(
+        z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+    )
+    return loss, shift[..., 0], log_sum[..., 0]
+
+
+def terms_from_row_stats(
+    z: Array,
+    safe_labels: Array,
+    shift: Array,
+    log_sum: Array,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    xp: ModuleType,
+) -> Array:
+    """:func:`label_terms` from the rows' ``shift`` and ``log_sum`` (kept axis, as from
+    :func:`~._special.shifted_log_sum`)."""
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
-    loss = log_sum - (pick_label_logits(z, safe_labels, xp) - shift)
+    loss = log_sum[..., 0] - (pick_label_logits(z, safe_labels, xp) - shift[..., 0])
     if label_smoothing:
-        smooth = log_sum - xp.mean(z - row_shift, axis=-1)  # the mean of huge z would be rounded
+        smooth = log_sum[..., 0] - xp.mean(z - shift, axis=-1)  # the mean of huge z would be rounded
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
-        lse = log_sum + shift
+        lse = log_sum[..., 0] + shift[..., 0]
         loss = loss + z_loss * lse * lse
-    return loss, shift, log_sum
+    return loss
 
 
 class SparseTerms(NamedTuple):
@@ -358,6 +375,52 @@ def sparse_loss_and_row_stats(
     The row statistics, of the shape of ``labels`` in the accumulation dtype, let the
     analytic backward pass build the softmax without reducing the logits again.
     """
+    xp, axis, z, ignore_index = checked_sparse_logits(
+        logits,
+        labels,
+        axis=axis,
+        weights=weights,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        xp=xp,
+    )
+    terms = sparse_terms(
+        z,
+        labels,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        xp=xp,
+        chunk_size=chunk_size,
+    )
+    w = example_weights(weights, class_weights, labels, terms.counted, z.dtype, xp)
+    out = reduce_losses(terms.loss, w, reduction, xp, poisoned=terms.poisoned)
+    return as_result(out, logits.dtype, xp), (terms.shift, terms.log_sum)
+
+
+def checked_sparse_logits(
+    logits: Array,
+    labels: Array,
+    *,
+    axis: int,
+    weights: Array | None,
+    class_weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: str,
+    chunk_size: int | None,
+    xp: ModuleType | None,
+) -> tuple[ModuleType, int, Array, int | None]:
+    """Check the arguments of :func:`sparse_softmax_cross_entropy`.
+
+    Returns the namespace, the class axis (non-negative), the logits with classes last
+    in the accumulation dtype, and ``ignore_index`` as an int.
+    """
     xp = namespace_of(
         {"logits": logits, "labels": labels, "weights": weights, "class_weights": class_weights},
         xp,
@@ -368,20 +431,8 @@ def sparse_loss_and_row_stats(
         logits.shape[axis], class_weights, ignore_index, label_smoothing, z_loss, reduction, chunk_size
     )
     check_labels(labels, logits.shape[:axis] + logits.shape[axis + 1 :], xp)
-    dtype = compute_dtype(logits.dtype, xp)
-    z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
-    terms = sparse_terms(
-        z,
-        labels,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        xp=xp,
-        chunk_size=chunk_size,
-    )
-    w = example_weights(weights, class_weights, labels, terms.counted, dtype, xp)
-    out = reduce_losses(terms.loss, w, reduction, xp, poisoned=terms.poisoned)
-    return as_result(out, logits.dtype, xp), (terms.shift, terms.log_sum)
+    z = xp.astype(class_axis_last(logits, axis, xp), compute_dtype(logits.dtype, xp), copy=False)
+    return xp, axis, z, ignore_index
 
 
 def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:

@@ -19,17 +19,25 @@ def shifted_log_sum(z: Array, xp: ModuleType) -> tuple[Array, Array]:
     to stay accurate for huge logits: ``(z - shift) - log_sum`` keeps a ``log_sum``
     that ``z - (shift + log_sum)`` would round away when ``|shift|`` is large.
     """
+    shift, exps = shifted_exp(z, xp)
+    return shift, log_of_sum(xp.sum(exps, axis=-1, keepdims=True), xp)
+
+
+def shifted_exp(z: Array, xp: ModuleType) -> tuple[Array, Array]:
+    """``(shift, exp(z - shift))``, ``shift`` as in :func:`shifted_log_sum` (last axis kept, size 1)."""
     if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
-        zeros = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
-        return zeros, zeros
+        return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    total = xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)
+    return shift, xp.exp(z - shift)
+
+
+def log_of_sum(total: Array, xp: ModuleType) -> Array:
+    """``log(total)`` of sums of exponentials, ``-inf`` (never a ``log(0)`` warning) where they are 0."""
     nothing = total == 0
-    log_sum = xp.where(
+    return xp.where(
         nothing, xp.full_like(total, -math.inf), xp.log(xp.where(nothing, xp.ones_like(total), total))
     )
-    return shift, log_sum
 
 
 def lse_last(z: Array, xp: ModuleType) -> Array:
