@@ -111,12 +111,42 @@ def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, 
     backend.assert_close(z1.grad, backend.to_numpy(z2.grad), dtype=dtype, scale=10)
 
 
+@pytest.mark.parametrize("loss", ["sparse", "linear"])
+def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
+    """A scalar loss's gradient (computed in the forward pass) scaled by the cotangent, twice in one graph."""
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    rng = np.random.default_rng(7)
+    labels = torch.asarray(rng.integers(0, 5, size=6), device=backend.device)
+    hidden = backend.asarray(rng.normal(size=(6, 3)), "float64")
+    weight = backend.asarray(rng.normal(size=(5, 3)), "float64")
+    options = {"label_smoothing": 0.1, "reduction": "mean"}
+
+    def run(ours: bool) -> list[Any]:
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        if not ours:
+            out = functional.cross_entropy(h @ w.T, labels, label_smoothing=0.1)
+        elif loss == "sparse":
+            out = al.sparse_softmax_cross_entropy(h @ w.T, labels, **options)
+        else:
+            out = al.linear_cross_entropy(h, w, labels, chunk_size=4, **options)
+        grads = []
+        for factor, retain in ((3.0, True), (-0.5, False)):
+            (factor * out).backward(retain_graph=retain)
+            grads += [h.grad, w.grad]
+            h.grad = w.grad = None
+        return grads
+
+    for got, expected in zip(run(True), run(False), strict=True):
+        backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
+
+
 @pytest.mark.parametrize("blocks", ["default", "one_row"])
 @pytest.mark.parametrize("option", ["plain", "weights_and_ignore", "smoothing_and_ignore"])
 def test_torch_func_grad(backend, path, option, blocks, monkeypatch):
     torch = only(backend, "torch")
     if blocks == "one_row":  # the analytic backward writes blocks of rows into the gradient
-        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BACKWARD_BLOCK_BYTES", 1)
+        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
     functional = importlib.import_module("torch.nn.functional")
     logits, labels, ours, theirs = torch_problem(backend, option, "float64")
 
@@ -397,7 +427,7 @@ def test_torch_composition_is_not_chunked_under_autograd(backend, monkeypatch):
     """Autograd through row blocks would build a whole-array zero gradient per block (quadratic)."""
     torch = only(backend, "torch")
     monkeypatch.setattr(al._autodiff, "ENABLED", False)
-    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BACKWARD_BLOCK_BYTES", 1)
+    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
     z, labels = random_problem(4)
     logits = backend.asarray(z).requires_grad_()
     out = al.sparse_softmax_cross_entropy(

@@ -41,8 +41,7 @@ def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 def block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The automatic block size: ``tiny`` gives one-row blocks (eager host arrays), ``huge`` one block."""
     size = 1 if request.param == "tiny" else 1 << 40
-    monkeypatch.setattr(_chunking, "FORWARD_BLOCK_BYTES", size)
-    monkeypatch.setattr(_chunking, "BACKWARD_BLOCK_BYTES", size)
+    monkeypatch.setattr(_chunking, "BLOCK_BYTES", size)
     return str(request.param)
 
 

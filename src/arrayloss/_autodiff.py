@@ -48,6 +48,8 @@ class Linearization(NamedTuple):
     :func:`custom_vjp`; ``constants`` are the other floating inputs, which must not
     require grad for the analytic backward to replace autograd; ``unpack`` maps the
     gradients of ``primals`` to the structure :func:`arrayloss.value_and_grad` returns.
+    ``fused``, when given, is ``fused(*primals) -> (value, gradients)``: a 0-d value
+    and its gradients, computed together in one pass (see :func:`custom_vjp`).
     """
 
     primals: tuple[Array, ...]
@@ -55,6 +57,7 @@ class Linearization(NamedTuple):
     backward: Backward
     constants: tuple[Array | None, ...]
     unpack: Callable[[tuple[Array, ...]], Any]
+    fused: Forward | None = None
 
 
 class NotDifferentiable(TypeError):
@@ -95,7 +98,9 @@ def torch_records_gradient(primals: Sequence[Array]) -> bool:
     )
 
 
-def custom_vjp(forward: Forward, backward: Backward, primals: tuple[Array, ...]) -> Array:
+def custom_vjp(
+    forward: Forward, backward: Backward, primals: tuple[Array, ...], fused: Forward | None = None
+) -> Array:
     """``forward(*primals)[0]``, differentiated by ``backward`` when PyTorch records gradients.
 
     Parameters
@@ -111,6 +116,12 @@ def custom_vjp(forward: Forward, backward: Backward, primals: tuple[Array, ...])
         :func:`arrayloss.value_and_grad`.
     primals : tuple of arrays
         The differentiated inputs.
+    fused : callable, optional
+        ``fused(*primals) -> (value, gradients)`` for a 0-d value: when PyTorch records
+        gradients it replaces ``forward``, and the first backward pass multiplies the
+        saved gradients by the cotangent in place and hands them to autograd, so the
+        backward pass reads no logits and allocates nothing. A second backward pass
+        through the same graph (``retain_graph=True``) calls ``backward``.
 
     Returns
     -------
@@ -137,7 +148,7 @@ def custom_vjp(forward: Forward, backward: Backward, primals: tuple[Array, ...])
         return forward(*primals)[0]
     from ._torch_function import AnalyticBackward  # torch is loaded: a primal is a tensor
 
-    return AnalyticBackward.apply(forward, backward, *primals)[0]  # type: ignore[no-untyped-call]
+    return AnalyticBackward.apply(forward, backward, fused, *primals)[0]  # type: ignore[no-untyped-call]
 
 
 def _arrays(values: Sequence[Any]) -> Iterator[Array]:
@@ -163,7 +174,7 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
                 linear = None
             constants = [c for c in linear.constants if c is not None] if linear is not None else []
             if linear is not None and not torch_records_gradient(constants):
-                result: R = custom_vjp(linear.forward, linear.backward, linear.primals)
+                result: R = custom_vjp(linear.forward, linear.backward, linear.primals, linear.fused)
                 return result
         return loss(*args, **kwargs)
 

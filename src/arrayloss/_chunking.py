@@ -10,7 +10,7 @@ One implementation serves two purposes:
   ``chunk_size x C`` arrays instead of several logits-sized ones.
 
 The rule (measured with ``python -m arrayloss bench``, see ``benchmarks/RESULTS.md``):
-``chunk_size=None`` picks blocks of about :data:`FORWARD_BLOCK_BYTES` on eager host arrays
+``chunk_size=None`` picks blocks of about :data:`BLOCK_BYTES` on eager host arrays
 with more than one such block of rows, and the plain one-shot path everywhere else.
 Lazy and traced arrays (JAX, Dask, ``torch.compile``) and device arrays (CUDA) get
 the plain path: their compilers and kernels fuse the reduction already, and a Python
@@ -28,12 +28,9 @@ from ._autodiff import torch_records_gradient
 from ._validation import Array, is_eager_host
 
 # Bytes of one block of logits on the automatic path, measured on a 2-core host (benchmarks/RESULTS.md).
-# The forward pass keeps a block in the L3 cache through its max, exp and sum: 4 MiB beat 256 KiB-1 MiB
-# (fewer calls per row) and 8 MiB. The backward pass allocates several block-sized temporaries before
-# writing each block into the gradient; above a few hundred KiB glibc returns them to the OS after each
-# block and the next one faults its pages in again, so it uses smaller blocks.
-FORWARD_BLOCK_BYTES = 1 << 22
-BACKWARD_BLOCK_BYTES = 1 << 18
+# A block stays in the L3 cache through its max, exp and sum and the gradient's steps: 4 MiB beat
+# 256 KiB-1 MiB (fewer calls per row) and 8 MiB, in the forward pass and in the gradient.
+BLOCK_BYTES = 1 << 22
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -46,12 +43,11 @@ def check_chunk_size(chunk_size: int | None) -> None:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
 
 
-def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType, *, backward: bool = False) -> int | None:
+def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType) -> int | None:
     """Rows per chunk for the ``[..., C]`` array ``z``, or ``None`` for the plain one-shot path.
 
     An explicit ``chunk_size`` is returned as is. Otherwise eager host arrays get
-    blocks of about :data:`FORWARD_BLOCK_BYTES` (:data:`BACKWARD_BLOCK_BYTES` for the
-    ``backward`` pass) when there is more than one such block,
+    blocks of about :data:`BLOCK_BYTES` when there is more than one such block,
     except tensors that PyTorch autograd records: the backward pass of every slice
     would build a zero gradient of the whole array (quadratic time and memory).
     """
@@ -60,8 +56,7 @@ def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType, *, backward
     if z.ndim < 2 or not is_eager_host(z) or torch_records_gradient((z,)):
         return None
     row_bytes = z.shape[-1] * xp.finfo(z.dtype).bits // 8
-    block_bytes = BACKWARD_BLOCK_BYTES if backward else FORWARD_BLOCK_BYTES
-    block = max(1, block_bytes // max(1, row_bytes))
+    block = max(1, BLOCK_BYTES // max(1, row_bytes))
     return block if block < math.prod(z.shape[:-1]) else None
 
 

@@ -16,22 +16,31 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from array_api_compat import device
+from array_api_compat import device, is_numpy_array, is_torch_array
 
 from ._autodiff import Linearization, NotDifferentiable, register_rule, registered_names, rule_of
 from ._chunking import rows_per_chunk
 from ._cross_entropy import (
+    checked_sparse_logits,
     example_weights,
     label_indices,
     prepare_labels,
     softmax_cross_entropy,
     sparse_loss_and_row_stats,
     sparse_softmax_cross_entropy,
+    terms_from_row_stats,
 )
-from ._reduce import apply_weights, safe_divide
+from ._reduce import apply_weights, as_result, reduce_losses, safe_divide
 from ._sequence import _stacked, _step_weights, sequence_loss, sequence_loss_by_example, tfa_denominator
-from ._special import shifted_log_sum
-from ._validation import Array, class_axis_last, compute_dtype, namespace_of, normalize_axis
+from ._special import log_of_sum, shifted_exp, shifted_log_sum
+from ._validation import (
+    Array,
+    class_axis_last,
+    compute_dtype,
+    is_eager_host,
+    namespace_of,
+    normalize_axis,
+)
 
 
 def _bind(loss: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -64,29 +73,40 @@ def example_scale(
 
 
 def in_row_blocks(
-    row_gradient: Callable[..., Array], z: Array, per_row: tuple[Array, ...], xp: ModuleType
-) -> Array:
+    row_gradient: Callable[..., tuple[Array, ...]],
+    z: Array,
+    per_row: tuple[Array, ...],
+    xp: ModuleType,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[Array, ...]:
     """``row_gradient(z, *per_row)``, computed in blocks of rows on eager host arrays.
 
     ``row_gradient`` maps rows of ``z`` (classes last) and of the ``per_row`` arrays
-    (the leading shape of ``z``, maybe with trailing axes of their own) to gradient
-    rows of ``z``'s shape and dtype. The blocks follow the forward pass's rule
-    (:func:`~arrayloss._chunking.rows_per_chunk`): a block stays in the CPU cache
-    through the several elementwise steps of the gradient, and each finished block
-    is written into the gradient, so that no other logits-sized array is ever
-    alive (eager host arrays are writable). Other arrays get one call.
+    (the leading shape of ``z``, maybe with trailing axes of their own) to a tuple:
+    gradient rows of ``z``'s shape and dtype, then any number of arrays of one value
+    per row (such as the rows' losses), which are concatenated. The blocks follow the
+    rule of :func:`~arrayloss._chunking.rows_per_chunk` (``chunk_size`` if given): a
+    block stays in the CPU cache through the several elementwise steps of the
+    gradient, and each finished block is written into the gradient, so that no other
+    logits-sized array is ever alive (eager host arrays are writable). Other arrays
+    get one call.
     """
-    chunk = rows_per_chunk(None, z, xp, backward=True)
+    chunk = rows_per_chunk(chunk_size, z, xp)
     if chunk is None:
         return row_gradient(z, *per_row)
-    lead = z.ndim - 1
-    rows = tuple(xp.reshape(a, (-1, *a.shape[lead:])) for a in (z, *per_row))
+    lead = tuple(z.shape[:-1])
+    rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
     grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
+    values: list[list[Array]] = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified
-        grad[start:stop, ...] = row_gradient(*(a[start:stop, ...] for a in rows))
-    return xp.reshape(grad, tuple(z.shape))
+        grad_rows, *row_values = row_gradient(*(a[start:stop, ...] for a in rows))
+        grad[start:stop, ...] = grad_rows
+        values.append(row_values)
+    per_value = (xp.reshape(xp.concat(parts, axis=0), lead) for parts in zip(*values, strict=True))
+    return (xp.reshape(grad, tuple(z.shape)), *per_value)
 
 
 def sparse_logits_vjp(
@@ -114,10 +134,10 @@ def sparse_logits_vjp(
     of every row; None computes them. Computed in blocks of rows (:func:`in_row_blocks`).
     """
 
-    def rows(z: Array, safe_labels: Array, scale: Array, *stats: Array) -> Array:
-        return _sparse_rows(z, safe_labels, scale, stats, label_smoothing, z_loss, masked, xp)
+    def rows(z: Array, safe_labels: Array, scale: Array, *stats: Array) -> tuple[Array]:
+        return (_sparse_rows(z, safe_labels, scale, stats, label_smoothing, z_loss, masked, xp),)
 
-    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), xp)
+    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), xp)[0]
 
 
 def _sparse_rows(
@@ -130,16 +150,59 @@ def _sparse_rows(
     masked: bool,
     xp: ModuleType,
 ) -> Array:
-    num_classes = z.shape[-1]
     softmax, lse = _softmax_and_lse(z, scale, row_stats, masked, xp)
     coefficient = scale[..., None]
     if z_loss:
         coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
-    grad = softmax * coefficient
+    return _subtract_targets(softmax * coefficient, safe_labels, scale, label_smoothing, xp)
+
+
+def _sparse_rows_and_loss(
+    z: Array,
+    safe_labels: Array,
+    scale: Array,
+    label_smoothing: float,
+    z_loss: float,
+    masked: bool,
+    xp: ModuleType,
+) -> tuple[Array, Array]:
+    """:func:`_sparse_rows` and the rows' losses, from one exponential of ``z``."""
+    if masked:
+        z = _zero_dropped_rows(z, scale, xp)
+    shift, exps = shifted_exp(z, xp)
+    total = xp.sum(exps, axis=-1, keepdims=True)
+    log_sum = log_of_sum(total, xp)
+    loss = terms_from_row_stats(
+        z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+    )
+    coefficient = scale[..., None] / total  # softmax = exps / total
+    if z_loss:
+        coefficient = coefficient * (1.0 + 2.0 * z_loss * (shift + log_sum))
+    return _subtract_targets(exps * coefficient, safe_labels, scale, label_smoothing, xp), loss
+
+
+def _subtract_targets(
+    grad: Array, safe_labels: Array, scale: Array, label_smoothing: float, xp: ModuleType
+) -> Array:
+    """``grad`` minus the smoothed one-hot targets of ``safe_labels`` times ``scale`` (one per row).
+
+    ``grad`` is a temporary of the caller: on NumPy and PyTorch rows (2-d), its label
+    entries are assigned by index (a measured speed-up, see ``benchmarks/RESULTS.md``:
+    the comparison with every class costs a pass over the block); the standard path
+    compares with every class. Both compute ``grad - target`` in the same order: the
+    same numbers.
+    """
+    num_classes = grad.shape[-1]
     uniform = scale * (label_smoothing / num_classes)
     at_label = scale * (1.0 - label_smoothing) + uniform
     index = label_indices(safe_labels, xp)
-    classes = xp.arange(num_classes, dtype=index.dtype, device=device(z))
+    if grad.ndim == 2 and (is_numpy_array(grad) or is_torch_array(grad)):
+        at_labels = xp.take_along_axis(grad, index[:, None], axis=-1)[:, 0] - at_label
+        if label_smoothing:
+            grad = grad - uniform[:, None]
+        grad[xp.arange(grad.shape[0], dtype=index.dtype, device=device(grad)), index] = at_labels
+        return grad
+    classes = xp.arange(num_classes, dtype=index.dtype, device=device(grad))
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
 
 
@@ -180,10 +243,10 @@ def dense_logits_vjp(
     Computed in blocks of rows (:func:`in_row_blocks`).
     """
 
-    def rows(z: Array, targets: Array, scale: Array) -> Array:
-        return _dense_rows(z, targets, scale, label_smoothing, masked, xp)
+    def rows(z: Array, targets: Array, scale: Array) -> tuple[Array]:
+        return (_dense_rows(z, targets, scale, label_smoothing, masked, xp),)
 
-    return in_row_blocks(rows, z, (targets, scale), xp)
+    return in_row_blocks(rows, z, (targets, scale), xp)[0]
 
 
 def _dense_rows(
@@ -209,25 +272,65 @@ def _only(grads: tuple[Array, ...]) -> Array:
     return grads[0]
 
 
+def _sparse_scale(
+    labels: Array, cotangent: Array, z: Array, options: dict[str, Any], xp: ModuleType
+) -> tuple[Array, Array | None, Array, Array | None]:
+    """``(safe_labels, weights, scale, poisoned)`` for the gradient of a sparse cross entropy.
+
+    ``weights`` are the combined example weights, ``scale`` as :func:`example_scale`,
+    ``poisoned`` as :func:`~._cross_entropy.prepare_labels`: such a label (out of range,
+    on arrays not checked eagerly) gets a NaN scale, so a NaN gradient. ``z`` are the
+    classes-last logits in the accumulation dtype.
+    """
+    ignore_index = options["ignore_index"]
+    safe_labels, counted, poisoned = prepare_labels(labels, z.shape[-1], ignore_index, xp)
+    w = example_weights(options["weights"], options["class_weights"], labels, counted, z.dtype, xp)
+    scale = example_scale(cotangent, w, options["reduction"], tuple(labels.shape), z.dtype, xp)
+    if poisoned is not None:
+        scale = xp.where(poisoned, xp.full_like(scale, math.nan), scale)
+    return safe_labels, w, scale, poisoned
+
+
+def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple[Array, Array]:
+    """:func:`sparse_softmax_cross_entropy` and its gradient with respect to ``logits``, in one pass.
+
+    ``options`` are every keyword of :func:`sparse_softmax_cross_entropy`. The gradient
+    is that of ``sum(value)``. Each block of rows is exponentiated once, for its loss
+    and its gradient (:func:`in_row_blocks`; blocks of ``chunk_size`` rows if given).
+    """
+    xp, axis, z, ignore_index = checked_sparse_logits(logits, labels, **options)
+    options = options | {"ignore_index": ignore_index}
+    shape = () if options["reduction"] != "none" else tuple(labels.shape)
+    ones = xp.ones(shape, dtype=z.dtype, device=device(z))
+    safe_labels, w, scale, poisoned = _sparse_scale(labels, ones, z, options, xp)
+
+    def rows(z: Array, safe_labels: Array, scale: Array) -> tuple[Array, Array]:
+        return _sparse_rows_and_loss(
+            z, safe_labels, scale, options["label_smoothing"], options["z_loss"], w is not None, xp
+        )
+
+    grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=options["chunk_size"])
+    value = reduce_losses(loss, w, options["reduction"], xp, poisoned=poisoned)
+    return as_result(value, logits.dtype, xp), _as_input(grad, logits, axis, xp)
+
+
 def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
     options = _bind(sparse_softmax_cross_entropy, args, kwargs)
     logits, labels = options.pop("logits"), options.pop("labels")
-    weights, class_weights = options["weights"], options["class_weights"]
 
     def forward(logits: Array) -> tuple[Array, tuple[Array, ...]]:
         return sparse_loss_and_row_stats(logits, labels, **options)
+
+    def fused(logits: Array) -> tuple[Array, tuple[Array, ...]]:
+        value, grad = sparse_value_and_grad(logits, labels, **options)
+        return value, (grad,)
 
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
         xp = namespace_of({"logits": x}, options["xp"])
         axis = normalize_axis(options["axis"], x.ndim)
-        dtype = compute_dtype(x.dtype, xp)
-        z = xp.astype(class_axis_last(x, axis, xp), dtype, copy=False)
-        safe_labels, counted, poisoned = prepare_labels(labels, z.shape[-1], options["ignore_index"], xp)
-        w = example_weights(weights, class_weights, labels, counted, dtype, xp)
-        scale = example_scale(cotangent, w, options["reduction"], tuple(labels.shape), dtype, xp)
-        if poisoned is not None:  # a label out of range: NaN loss, NaN gradient
-            scale = xp.where(poisoned, xp.full_like(scale, math.nan), scale)
+        z = xp.astype(class_axis_last(x, axis, xp), compute_dtype(x.dtype, xp), copy=False)
+        safe_labels, w, scale, _ = _sparse_scale(labels, cotangent, z, options, xp)
         grad = sparse_logits_vjp(
             z,
             safe_labels,
@@ -236,11 +339,21 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
             z_loss=options["z_loss"],
             masked=w is not None,
             xp=xp,
-            row_stats=(residuals[0], residuals[1]),
+            row_stats=(residuals[0], residuals[1]) if residuals else None,
         )
         return (_as_input(grad, x, axis, xp),)
 
-    return Linearization((logits,), forward, backward, (weights, class_weights), _only)
+    # The gradient in the forward pass, scaled by the cotangent later: one pass over the logits
+    # fewer, on eager host arrays (measured, benchmarks/RESULTS.md); elsewhere a compiler fuses.
+    one_pass = options["reduction"] != "none" and is_eager_host(logits)
+    return Linearization(
+        (logits,),
+        forward,
+        backward,
+        (options["weights"], options["class_weights"]),
+        _only,
+        fused if one_pass else None,
+    )
 
 
 def _dense_rule(*args: Any, **kwargs: Any) -> Linearization:
@@ -410,9 +523,12 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
 
     def loss_value_and_grad(*arrays: Any, **options: Any) -> tuple[Array, Any]:
         linear = rule(*arrays, **options)
-        value, residuals = linear.forward(*linear.primals)
-        xp = namespace_of({"value": value}, None)
-        grads = linear.backward(linear.primals, residuals, xp.ones_like(value))
+        if linear.fused is not None:
+            value, grads = linear.fused(*linear.primals)
+        else:
+            value, residuals = linear.forward(*linear.primals)
+            xp = namespace_of({"value": value}, None)
+            grads = linear.backward(linear.primals, residuals, xp.ones_like(value))
         return value, linear.unpack(grads)
 
     return loss_value_and_grad

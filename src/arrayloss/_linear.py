@@ -209,22 +209,23 @@ def _linear_rule(*args: Any, **kwargs: Any) -> Linearization:
         return _Problem(primals[0], primals[1], labels, primals[2] if bias is not None else None, options)
 
     def forward(*primals: Array) -> tuple[Array, tuple[Array, ...]]:
-        # A scalar loss: compute the gradients in the same pass as the value (one matmul fewer than
-        # recomputing the logits in the backward pass) and scale them by the cotangent later.
-        p = problem(primals)
-        return p.value_and_gradients(None, primals) if scalar else (p.value(), ())
+        return problem(primals).value(), ()
+
+    def fused(*primals: Array) -> tuple[Array, tuple[Array, ...]]:
+        # The gradients in the same pass as the value: one product per chunk fewer than recomputing
+        # the logits in the backward pass.
+        return problem(primals).value_and_gradients(None, primals)
 
     def backward(
         primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
     ) -> tuple[Array, ...]:
-        if residuals:
-            return tuple(g * cotangent for g in residuals)
         return problem(primals).value_and_gradients(cotangent, primals)[1]
 
     def unpack(grads: tuple[Array, ...]) -> tuple[Array, ...]:
         return grads
 
-    return Linearization(primals, forward, backward, (options["weights"], options["class_weights"]), unpack)
+    constants = (options["weights"], options["class_weights"])
+    return Linearization(primals, forward, backward, constants, unpack, fused if scalar else None)
 
 
 @analytic_backward

@@ -15,27 +15,39 @@ from ._autodiff import Backward, Forward
 
 
 class AnalyticBackward(torch.autograd.Function):
-    """Value from ``forward``, gradient from ``backward``; residuals are extra, non-differentiable outputs.
+    """Value from ``forward`` (or ``fused``), gradient from ``backward`` (or the fused gradients).
 
+    Residuals (or fused gradients) are extra, non-differentiable outputs.
     ``setup_context`` saves the primals and residuals with ``ctx.save_for_backward``,
-    as ``torch.func`` transforms require.
+    as ``torch.func`` transforms require; fused gradients are kept on ``ctx`` and
+    released by the first backward pass.
     """
 
     @staticmethod
-    def forward(forward: Forward, backward: Backward, *primals: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        value, residuals = forward(*primals)
-        return (value, *residuals)
+    def forward(
+        forward: Forward, backward: Backward, fused: Forward | None, *primals: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        value, saved = (forward if fused is None else fused)(*primals)
+        return (value, *saved)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        _, backward, *primals = inputs
+        _, backward, fused, *primals = inputs
         ctx.rule_backward = backward
         ctx.num_primals = len(primals)
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(*primals, *output[1:])
+        ctx.set_materialize_grads(False)  # no zero gradients for those outputs (logits-sized when fused)
+        # Fused gradients stay outside the saved tensors: the backward pass changes them in place.
+        ctx.fused_gradients = output[1:] if fused is not None else ()
+        ctx.save_for_backward(*primals, *(output[1:] if fused is None else ()))
 
     @staticmethod
     def backward(ctx: Any, cotangent: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         primals, residuals = tuple(saved[: ctx.num_primals]), tuple(saved[ctx.num_primals :])
-        return (None, None, *ctx.rule_backward(primals, residuals, cotangent))
+        gradients, ctx.fused_gradients = ctx.fused_gradients, ()
+        if gradients:  # ours: scaled in place and handed over without a copy (a second pass recomputes)
+            for gradient in gradients:
+                gradient *= cotangent
+            return (None, None, None, *gradients)
+        return (None, None, None, *ctx.rule_backward(primals, residuals, cotangent))
