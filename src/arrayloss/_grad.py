@@ -178,7 +178,10 @@ def _sparse_rows_and_loss(
     coefficient = scale[..., None] / total  # softmax = exps / total
     if z_loss:
         coefficient = coefficient * (1.0 + 2.0 * z_loss * (shift + log_sum))
-    return _subtract_targets(exps * coefficient, safe_labels, scale, label_smoothing, xp), loss
+    # In place where the library allows it: one block-sized temporary fewer per block, which keeps
+    # glibc from returning the freed blocks to the system and faulting them in again for the next.
+    exps *= coefficient
+    return _subtract_targets(exps, safe_labels, scale, label_smoothing, xp), loss
 
 
 def _subtract_targets(
@@ -199,7 +202,7 @@ def _subtract_targets(
     if grad.ndim == 2 and (is_numpy_array(grad) or is_torch_array(grad)):
         at_labels = xp.take_along_axis(grad, index[:, None], axis=-1)[:, 0] - at_label
         if label_smoothing:
-            grad = grad - uniform[:, None]
+            grad -= uniform[:, None]
         grad[xp.arange(grad.shape[0], dtype=index.dtype, device=device(grad)), index] = at_labels
         return grad
     classes = xp.arange(num_classes, dtype=index.dtype, device=device(grad))
