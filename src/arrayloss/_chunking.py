@@ -53,6 +53,8 @@ def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType) -> int | No
     """
     if chunk_size is not None:
         return chunk_size
+    if math.prod(z.shape) <= BLOCK_BYTES // 8:  # one block even of float64: skip the checks below
+        return None
     if z.ndim < 2 or not is_eager_host(z) or torch_records_gradient((z,)):
         return None
     row_bytes = z.shape[-1] * xp.finfo(z.dtype).bits // 8
