@@ -157,16 +157,23 @@ def _sparse_rows(
     return _subtract_targets(softmax * coefficient, safe_labels, scale, label_smoothing, xp)
 
 
-def _sparse_rows_and_loss(
+def sparse_rows_and_loss(
     z: Array,
     safe_labels: Array,
     scale: Array,
+    *,
     label_smoothing: float,
     z_loss: float,
     masked: bool,
     xp: ModuleType,
 ) -> tuple[Array, Array]:
-    """:func:`_sparse_rows` and the rows' losses, from one exponential of ``z``."""
+    """The gradient rows of :func:`sparse_logits_vjp` and the rows' losses, from one exponential of ``z``.
+
+    ``z`` are rows of logits (classes last, accumulation dtype); the losses are
+    :func:`~._cross_entropy.label_terms`, unweighted. With ``masked``, rows of scale 0
+    are computed from zero logits: their gradient is 0 and their loss finite, for
+    the caller to weight by 0.
+    """
     if masked:
         z = _zero_dropped_rows(z, scale, xp)
     shift, exps = shifted_exp(z, xp)
@@ -308,8 +315,14 @@ def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple
     safe_labels, w, scale, poisoned = _sparse_scale(labels, ones, z, options, xp)
 
     def rows(z: Array, safe_labels: Array, scale: Array) -> tuple[Array, Array]:
-        return _sparse_rows_and_loss(
-            z, safe_labels, scale, options["label_smoothing"], options["z_loss"], w is not None, xp
+        return sparse_rows_and_loss(
+            z,
+            safe_labels,
+            scale,
+            label_smoothing=options["label_smoothing"],
+            z_loss=options["z_loss"],
+            masked=w is not None,
+            xp=xp,
         )
 
     grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=options["chunk_size"])

@@ -3,9 +3,10 @@
 The logits of a language model's output layer (``tokens x vocabulary``) are often
 the largest array of a training step. :func:`linear_cross_entropy` computes them a
 chunk of rows at a time, reduces each chunk to per-example losses with the same
-functions as :func:`~arrayloss.sparse_softmax_cross_entropy`, and its gradient
-recomputes each chunk's logits, as in Liger-Kernel's fused linear cross entropy and
-Apple's Cut Cross-Entropy, but written once against the array API.
+functions as :func:`~arrayloss.sparse_softmax_cross_entropy`; for a scalar loss the
+gradients are computed in the same pass (Liger-Kernel's fused linear cross entropy),
+otherwise the backward pass recomputes each chunk's logits (as Apple's Cut
+Cross-Entropy does), written once against the array API.
 """
 
 from __future__ import annotations
@@ -17,20 +18,21 @@ from typing import Any
 from array_api_compat import device
 
 from ._autodiff import Linearization, analytic_backward, register_rule
-from ._chunking import map_row_chunks
+from ._chunking import BLOCK_BYTES, map_row_chunks
 from ._cross_entropy import (
     check_sparse_options,
     example_weights,
     label_terms,
-    label_terms_and_row_stats,
     prepare_labels,
 )
-from ._grad import _bind, example_scale, sparse_logits_vjp
+from ._grad import _bind, example_scale, sparse_rows_and_loss
 from ._reduce import as_result, reduce_losses
-from ._validation import Array, check_floating, check_labels, compute_dtype, namespace_of
+from ._validation import Array, check_floating, check_labels, compute_dtype, is_eager_host, namespace_of
 
-# Bytes of one chunk of logits when chunk_size is not given.
-CHUNK_BYTES = 1 << 24
+# Bytes of one chunk of logits when chunk_size is not given. Measured (benchmarks/RESULTS.md), 4096 x
+# 1024 x 32000 float32, fwd+bwd, 1 thread: 16 MiB chunks 1.09x the time of materialised logits, 32 MiB
+# 1.0x, 64 MiB 1.0x with 30 % more memory; the products of smaller chunks use the cores less well.
+CHUNK_BYTES = 1 << 25
 
 
 def _check(
@@ -61,6 +63,26 @@ def _chunk_rows(chunk_size: int | None, rows: int, num_classes: int, dtype: Any,
         return chunk_size
     row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
     return max(1, min(rows, CHUNK_BYTES // row_bytes))
+
+
+def add_transposed_product(total: Array | None, g: Array, h: Array, xp: ModuleType) -> Array:
+    """``total + g.T @ h`` (``total=None``: zeros), for ``g`` of shape ``(R, C)`` and ``h`` ``(R, D)``.
+
+    On eager host arrays ``total`` is updated in place, a block of about
+    :data:`~._chunking.BLOCK_BYTES` of its rows at a time: the product of a whole
+    chunk would be a second ``C x D`` array, allocated and faulted in for every chunk.
+    """
+    if not is_eager_host(g):
+        part = xp.matmul(xp.matrix_transpose(g), h)
+        return part if total is None else total + part
+    classes, features = g.shape[1], h.shape[1]
+    if total is None:
+        total = xp.zeros((classes, features), dtype=g.dtype, device=device(g))
+    step = max(1, BLOCK_BYTES // (features * xp.finfo(g.dtype).bits // 8 or 1))
+    for first in range(0, classes, step):
+        last = min(first + step, classes)
+        total[first:last, ...] += xp.matmul(xp.matrix_transpose(g[:, first:last]), h)
+    return total
 
 
 class _Problem:
@@ -155,39 +177,21 @@ class _Problem:
         for start in range(0, rows, self.chunk):
             stop = min(start + self.chunk, rows)
             h = xp.astype(self.hidden[start:stop, ...], self.dtype, copy=False)
-            z = self.logits(h)
-            loss, shift, log_sum = label_terms_and_row_stats(
-                z,
-                self.labels[start:stop],
-                label_smoothing=self.label_smoothing,
-                z_loss=self.z_loss,
-                xp=xp,
-            )
-            losses.append(loss)
-            g = sparse_logits_vjp(
-                z,
+            g, loss = sparse_rows_and_loss(
+                self.logits(h),
                 self.labels[start:stop],
                 scale[start:stop],
                 label_smoothing=self.label_smoothing,
                 z_loss=self.z_loss,
                 masked=w is not None,
                 xp=xp,
-                row_stats=(shift, log_sum),
             )
+            losses.append(loss)
             d_hidden.append(xp.matmul(g, self.weight))
-            # Accumulate in place where the library allows it (NumPy, PyTorch, CuPy; JAX makes a new
-            # array): d_weight + part would hold a third weight-sized array and fault its pages in.
-            part = xp.matmul(xp.matrix_transpose(g), h)
-            if d_weight is None:
-                d_weight = part
-            else:
-                d_weight += part
+            d_weight = add_transposed_product(d_weight, g, h, xp)
             if self.bias is not None:
                 d_b = xp.sum(g, axis=0)
-                if d_bias is None:
-                    d_bias = d_b
-                else:
-                    d_bias += d_b
+                d_bias = d_b if d_bias is None else d_bias + d_b
         if d_weight is None:  # no rows: zero gradients
             value = self.reduce(xp.zeros((0,), dtype=self.dtype, device=device(self.hidden)))
             zeros = tuple(xp.zeros_like(a) for a in like)
@@ -269,7 +273,7 @@ def linear_cross_entropy(
     weights, class_weights, ignore_index, label_smoothing, z_loss, reduction
         As in :func:`sparse_softmax_cross_entropy`.
     chunk_size : int, optional
-        Rows (examples) per chunk. Default: chunks of logits of about 16 MiB.
+        Rows (examples) per chunk. Default: chunks of logits of about 32 MiB.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
