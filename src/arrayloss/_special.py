@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from types import ModuleType
 
-from array_api_compat import device
+from array_api_compat import device, is_numpy_array, is_torch_array
 
 from ._validation import Array, check_floating, compute_dtype, namespace_of, normalize_axis
 
@@ -29,7 +29,21 @@ def shifted_exp(z: Array, xp: ModuleType) -> tuple[Array, Array]:
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    return shift, xp.exp(z - shift)
+    return shift, exp_of_temporary(z - shift, xp)
+
+
+def exp_of_temporary(x: Array, xp: ModuleType) -> Array:
+    """``exp(x)`` for an ``x`` that nothing else references: in place on NumPy and PyTorch.
+
+    A measured speed-up on eager host arrays (``benchmarks/RESULTS.md``): one
+    block-sized allocation per block of rows instead of two keeps glibc from
+    returning the freed blocks to the system and faulting them in again.
+    """
+    if is_numpy_array(x):
+        return xp.exp(x, out=x)
+    if is_torch_array(x):
+        return x.exp_()
+    return xp.exp(x)
 
 
 def log_of_sum(total: Array, xp: ModuleType) -> Array:
