@@ -7,7 +7,9 @@ gradients. A loss decorated with :func:`analytic_backward` instead computes its
 value without recording anything and, in the backward pass, calls the gradient
 rule registered for it with :func:`register_rule` (the rules of :mod:`._grad`,
 the same ones :func:`arrayloss.value_and_grad` uses), which recomputes what it
-needs from the saved inputs.
+needs from the saved inputs. Where a rule offers a ``fused`` pass (a scalar loss on
+eager host arrays), the gradient is computed with the value, in the same pass over
+the logits, and the backward pass only scales it by the cotangent, in place.
 
 This path is taken only when a PyTorch input requires grad while grad mode is
 on, the rule accepts the call and no input other than the rule's ``primals``

@@ -324,6 +324,15 @@ def sparse_softmax_cross_entropy(
         device or break the trace, so an out-of-range label gives that example a
         NaN loss instead, and weights are not checked.
 
+    Notes
+    -----
+    When PyTorch records gradients of ``logits``, ``loss.backward()`` uses the
+    analytic gradient (``softmax - target``, scaled). With ``reduction="sum"`` or
+    ``"mean"`` on CPU tensors it is computed in the forward pass, together with the
+    loss, in one read of the logits, and kept until ``backward()``: one array the size
+    of ``logits``, which then becomes their ``.grad`` without a copy (the peak memory
+    of ``F.cross_entropy`` forward and backward is three such arrays).
+
     References
     ----------
     Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (label
