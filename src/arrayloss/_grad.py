@@ -79,6 +79,7 @@ def in_row_blocks(
     xp: ModuleType,
     *,
     chunk_size: int | None = None,
+    scratch: bool = False,
 ) -> tuple[Array, ...]:
     """``row_gradient(z, *per_row)``, computed in blocks of rows on eager host arrays.
 
@@ -90,7 +91,9 @@ def in_row_blocks(
     block stays in the CPU cache through the several elementwise steps of the
     gradient, and each finished block is written into the gradient, so that no other
     logits-sized array is ever alive (eager host arrays are writable). Other arrays
-    get one call.
+    get one call. With ``scratch``, blocks are passed a block-sized ``scratch=`` array,
+    the same for every block, which ``row_gradient`` may overwrite (see
+    :func:`~._special.shifted_exp`).
     """
     chunk = rows_per_chunk(chunk_size, z, xp)
     if chunk is None:
@@ -99,10 +102,11 @@ def in_row_blocks(
     rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
     grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
+    work = {"scratch": xp.empty((chunk, z.shape[-1]), dtype=z.dtype, device=device(z))} if scratch else {}
     values: list[list[Array]] = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified
-        grad_rows, *row_values = row_gradient(*(a[start:stop, ...] for a in rows))
+        grad_rows, *row_values = row_gradient(*(a[start:stop, ...] for a in rows), **work)
         grad[start:stop, ...] = grad_rows
         values.append(row_values)
     per_value = (xp.reshape(xp.concat(parts, axis=0), lead) for parts in zip(*values, strict=True))
@@ -166,17 +170,19 @@ def sparse_rows_and_loss(
     z_loss: float,
     masked: bool,
     xp: ModuleType,
+    scratch: Array | None = None,
 ) -> tuple[Array, Array]:
     """The gradient rows of :func:`sparse_logits_vjp` and the rows' losses, from one exponential of ``z``.
 
     ``z`` are rows of logits (classes last, accumulation dtype); the losses are
     :func:`~._cross_entropy.label_terms`, unweighted. With ``masked``, rows of scale 0
     are computed from zero logits: their gradient is 0 and their loss finite, for
-    the caller to weight by 0.
+    the caller to weight by 0. The gradient rows may be written into ``scratch``
+    (see :func:`~._special.shifted_exp`).
     """
     if masked:
         z = _zero_dropped_rows(z, scale, xp)
-    shift, exps = shifted_exp(z, xp)
+    shift, exps = shifted_exp(z, xp, scratch=scratch)
     total = xp.sum(exps, axis=-1, keepdims=True)
     log_sum = log_of_sum(total, xp)
     loss = terms_from_row_stats(
@@ -314,7 +320,7 @@ def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple
     ones = xp.ones(shape, dtype=z.dtype, device=device(z))
     safe_labels, w, scale, poisoned = _sparse_scale(labels, ones, z, options, xp)
 
-    def rows(z: Array, safe_labels: Array, scale: Array) -> tuple[Array, Array]:
+    def rows(z: Array, safe_labels: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:
         return sparse_rows_and_loss(
             z,
             safe_labels,
@@ -323,9 +329,11 @@ def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple
             z_loss=options["z_loss"],
             masked=w is not None,
             xp=xp,
+            scratch=scratch,
         )
 
-    grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=options["chunk_size"])
+    chunk_size = options["chunk_size"]
+    grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=chunk_size, scratch=True)
     value = reduce_losses(loss, w, options["reduction"], xp, poisoned=poisoned)
     return as_result(value, logits.dtype, xp), _as_input(grad, logits, axis, xp)
 

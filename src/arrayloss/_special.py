@@ -23,21 +23,32 @@ def shifted_log_sum(z: Array, xp: ModuleType) -> tuple[Array, Array]:
     return shift, log_of_sum(xp.sum(exps, axis=-1, keepdims=True), xp)
 
 
-def shifted_exp(z: Array, xp: ModuleType) -> tuple[Array, Array]:
-    """``(shift, exp(z - shift))``, ``shift`` as in :func:`shifted_log_sum` (last axis kept, size 1)."""
+def shifted_exp(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tuple[Array, Array]:
+    """``(shift, exp(z - shift))``, ``shift`` as in :func:`shifted_log_sum` (last axis kept, size 1).
+
+    ``scratch``, if given, is a writable array of ``z``'s dtype with at least its rows
+    (first axis), which the exponentials may overwrite and be returned in: a loop over
+    blocks of rows then allocates no block-sized array per block.
+    """
     if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    return shift, exp_of_temporary(z - shift, xp)
+    if scratch is None:
+        shifted = z - shift
+    else:
+        shifted = scratch[: z.shape[0], ...]
+        shifted[...] = z
+        shifted -= shift
+    return shift, exp_of_temporary(shifted, xp)
 
 
 def exp_of_temporary(x: Array, xp: ModuleType) -> Array:
-    """``exp(x)`` for an ``x`` that nothing else references: in place on NumPy and PyTorch.
+    """``exp(x)`` for an ``x`` that the caller owns: in place on NumPy and PyTorch.
 
     A measured speed-up on eager host arrays (``benchmarks/RESULTS.md``): one
-    block-sized allocation per block of rows instead of two keeps glibc from
-    returning the freed blocks to the system and faulting them in again.
+    block-sized allocation per block of rows fewer keeps glibc from returning the
+    freed blocks to the system and faulting them in again for the next block.
     """
     if is_numpy_array(x):
         return xp.exp(x, out=x)
