@@ -85,14 +85,21 @@ def label_terms(
 
 
 def label_terms_and_row_stats(
-    z: Array, safe_labels: Array, *, label_smoothing: float, z_loss: float, xp: ModuleType
+    z: Array,
+    safe_labels: Array,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    xp: ModuleType,
+    scratch: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """``(loss, shift, log_sum)``: :func:`label_terms` and the rows' :func:`~._special.shifted_log_sum`.
 
     All three have the leading shape of ``z`` (the row axis dropped); the backward pass
     builds the softmax from ``shift`` and ``log_sum`` without reducing the rows again.
+    ``scratch`` as in :func:`~._special.shifted_exp`.
     """
-    shift, log_sum = shifted_log_sum(z, xp)
+    shift, log_sum = shifted_log_sum(z, xp, scratch=scratch)
     loss = terms_from_row_stats(
         z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
     )
@@ -158,10 +165,13 @@ def sparse_terms(
         )
         return SparseTerms(terms[0], counted, poisoned, terms[1], terms[2])
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
+    # One block-sized scratch array for every block of writable arrays: no block-sized allocation per block.
+    shape = (min(chunk, rows[0].shape[0]), z.shape[-1])
+    scratch = xp.empty(shape, dtype=z.dtype, device=device(z)) if is_eager_host(z) else None
 
     def stacked_terms(z_rows: Array, label_rows: Array) -> Array:
         terms = label_terms_and_row_stats(
-            z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
+            z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp, scratch=scratch
         )
         return xp.stack(terms, axis=-1)
 

@@ -91,9 +91,9 @@ def in_row_blocks(
     block stays in the CPU cache through the several elementwise steps of the
     gradient, and each finished block is written into the gradient, so that no other
     logits-sized array is ever alive (eager host arrays are writable). Other arrays
-    get one call. With ``scratch``, blocks are passed a block-sized ``scratch=`` array,
-    the same for every block, which ``row_gradient`` may overwrite (see
-    :func:`~._special.shifted_exp`).
+    get one call. With ``scratch``, blocks of eager host arrays are passed a
+    block-sized ``scratch=`` array, the same for every block, which ``row_gradient``
+    may overwrite (see :func:`~._special.shifted_exp`).
     """
     chunk = rows_per_chunk(chunk_size, z, xp)
     if chunk is None:
@@ -102,7 +102,9 @@ def in_row_blocks(
     rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
     grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
-    work = {"scratch": xp.empty((chunk, z.shape[-1]), dtype=z.dtype, device=device(z))} if scratch else {}
+    work = {}
+    if scratch and is_eager_host(z):  # writable
+        work["scratch"] = xp.empty((min(chunk, count), z.shape[-1]), dtype=z.dtype, device=device(z))
     values: list[list[Array]] = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified

@@ -10,7 +10,7 @@ from array_api_compat import device, is_numpy_array, is_torch_array
 from ._validation import Array, check_floating, compute_dtype, namespace_of, normalize_axis
 
 
-def shifted_log_sum(z: Array, xp: ModuleType) -> tuple[Array, Array]:
+def shifted_log_sum(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tuple[Array, Array]:
     """``(shift, log_sum)`` with ``log(sum(exp(z))) = shift + log_sum`` over the last axis (kept, size 1).
 
     ``shift`` is the row's maximum, replaced by 0 where it is not finite, so that rows
@@ -18,8 +18,9 @@ def shifted_log_sum(z: Array, xp: ModuleType) -> tuple[Array, Array]:
     ``+inf`` give ``+inf`` and NaN stays NaN, never ``inf - inf``. Keep the two apart
     to stay accurate for huge logits: ``(z - shift) - log_sum`` keeps a ``log_sum``
     that ``z - (shift + log_sum)`` would round away when ``|shift|`` is large.
+    ``scratch`` as in :func:`shifted_exp`.
     """
-    shift, exps = shifted_exp(z, xp)
+    shift, exps = shifted_exp(z, xp, scratch=scratch)
     return shift, log_of_sum(xp.sum(exps, axis=-1, keepdims=True), xp)
 
 
