@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from types import ModuleType
 
 from array_api_compat import device, is_numpy_array, is_torch_array
@@ -35,13 +36,19 @@ def shifted_exp(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tu
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    if scratch is None:
-        shifted = z - shift
-    else:
-        shifted = scratch[: z.shape[0], ...]
-        shifted[...] = z
-        shifted -= shift
+    shifted = z - shift if scratch is None else _subtract_into(scratch[: z.shape[0], ...], z, shift, xp)
     return shift, exp_of_temporary(shifted, xp)
+
+
+def _subtract_into(out: Array, x: Array, y: Array, xp: ModuleType) -> Array:
+    """``x - y`` written into ``out``: in one pass on NumPy and PyTorch (their ``out=``), else two."""
+    if is_numpy_array(out):
+        return xp.subtract(x, y, out=out)
+    if is_torch_array(out):
+        return sys.modules["torch"].sub(x, y, out=out)
+    out[...] = x
+    out -= y
+    return out
 
 
 def exp_of_temporary(x: Array, xp: ModuleType) -> Array:

@@ -47,7 +47,8 @@ class AnalyticBackward(torch.autograd.Function):
         primals, residuals = tuple(saved[: ctx.num_primals]), tuple(saved[ctx.num_primals :])
         gradients, ctx.fused_gradients = ctx.fused_gradients, ()
         if gradients:  # ours: scaled in place and handed over without a copy (a second pass recomputes)
-            for gradient in gradients:
-                gradient *= cotangent
+            if not bool(cotangent == 1):  # host tensors (fused runs on CPU only): no device sync
+                for gradient in gradients:
+                    gradient *= cotangent
             return (None, None, None, *gradients)
         return (None, None, None, *ctx.rule_backward(primals, residuals, cotangent))
