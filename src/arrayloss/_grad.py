@@ -91,9 +91,10 @@ def in_row_blocks(
     block stays in the CPU cache through the several elementwise steps of the
     gradient, and each finished block is written into the gradient, so that no other
     logits-sized array is ever alive (eager host arrays are writable). Other arrays
-    get one call. With ``scratch``, blocks of eager host arrays are passed a
-    block-sized ``scratch=`` array, the same for every block, which ``row_gradient``
-    may overwrite (see :func:`~._special.shifted_exp`).
+    get one call. With ``scratch``, blocks of eager host arrays are passed a writable
+    ``scratch=`` array of the block's size, which ``row_gradient`` may overwrite and
+    return its gradient rows in (see :func:`~._special.shifted_exp`): the block's own
+    rows of the gradient on NumPy and PyTorch, one shared array elsewhere.
     """
     chunk = rows_per_chunk(chunk_size, z, xp)
     if chunk is None:
@@ -102,14 +103,20 @@ def in_row_blocks(
     rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
     grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
-    work = {}
-    if scratch and is_eager_host(z):  # writable
-        work["scratch"] = xp.empty((min(chunk, count), z.shape[-1]), dtype=z.dtype, device=device(z))
+    # NumPy and PyTorch slices are views: there a block is computed in the gradient's own rows (a
+    # measured speed-up: one copy of every block fewer). Other writable arrays share one scratch block.
+    in_place = scratch and (is_numpy_array(grad) or is_torch_array(grad))
+    shared = None
+    if scratch and is_eager_host(z) and not in_place:
+        shared = xp.empty((min(chunk, count), z.shape[-1]), dtype=z.dtype, device=device(z))
     values: list[list[Array]] = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified
+        block = grad[start:stop, ...] if in_place else shared
+        work = {} if block is None else {"scratch": block}
         grad_rows, *row_values = row_gradient(*(a[start:stop, ...] for a in rows), **work)
-        grad[start:stop, ...] = grad_rows
+        if not (in_place and grad_rows is block):  # not already written in place
+            grad[start:stop, ...] = grad_rows
         values.append(row_values)
     per_value = (xp.reshape(xp.concat(parts, axis=0), lead) for parts in zip(*values, strict=True))
     return (xp.reshape(grad, tuple(z.shape)), *per_value)

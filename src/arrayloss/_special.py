@@ -36,7 +36,11 @@ def shifted_exp(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tu
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
-    shifted = z - shift if scratch is None else _subtract_into(scratch[: z.shape[0], ...], z, shift, xp)
+    if scratch is None:
+        shifted = z - shift
+    else:
+        rows = scratch if scratch.shape[0] == z.shape[0] else scratch[: z.shape[0], ...]
+        shifted = _subtract_into(rows, z, shift, xp)
     return shift, exp_of_temporary(shifted, xp)
 
 
