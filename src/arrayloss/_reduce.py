@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from types import ModuleType
 
+from array_api_compat import is_numpy_array
+
 from ._validation import Array
 
 
@@ -61,8 +63,8 @@ def reduce_losses(
 def as_result(out: Array, dtype: object, xp: ModuleType) -> Array:
     """``out`` in the result ``dtype``, always an array.
 
-    NumPy turns 0-d results of reductions and arithmetic into scalars; an index with
-    an ellipsis gives a 0-d array back (a view elsewhere).
+    NumPy turns 0-d results of reductions and arithmetic into scalars, which
+    ``asarray`` makes 0-d arrays again; other libraries keep 0-d arrays.
     """
     out = xp.astype(out, dtype, copy=False)
-    return out if out.ndim else xp.expand_dims(out, axis=0)[0, ...]
+    return xp.asarray(out) if is_numpy_array(out) else out

@@ -35,7 +35,7 @@ def shifted_exp(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tu
     if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
-    shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
+    shift = xp.where(xp.isfinite(shift), shift, 0.0)
     if scratch is None:
         shifted = z - shift
     else:
@@ -72,9 +72,7 @@ def exp_of_temporary(x: Array, xp: ModuleType) -> Array:
 def log_of_sum(total: Array, xp: ModuleType) -> Array:
     """``log(total)`` of sums of exponentials, ``-inf`` (never a ``log(0)`` warning) where they are 0."""
     nothing = total == 0
-    return xp.where(
-        nothing, xp.full_like(total, -math.inf), xp.log(xp.where(nothing, xp.ones_like(total), total))
-    )
+    return xp.where(nothing, -math.inf, xp.log(xp.where(nothing, 1.0, total)))
 
 
 def lse_last(z: Array, xp: ModuleType) -> Array:
