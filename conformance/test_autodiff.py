@@ -193,6 +193,26 @@ def test_torch_compile_out_of_range_label_is_nan_while_eager_raises(backend):
     np.testing.assert_allclose(got[keep], ref.sparse_ce(z[keep], np.array([0, 2, 1])), rtol=1e-10)
 
 
+def test_torch_func_vmap(backend):
+    """Inside ``torch.func.vmap`` values are not read: no eager label check; a label out of range is NaN."""
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    rng = np.random.default_rng(3)
+    logits = backend.asarray(rng.normal(size=(3, 5, 7)), "float64")
+    labels = torch.asarray(rng.integers(0, 7, size=(3, 5)), device=backend.device)
+    labels[0, 1] = -100
+
+    def ours(z, y):
+        return al.sparse_softmax_cross_entropy(z, y, ignore_index=-100, reduction="mean")
+
+    got = backend.check_result(torch.func.vmap(ours)(logits, labels), dtype="float64", shape=(3,))
+    expected = torch.func.vmap(functional.cross_entropy)(logits, labels)
+    np.testing.assert_allclose(got, backend.to_numpy(expected), rtol=1e-12)
+    labels[2, 0] = 7  # out of range
+    got = backend.to_numpy(torch.func.vmap(ours)(logits, labels))
+    assert np.isnan(got[2]) and np.all(np.isfinite(got[:2]))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_autograd_matches_value_and_grad(backend, path, name):
     torch = only(backend, "torch")

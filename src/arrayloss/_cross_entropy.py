@@ -330,7 +330,7 @@ def sparse_softmax_cross_entropy(
         Mismatched shapes or devices, ``axis`` out of range, unknown ``reduction``,
         options out of range; and, on eager host arrays (NumPy, array-api-strict,
         torch on CPU), labels outside ``[0, C)`` and negative or NaN weights. On other
-        arrays (GPU, JAX, Dask, ``torch.compile``) checking values would sync the
+        arrays (GPU, JAX, Dask, ``torch.compile``, ``torch.func``) checking values would sync the
         device or break the trace, so an out-of-range label gives that example a
         NaN loss instead, and weights are not checked.
 

@@ -64,14 +64,19 @@ def namespace_of(
 def is_eager_host(x: Array) -> bool:
     """Whether values of ``x`` can be read without a device sync or breaking a trace.
 
-    True for NumPy, array-api-strict and torch CPU tensors outside ``torch.compile``;
-    False for GPU arrays and lazy or traced arrays (JAX, Dask, ...).
+    True for NumPy, array-api-strict and torch CPU tensors outside ``torch.compile``
+    and ``torch.func`` transforms (``vmap`` cannot read values); False for GPU arrays
+    and lazy or traced arrays (JAX, Dask, ...).
     """
     if compat.is_numpy_array(x):
         return True
     if compat.is_torch_array(x):
         torch = sys.modules["torch"]
-        return x.device.type == "cpu" and not torch.compiler.is_compiling()
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return False
+        # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
+        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+        return wrapped is None or not wrapped(x)
     return type(x).__module__.startswith("array_api_strict")
 
 
