@@ -94,11 +94,14 @@ def torch_problem(backend, option: str, dtype: str) -> tuple[Any, Any, dict[str,
     return logits, torch.asarray(labels, device=backend.device), ours, theirs
 
 
+@pytest.mark.parametrize("blocks", ["default", "one_row"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(TORCH_OPTIONS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, dtype):
+def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, dtype, blocks, monkeypatch):
     torch = only(backend, "torch")
+    if blocks == "one_row":  # the gradient (fused in the forward pass, or recomputed) in blocks of one row
+        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
     functional = importlib.import_module("torch.nn.functional")
     logits, labels, ours, theirs = torch_problem(backend, option, dtype)
     z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
@@ -141,12 +144,9 @@ def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
         backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
 
 
-@pytest.mark.parametrize("blocks", ["default", "one_row"])
 @pytest.mark.parametrize("option", ["plain", "weights_and_ignore", "smoothing_and_ignore"])
-def test_torch_func_grad(backend, path, option, blocks, monkeypatch):
+def test_torch_func_grad(backend, path, option):
     torch = only(backend, "torch")
-    if blocks == "one_row":  # the analytic backward writes blocks of rows into the gradient
-        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
     functional = importlib.import_module("torch.nn.functional")
     logits, labels, ours, theirs = torch_problem(backend, option, "float64")
 
