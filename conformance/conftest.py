@@ -22,11 +22,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from arrayloss import _native
+
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    "ci",
+    max_examples=60,
+    deadline=None,
+    # The autouse torch_path fixture is function-scoped but the same for every example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
 )
 settings.register_profile(
-    "fuzz", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "fuzz",
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -163,3 +173,24 @@ def _make_backend(name: str, device_name: str) -> Backend:
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """On torch, run every test twice: small plain calls delegated to PyTorch, and never delegated.
+
+    Tests of the autodiff paths (the ``path`` fixture of ``test_autodiff``) run on the array-API
+    path only: they check which backward arrayloss itself attaches.
+    """
+    torch = metafunc.config.getoption("--backend") == "torch"
+    chooses_path = "path" in metafunc.fixturenames  # test_autodiff's own paths
+    if torch and "torch_path" in metafunc.fixturenames and not chooses_path:
+        metafunc.parametrize("torch_path", ["delegated", "array-api"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def torch_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which path small plain torch calls take (see ``arrayloss._native``); ``default``: unchanged."""
+    path = getattr(request, "param", "default")
+    if path != "default":
+        monkeypatch.setattr(_native, "ENABLED", path == "delegated")
+    return str(path)

@@ -48,8 +48,9 @@ def only(backend, name: str) -> Any:
 
 @pytest.fixture(params=["analytic", "composition"])
 def path(request, monkeypatch) -> str:
-    """Run a PyTorch test on the analytic backward and on the plain composition."""
+    """Run a PyTorch test on the analytic backward and on the plain composition (never delegated)."""
     monkeypatch.setattr(al._autodiff, "ENABLED", request.param == "analytic")
+    monkeypatch.setattr(al._native, "ENABLED", False)
     return request.param
 
 
@@ -142,6 +143,49 @@ def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
 
     for got, expected in zip(run(True), run(False), strict=True):
         backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("option", ["plain", "label_smoothing", "ignore_index", "class_weights"])
+def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
+    """Small plain calls go to F.cross_entropy, others and big ones to arrayloss; same values."""
+    torch = only(backend, "torch")
+    monkeypatch.setattr(al._native, "ENABLED", True)
+    logits, labels, ours, _ = torch_problem(backend, option, "float64")
+    z, y = backend.to_numpy(logits), backend.to_numpy(labels)
+    options = {k: backend.to_numpy(v) if k == "class_weights" else v for k, v in ours.items()}
+
+    def reference_value(x: np.ndarray) -> np.ndarray:
+        return ref.sparse_ce(x, y, reduction=reduction, **options)
+
+    expected_grad = ref.numeric_gradient(lambda x: reference_value(x).sum(), z, 1e-5, relative=True)
+    delegated = backend.eager and option in ("plain", "label_smoothing")
+    for limit in ("default", "zero"):  # zero: nothing is small enough to be delegated
+        if limit == "zero":
+            monkeypatch.setattr(al._native, "FORWARD_BYTES", 0)
+            monkeypatch.setattr(al._native, "GRADIENT_BYTES", 0)
+        x = logits.clone().requires_grad_(grad)
+        out = al.sparse_softmax_cross_entropy(x, labels, reduction=reduction, **ours)
+        backend.assert_close(out, reference_value(z), dtype="float64")
+        if grad:
+            native = "AnalyticBackward" not in type(out.grad_fn).__name__
+            assert native == (delegated and limit == "default"), type(out.grad_fn).__name__
+            torch.sum(out).backward()
+            backend.assert_close(x.grad, expected_grad, dtype="float64", scale=1e4)
+
+
+def test_torch_delegated_labels_are_checked(backend, monkeypatch):
+    """Out-of-range labels raise arrayloss's ValueError on the delegated path too, PyTorch's -100 included."""
+    torch = only(backend, "torch")
+    if not backend.eager:
+        pytest.skip("labels are checked on eager host tensors only")
+    monkeypatch.setattr(al._native, "ENABLED", True)
+    logits = backend.asarray(np.zeros((3, 4)), "float32")
+    for bad in (-100, -1, 4):
+        labels = torch.asarray([0, bad, 1], device=backend.device)
+        with pytest.raises(ValueError, match=f"labels contains {bad}, outside the valid range"):
+            al.sparse_softmax_cross_entropy(logits, labels, reduction="mean")
 
 
 @pytest.mark.parametrize("option", ["plain", "weights_and_ignore", "smoothing_and_ignore"])

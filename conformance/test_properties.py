@@ -64,7 +64,7 @@ def backend_property(**strategies: st.SearchStrategy[Any]) -> Callable[[Callable
             count = settings.default.max_examples
             if backend.name == "jax":
                 count = max(10, count // 6)
-            given(**strategies)(settings(max_examples=count)(prop))(backend=backend)
+            settings(max_examples=count)(given(**strategies)(prop))(backend=backend)  # anew on every run
 
         test.__name__, test.__qualname__, test.__doc__ = prop.__name__, prop.__qualname__, prop.__doc__
         return test

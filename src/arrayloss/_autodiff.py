@@ -52,6 +52,8 @@ class Linearization(NamedTuple):
     gradients of ``primals`` to the structure :func:`arrayloss.value_and_grad` returns.
     ``fused``, when given, is ``fused(*primals) -> (value, gradients)``: a 0-d value
     and its gradients, computed together in one pass (see :func:`custom_vjp`).
+    ``delegated`` says that the loss computes this call with the array library's own
+    differentiable function (:mod:`._native`), which its autograd then differentiates.
     """
 
     primals: tuple[Array, ...]
@@ -60,6 +62,7 @@ class Linearization(NamedTuple):
     constants: tuple[Array | None, ...]
     unpack: Callable[[tuple[Array, ...]], Any]
     fused: Forward | None = None
+    delegated: bool = False
 
 
 class NotDifferentiable(TypeError):
@@ -175,7 +178,7 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
             ):  # a call the rule does not cover: autograd differentiates the composition
                 linear = None
             constants = [c for c in linear.constants if c is not None] if linear is not None else []
-            if linear is not None and not torch_records_gradient(constants):
+            if linear is not None and not linear.delegated and not torch_records_gradient(constants):
                 result: R = custom_vjp(linear.forward, linear.backward, linear.primals, linear.fused)
                 return result
         return loss(*args, **kwargs)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from array_api_compat import device
 
 from ._autodiff import analytic_backward
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
+from ._native import torch_cross_entropy, torch_delegates
 from ._reduce import as_result, reduce_losses
 from ._special import shifted_log_sum
 from ._validation import (
@@ -360,19 +361,20 @@ def sparse_softmax_cross_entropy(
     >>> al.sparse_softmax_cross_entropy(logits, labels, ignore_index=2, reduction="mean")
     array(0.2413113)
     """
-    return sparse_loss_and_row_stats(
-        logits,
-        labels,
-        axis=axis,
-        weights=weights,
-        class_weights=class_weights,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        reduction=reduction,
-        chunk_size=chunk_size,
-        xp=xp,
-    )[0]
+    options: dict[str, Any] = {
+        "axis": axis,
+        "weights": weights,
+        "class_weights": class_weights,
+        "ignore_index": ignore_index,
+        "label_smoothing": label_smoothing,
+        "z_loss": z_loss,
+        "reduction": reduction,
+        "chunk_size": chunk_size,
+        "xp": xp,
+    }
+    if torch_delegates(logits, labels, options):
+        return torch_cross_entropy(logits, labels, options)
+    return sparse_loss_and_row_stats(logits, labels, **options)[0]
 
 
 def sparse_loss_and_row_stats(

@@ -10,6 +10,7 @@ Dask, array-api-strict) and PyTorch autograd (:func:`~._autodiff.analytic_backwa
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ._cross_entropy import (
     sparse_softmax_cross_entropy,
     terms_from_row_stats,
 )
+from ._native import torch_delegates
 from ._reduce import apply_weights, as_result, reduce_losses, safe_divide
 from ._sequence import _stacked, _step_weights, sequence_loss, sequence_loss_by_example, tfa_denominator
 from ._special import log_of_sum, shifted_exp, shifted_log_sum
@@ -43,9 +45,21 @@ from ._validation import (
 )
 
 
+@functools.cache
+def _parameters(loss: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The names of the positional-only parameters of ``loss`` and its keyword-only defaults."""
+    parameters = inspect.signature(loss).parameters.values()
+    positional = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_ONLY)
+    defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+    return positional, defaults
+
+
 def _bind(loss: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Every argument of a call to ``loss`` by name, defaults included."""
-    bound = inspect.signature(loss).bind(*args, **kwargs)
+    positional, defaults = _parameters(loss)
+    if len(args) == len(positional) and kwargs.keys() <= defaults.keys():  # a few us, not inspect's 25
+        return {**dict(zip(positional, args, strict=True)), **defaults, **kwargs}
+    bound = inspect.signature(loss).bind(*args, **kwargs)  # the general case, and a call's TypeError
     bound.apply_defaults()
     return dict(bound.arguments)
 
@@ -386,6 +400,7 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
         (options["weights"], options["class_weights"]),
         _only,
         fused if one_pass else None,
+        delegated=torch_delegates(logits, labels, options),
     )
 
 
