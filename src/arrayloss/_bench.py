@@ -126,21 +126,43 @@ def peak_memory(
     return None
 
 
+ROUND_SECONDS = 0.02
+"""Calls faster than this are timed in loops of about this long (timer and call jitter)."""
+
+
+def _calls_per_round(fn: Callable[[], Any], bench: Bench) -> int:
+    bench.reset()
+    start = time.perf_counter()
+    fn()
+    bench.sync()
+    once = time.perf_counter() - start
+    return max(1, min(100_000, int(ROUND_SECONDS / max(once, 1e-7))))
+
+
 def measure(bench: Bench, repeat: int) -> list[Result]:
-    """Time arrayloss and its peers, interleaved round by round; then their peak memory."""
+    """Time arrayloss and its peers, interleaved round by round; then their peak memory.
+
+    A round times one call, or for calls shorter than :data:`ROUND_SECONDS` a loop of
+    them, and records the mean time per call (resets between the calls of a loop
+    are timed with them: they are only cheap ones, of small cases).
+    """
     impls = {"arrayloss": bench.ours, **bench.peers}
     times: dict[str, list[float]] = {name: [] for name in impls}
     for fn in impls.values():  # warm up: first-call costs, allocator, JIT compilation
         bench.reset()
         fn()
         bench.sync()
+    calls = {name: _calls_per_round(fn, bench) for name, fn in impls.items()}
     for _ in range(repeat):
         for name, fn in impls.items():
             bench.reset()
             start = time.perf_counter()
-            fn()
+            for call in range(calls[name]):
+                if call:
+                    bench.reset()
+                fn()
             bench.sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / calls[name])
     peaks = {name: peak_memory(fn, bench.memory, bench.sync, bench.reset) for name, fn in impls.items()}
     ours = statistics.median(times["arrayloss"])
     return [
