@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from array_api_compat import is_torch_array
@@ -93,7 +93,7 @@ def registered_names() -> list[str]:
     return sorted(loss.__name__ for loss in _RULES)
 
 
-def torch_records_gradient(primals: Sequence[Array]) -> bool:
+def torch_records_gradient(primals: Iterable[Array]) -> bool:
     """Whether PyTorch autograd records operations on one of ``primals`` (grad mode on, requires grad)."""
     torch = sys.modules.get("torch")
     return (
@@ -170,7 +170,7 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(loss)
     def dispatch(*args: P.args, **kwargs: P.kwargs) -> R:
         rule = _RULES.get(dispatch)
-        if ENABLED and rule is not None and torch_records_gradient(list(_arrays([*args, *kwargs.values()]))):
+        if ENABLED and rule is not None and torch_records_gradient(_arrays([*args, *kwargs.values()])):
             try:
                 linear = rule(*args, **kwargs)
             except (
