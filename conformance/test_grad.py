@@ -256,6 +256,31 @@ def test_half_precision_gradient_in_input_dtype(backend, name, dtype):
     check_value_and_grad(backend, CASES[name], dtype)
 
 
+@pytest.mark.parametrize("garbage", [False, True], ids=["finite", "garbage"])
+def test_sequence_masked_steps_have_zero_gradient(backend, garbage):
+    """The one-pass gradient of a scalar sequence_loss: masked steps give exactly 0, finite or not."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(2, 3, 4)) * 2
+    targets = rng.integers(0, 4, size=(2, 3))
+    weights = np.array([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])
+    if garbage:  # the masked steps (0, 1) and (1, 2) hold NaN and +-inf
+        logits[0, 1] = [np.nan, 0.0, np.inf, 1.0]
+        logits[1, 2] = [np.inf, -np.inf, 0.0, 0.0]
+    case = Case(al.sequence_loss, ref.tfa_sequence_loss, logits, [targets, weights], {})
+    with no_compute(backend):
+        value, grad = al.value_and_grad(al.sequence_loss)(
+            backend.asarray(logits), backend.asarray(targets), backend.asarray(weights)
+        )
+    with np.errstate(invalid="ignore"):  # the reference's masked steps compute inf - inf, then drop it
+        backend.assert_close(value, reference_value(case, logits), dtype="float64")
+        expected = finite_difference_grad(case)
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    np.testing.assert_array_equal(got[0, 1], 0.0)
+    np.testing.assert_array_equal(got[1, 2], 0.0)
+    kept = weights != 0
+    np.testing.assert_allclose(got[kept], expected[kept], rtol=1e-7, atol=1e-9)
+
+
 def test_zero_weight_rows_have_zero_gradient_even_if_not_finite(backend):
     logits = np.array([[1.0, 2.0, 0.5], [np.nan, np.inf, 0.0], [0.3, -np.inf, 0.1], [np.inf, 1.0, 2.0]])
     labels = np.array([0, 1, 2, 1])

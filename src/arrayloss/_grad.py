@@ -33,10 +33,19 @@ from ._cross_entropy import (
 )
 from ._native import torch_delegates
 from ._reduce import apply_weights, as_result, reduce_losses, safe_divide
-from ._sequence import _stacked, _step_weights, sequence_loss, sequence_loss_by_example, tfa_denominator
+from ._sequence import (
+    _stacked,
+    _step_weights,
+    check_step_logits,
+    reduce_steps,
+    sequence_loss,
+    sequence_loss_by_example,
+    step_scale,
+)
 from ._special import log_of_sum, shifted_exp, shifted_log_sum
 from ._validation import (
     Array,
+    check_labels,
     class_axis_last,
     compute_dtype,
     is_eager_host,
@@ -203,10 +212,18 @@ def sparse_rows_and_loss(
     the caller to weight by 0. The gradient rows may be written into ``scratch``
     (see :func:`~._special.shifted_exp`).
     """
-    if masked:
+    eager = is_eager_host(z)
+    if masked and not eager:  # no branch on values of lazy or traced arrays
         z = _zero_dropped_rows(z, scale, xp)
     shift, exps = shifted_exp(z, xp, scratch=scratch)
     total = xp.sum(exps, axis=-1, keepdims=True)
+    # Eager arrays: rows of scale 0 need zeroing (a block-sized temporary) only if their logits are
+    # not finite, which their sums of exponentials show (inf, NaN, or 0 for all -inf); else the
+    # block is computed once, and their gradient rows are exactly 0 anyway (finite exps times 0).
+    if masked and eager and bool(xp.any((scale == 0) & ~((total[..., 0] > 0) & xp.isfinite(total[..., 0])))):
+        z = _zero_dropped_rows(z, scale, xp)
+        shift, exps = shifted_exp(z, xp, scratch=scratch)
+        total = xp.sum(exps, axis=-1, keepdims=True)
     log_sum = log_of_sum(total, xp)
     loss = terms_from_row_stats(
         z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
@@ -330,6 +347,39 @@ def _sparse_scale(
     return safe_labels, w, scale, poisoned
 
 
+def gradient_and_losses(
+    z: Array,
+    safe_labels: Array,
+    scale: Array,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    masked: bool,
+    xp: ModuleType,
+    chunk_size: int | None,
+) -> tuple[Array, Array]:
+    """The gradient of :func:`sparse_logits_vjp` and the rows' unweighted losses, block by block.
+
+    Each block of rows of ``z`` is exponentiated once (:func:`sparse_rows_and_loss`),
+    in the gradient's own rows where the library allows it (:func:`in_row_blocks`).
+    """
+
+    def rows(z: Array, safe_labels: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:
+        return sparse_rows_and_loss(
+            z,
+            safe_labels,
+            scale,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            masked=masked,
+            xp=xp,
+            scratch=scratch,
+        )
+
+    grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=chunk_size, scratch=True)
+    return grad, loss
+
+
 def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple[Array, Array]:
     """:func:`sparse_softmax_cross_entropy` and its gradient with respect to ``logits``, in one pass.
 
@@ -342,21 +392,16 @@ def sparse_value_and_grad(logits: Array, labels: Array, **options: Any) -> tuple
     shape = () if options["reduction"] != "none" else tuple(labels.shape)
     ones = xp.ones(shape, dtype=z.dtype, device=device(z))
     safe_labels, w, scale, poisoned = _sparse_scale(labels, ones, z, options, xp)
-
-    def rows(z: Array, safe_labels: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:
-        return sparse_rows_and_loss(
-            z,
-            safe_labels,
-            scale,
-            label_smoothing=options["label_smoothing"],
-            z_loss=options["z_loss"],
-            masked=w is not None,
-            xp=xp,
-            scratch=scratch,
-        )
-
-    chunk_size = options["chunk_size"]
-    grad, loss = in_row_blocks(rows, z, (safe_labels, scale), xp, chunk_size=chunk_size, scratch=True)
+    grad, loss = gradient_and_losses(
+        z,
+        safe_labels,
+        scale,
+        label_smoothing=options["label_smoothing"],
+        z_loss=options["z_loss"],
+        masked=w is not None,
+        xp=xp,
+        chunk_size=options["chunk_size"],
+    )
     value = reduce_losses(loss, w, options["reduction"], xp, poisoned=poisoned)
     return as_result(value, logits.dtype, xp), _as_input(grad, logits, axis, xp)
 
@@ -466,19 +511,38 @@ def _sequence_rule(*args: Any, **kwargs: Any) -> Linearization:
     def backward(primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array) -> tuple[Array]:
         (x,) = primals
         xp = namespace_of({"logits": x}, options["xp"])
-        dtype = compute_dtype(x.dtype, xp)
-        shape = tuple(x.shape[:2])
-        w = _step_weights(weights, shape, dtype, xp, x)
-        scale = xp.astype(cotangent, dtype)
-        axes, denominator = tfa_denominator(w, xp=xp, **flags)
-        if axes:
-            scale = safe_divide(scale, denominator, xp)
-            for axis in axes:
-                scale = xp.expand_dims(scale, axis=axis)
-        scale = apply_weights(xp.broadcast_to(scale, shape), w, xp)
-        return (_step_vjp(x, targets, scale, xp),)
+        w = _step_weights(weights, tuple(x.shape[:2]), compute_dtype(x.dtype, xp), xp, x)
+        return (_step_vjp(x, targets, step_scale(cotangent, w, flags, xp), xp),)
 
-    return Linearization((logits,), forward, backward, (weights, targets), _only)
+    def fused(logits: Array) -> tuple[Array, tuple[Array, ...]]:
+        value, grad = _sequence_value_and_grad(logits, targets, weights, flags, options["xp"])
+        return value, (grad,)
+
+    # As for the sparse cross entropy: the gradient in the forward pass, for a scalar loss with
+    # integer targets on eager host arrays.
+    over_time = flags["average_across_timesteps"] or flags["sum_over_timesteps"]
+    scalar = over_time and (flags["average_across_batch"] or flags["sum_over_batch"])
+    one_pass = scalar and targets.ndim == 2 and is_eager_host(logits)
+    return Linearization((logits,), forward, backward, (weights, targets), _only, fused if one_pass else None)
+
+
+def _sequence_value_and_grad(
+    logits: Array, targets: Array, weights: Array | None, flags: dict[str, bool], xp: ModuleType | None
+) -> tuple[Array, Array]:
+    """A scalar :func:`sequence_loss` of integer ``targets`` and its gradient, from one exponential."""
+    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
+    check_step_logits(logits, xp)
+    check_labels(targets, tuple(logits.shape[:2]), xp, "targets")
+    z = xp.astype(logits, compute_dtype(logits.dtype, xp), copy=False)
+    w = _step_weights(weights, tuple(targets.shape), z.dtype, xp, logits)
+    scale = step_scale(xp.ones((), dtype=z.dtype, device=device(z)), w, flags, xp)
+    # Eager arrays only (the rule's condition): the targets' values were checked, none is poisoned.
+    safe_labels, _, _ = prepare_labels(targets, z.shape[-1], None, xp, "targets")
+    grad, losses = gradient_and_losses(
+        z, safe_labels, scale, label_smoothing=0.0, z_loss=0.0, masked=True, xp=xp, chunk_size=None
+    )
+    value = as_result(reduce_steps(losses, w, flags, xp), logits.dtype, xp)
+    return value, xp.astype(grad, logits.dtype, copy=False)
 
 
 def _by_example_rule(*args: Any, **kwargs: Any) -> Linearization:

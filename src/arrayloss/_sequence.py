@@ -46,9 +46,7 @@ def step_losses(
     ``f(labels=..., logits=...)`` on the flattened ``[batch * time, ...]`` arrays,
     and must return one loss per row.
     """
-    check_logits(logits, -1, xp)
-    if logits.ndim != 3:
-        raise ValueError(f"logits must be a [batch, time, classes] array, got shape {tuple(logits.shape)}")
+    check_step_logits(logits, xp)
     batch, time, classes = logits.shape
     dtype = compute_dtype(logits.dtype, xp)
     if softmax_loss_function is not None:
@@ -73,6 +71,13 @@ def step_losses(
     loss, poisoned = terms.loss, terms.poisoned
     # Targets out of range on arrays that cannot be checked eagerly: that step's loss is NaN.
     return loss if poisoned is None else xp.where(poisoned, xp.full_like(loss, math.nan), loss)
+
+
+def check_step_logits(logits: Array, xp: ModuleType) -> None:
+    """Raise unless ``logits`` are real floating ``[batch, time, classes]`` with classes."""
+    check_logits(logits, -1, xp)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be a [batch, time, classes] array, got shape {tuple(logits.shape)}")
 
 
 def _step_weights(
@@ -179,23 +184,44 @@ def sequence_loss(
     >>> al.sequence_loss(logits, targets, mask, average_across_batch=False)
     array([1.38629436, 1.38629436])
     """
-    flags = {
-        "average_across_timesteps": average_across_timesteps,
-        "average_across_batch": average_across_batch,
-        "sum_over_timesteps": sum_over_timesteps,
-        "sum_over_batch": sum_over_batch,
-    }
-    for first, second in _EXCLUSIVE_FLAGS:
-        if flags[first] and flags[second]:
-            raise ValueError(f"{first} and {second} cannot both be True")
+    flags = checked_flags(
+        average_across_timesteps=average_across_timesteps,
+        average_across_batch=average_across_batch,
+        sum_over_timesteps=sum_over_timesteps,
+        sum_over_batch=sum_over_batch,
+    )
     xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
     losses = step_losses(logits, targets, softmax_loss_function, xp)
     w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
+    return as_result(reduce_steps(losses, w, flags, xp), logits.dtype, xp)
+
+
+def checked_flags(**flags: bool) -> dict[str, bool]:
+    """The four reduction flags of :func:`sequence_loss`, checked against TensorFlow Addons' exclusions."""
+    for first, second in _EXCLUSIVE_FLAGS:
+        if flags[first] and flags[second]:
+            raise ValueError(f"{first} and {second} cannot both be True")
+    return flags
+
+
+def reduce_steps(losses: Array, w: Array, flags: dict[str, bool], xp: ModuleType) -> Array:
+    """:func:`sequence_loss` from the ``[batch, time]`` step ``losses`` and weights ``w``."""
     weighted = apply_weights(losses, w, xp)
     axes, denominator = tfa_denominator(w, xp=xp, **flags)
     if axes:
         weighted = safe_divide(xp.sum(weighted, axis=axes), denominator, xp)
-    return as_result(weighted, logits.dtype, xp)
+    return weighted
+
+
+def step_scale(cotangent: Array, w: Array, flags: dict[str, bool], xp: ModuleType) -> Array:
+    """The derivative of :func:`reduce_steps` times ``cotangent`` with respect to each step's loss."""
+    scale = xp.astype(cotangent, w.dtype)
+    axes, denominator = tfa_denominator(w, xp=xp, **flags)
+    if axes:
+        scale = safe_divide(scale, denominator, xp)
+        for axis in axes:
+            scale = xp.expand_dims(scale, axis=axis)
+    return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, xp)
 
 
 def _stack_steps(name: str, steps: Sequence[Array], xp: ModuleType) -> Array:
