@@ -358,11 +358,11 @@ def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     if not _installed("torch"):
         return
 
-    def make() -> Bench:
+    def make(backward: bool) -> Bench:
         torch = importlib.import_module("torch")
         torch_f = importlib.import_module("torch.nn.functional")
         logits, labels = _torch_inputs(s.batch * s.time, s.classes)
-        logits = logits.reshape(s.batch, s.time, s.classes)
+        logits = logits.reshape(s.batch, s.time, s.classes).requires_grad_(backward)
         labels = labels.reshape(s.batch, s.time)
         weights = (torch.arange(s.time) < s.time - 3).to(torch.float32).expand(s.batch, s.time)
 
@@ -372,18 +372,28 @@ def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             )
             return (losses * weights.reshape(-1)).sum() / weights.sum()
 
+        def run(loss: Callable[[], Any]) -> Callable[[], Any]:
+            if not backward:
+                return loss
+            return lambda: loss().backward()
+
+        def reset() -> None:
+            logits.grad = None
+
         return Bench(
-            "sequence_loss",
+            "sequence_loss fwd+bwd" if backward else "sequence_loss",
             "torch-cpu",
             f"{s.batch}x{s.time}x{s.classes}",
             "float32",
-            lambda: sequence_loss(logits, labels, weights),
-            {"F.cross_entropy": plain},
-            {"F.cross_entropy": 1.5},
+            run(lambda: sequence_loss(logits, labels, weights)),
+            {"F.cross_entropy": run(plain)},
+            {} if backward else {"F.cross_entropy": 1.5},  # the issue sets no target for the backward
             classes=s.classes,
+            reset=reset,
         )
 
-    yield make
+    yield functools.partial(make, False)
+    yield functools.partial(make, True)
 
 
 def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
