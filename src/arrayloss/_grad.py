@@ -42,7 +42,7 @@ from ._sequence import (
     sequence_loss_by_example,
     step_scale,
 )
-from ._special import log_of_sum, shifted_exp, shifted_log_sum
+from ._special import difference, exp_of_temporary, log_of_sum, shifted_exp, shifted_log_sum
 from ._validation import (
     Array,
     check_labels,
@@ -170,10 +170,12 @@ def sparse_logits_vjp(
     of every row; None computes them. Computed in blocks of rows (:func:`in_row_blocks`).
     """
 
-    def rows(z: Array, safe_labels: Array, scale: Array, *stats: Array) -> tuple[Array]:
-        return (_sparse_rows(z, safe_labels, scale, stats, label_smoothing, z_loss, masked, xp),)
+    def rows(
+        z: Array, safe_labels: Array, scale: Array, *stats: Array, scratch: Array | None = None
+    ) -> tuple[Array]:
+        return (_sparse_rows(z, safe_labels, scale, stats, label_smoothing, z_loss, masked, xp, scratch),)
 
-    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), xp)[0]
+    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), xp, scratch=True)[0]
 
 
 def _sparse_rows(
@@ -185,12 +187,14 @@ def _sparse_rows(
     z_loss: float,
     masked: bool,
     xp: ModuleType,
+    scratch: Array | None,
 ) -> Array:
-    softmax, lse = _softmax_and_lse(z, scale, row_stats, masked, xp)
+    softmax, lse = _softmax_and_lse(z, scale, row_stats, masked, xp, scratch)
     coefficient = scale[..., None]
     if z_loss:
         coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
-    return _subtract_targets(softmax * coefficient, safe_labels, scale, label_smoothing, xp)
+    softmax *= coefficient  # our temporary: in place where the library allows it
+    return _subtract_targets(softmax, safe_labels, scale, label_smoothing, xp)
 
 
 def sparse_rows_and_loss(
@@ -213,18 +217,18 @@ def sparse_rows_and_loss(
     (see :func:`~._special.shifted_exp`).
     """
     eager = is_eager_host(z)
-    if masked and not eager:  # no branch on values of lazy or traced arrays
+    if masked and not eager:  # values are not read: rows of scale 0 are zeroed
         z = _zero_dropped_rows(z, scale, xp)
     shift, exps = shifted_exp(z, xp, scratch=scratch)
     total = xp.sum(exps, axis=-1, keepdims=True)
-    # Eager arrays: rows of scale 0 need zeroing (a block-sized temporary) only if their logits are
-    # not finite, which their sums of exponentials show (inf, NaN, or 0 for all -inf); else the
-    # block is computed once, and their gradient rows are exactly 0 anyway (finite exps times 0).
-    if masked and eager and bool(xp.any((scale == 0) & ~((total[..., 0] > 0) & xp.isfinite(total[..., 0])))):
+    log_sum = log_of_sum(total, xp)
+    # Eager arrays: rows of scale 0 whose logits are not finite (their log_sum is not) are computed
+    # again from zeros; other rows of scale 0 get exactly 0 anyway (finite exps times 0).
+    if masked and eager and _unsafe_dropped_rows(log_sum[..., 0], scale, xp):
         z = _zero_dropped_rows(z, scale, xp)
         shift, exps = shifted_exp(z, xp, scratch=scratch)
         total = xp.sum(exps, axis=-1, keepdims=True)
-    log_sum = log_of_sum(total, xp)
+        log_sum = log_of_sum(total, xp)
     loss = terms_from_row_stats(
         z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
     )
@@ -263,23 +267,43 @@ def _subtract_targets(
 
 
 def _softmax_and_lse(
-    z: Array, scale: Array, row_stats: tuple[Array, ...], masked: bool, xp: ModuleType
+    z: Array,
+    scale: Array,
+    row_stats: tuple[Array, ...],
+    masked: bool,
+    xp: ModuleType,
+    scratch: Array | None = None,
 ) -> tuple[Array, Array]:
     """Softmax over the last axis and the log-sum-exp (kept axis) of the rows ``z``.
 
     The softmax is ``exp((z - shift) - log_sum)``, accurate for huge logits too, from the
     rows' ``row_stats = (shift, log_sum)`` (leading shape of ``z``), or from
     :func:`~._special.shifted_log_sum` when ``row_stats`` is empty. With ``masked``, the
-    rows of ``scale`` 0 are computed from zeros (finite, never NaN from ``inf - inf``).
+    rows of ``scale`` 0 are computed from zeros (finite, never NaN from ``inf - inf``);
+    on eager host arrays only when one of them is not finite (its log-sum-exp shows
+    it), which spares a block-sized temporary. The softmax is a temporary of the
+    caller, computed in ``scratch`` if given (see :func:`~._special.shifted_exp`).
     """
-    if not row_stats:
-        z = _zero_dropped_rows(z, scale, xp) if masked else z
-        shift, log_sum = shifted_log_sum(z, xp)
-    else:
+    if row_stats:
         shift, log_sum = row_stats[0][..., None], row_stats[1][..., None]
-        if masked:
-            z, shift, log_sum = (_zero_dropped_rows(a, scale, xp) for a in (z, shift, log_sum))
-    return xp.exp((z - shift) - log_sum), shift + log_sum
+    else:
+        shift, log_sum = shifted_log_sum(z, xp, scratch=scratch)
+    lse = shift + log_sum
+    if masked and _unsafe_dropped_rows(lse[..., 0], scale, xp):
+        z, shift, log_sum = (_zero_dropped_rows(a, scale, xp) for a in (z, shift, log_sum))
+        lse = shift + log_sum
+    shifted = difference(z, shift, xp, scratch=scratch)
+    shifted -= log_sum  # as (z - shift) - log_sum, in place
+    return exp_of_temporary(shifted, xp), lse
+
+
+def _unsafe_dropped_rows(finite_if_safe: Array, scale: Array, xp: ModuleType) -> bool:
+    """Whether rows of ``scale`` 0 must be zeroed: on eager host arrays, where one of them has a
+    ``finite_if_safe`` row value (its sum or log-sum of exponentials) that is not finite; always
+    on other arrays, whose values are not read."""
+    if not is_eager_host(scale):
+        return True
+    return bool(xp.any((scale == 0) & ~xp.isfinite(finite_if_safe)))
 
 
 def _zero_dropped_rows(z: Array, scale: Array, xp: ModuleType) -> Array:
@@ -299,22 +323,29 @@ def dense_logits_vjp(
     Computed in blocks of rows (:func:`in_row_blocks`).
     """
 
-    def rows(z: Array, targets: Array, scale: Array) -> tuple[Array]:
-        return (_dense_rows(z, targets, scale, label_smoothing, masked, xp),)
+    def rows(z: Array, targets: Array, scale: Array, scratch: Array | None = None) -> tuple[Array]:
+        return (_dense_rows(z, targets, scale, label_smoothing, masked, xp, scratch),)
 
-    return in_row_blocks(rows, z, (targets, scale), xp)[0]
+    return in_row_blocks(rows, z, (targets, scale), xp, scratch=True)[0]
 
 
 def _dense_rows(
-    z: Array, targets: Array, scale: Array, label_smoothing: float, masked: bool, xp: ModuleType
+    z: Array,
+    targets: Array,
+    scale: Array,
+    label_smoothing: float,
+    masked: bool,
+    xp: ModuleType,
+    scratch: Array | None,
 ) -> Array:
     num_classes = z.shape[-1]
     coefficient = scale[..., None]
     mass = (1.0 - label_smoothing) * xp.sum(targets, axis=-1, keepdims=True) + label_smoothing
-    grad = _softmax_and_lse(z, scale, (), masked, xp)[0] * (coefficient * mass)
-    grad = grad - targets * (coefficient * (1.0 - label_smoothing))
+    grad = _softmax_and_lse(z, scale, (), masked, xp, scratch)[0]  # our temporary: updated in place
+    grad *= coefficient * mass
+    grad -= targets * (coefficient * (1.0 - label_smoothing))
     if label_smoothing:
-        grad = grad - coefficient * (label_smoothing / num_classes)
+        grad -= coefficient * (label_smoothing / num_classes)
     return grad
 
 

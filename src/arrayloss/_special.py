@@ -36,12 +36,15 @@ def shifted_exp(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tu
         return xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z)), xp.exp(z)
     shift = xp.max(z, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    return shift, exp_of_temporary(difference(z, shift, xp, scratch=scratch), xp)
+
+
+def difference(x: Array, y: Array, xp: ModuleType, *, scratch: Array | None = None) -> Array:
+    """``x - y``, written into the first rows of ``scratch`` if given (see :func:`shifted_exp`)."""
     if scratch is None:
-        shifted = z - shift
-    else:
-        rows = scratch if scratch.shape[0] == z.shape[0] else scratch[: z.shape[0], ...]
-        shifted = _subtract_into(rows, z, shift, xp)
-    return shift, exp_of_temporary(shifted, xp)
+        return x - y
+    rows = scratch if scratch.shape[0] == x.shape[0] else scratch[: x.shape[0], ...]
+    return _subtract_into(rows, x, y, xp)
 
 
 def _subtract_into(out: Array, x: Array, y: Array, xp: ModuleType) -> Array:
