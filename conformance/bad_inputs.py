@@ -376,6 +376,15 @@ CASES: list[BadInput] = [
         "axis",
     ),
     BadInput(
+        "ce-axis-bool",
+        CE,
+        "axis=True (int64 labels: delegated to F.cross_entropy on torch if accepted)",
+        lambda b: ((logits(b), labels(b, dtype="int64")), {"axis": True}),
+        TypeError,
+        "axis must be an int, got bool",
+        "axis",
+    ),
+    BadInput(
         "ce-reduction",
         CE,
         'reduction="avg"',

@@ -59,8 +59,10 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
         and options["chunk_size"] is None
         and options["xp"] is None
     )
+    axis = options["axis"]
     valid = options["reduction"] in REDUCTIONS and 0.0 <= options["label_smoothing"] <= 1.0
-    if not (plain and valid) or logits.ndim != 2 or options["axis"] not in (1, -1) or labels.ndim != 1:
+    valid = valid and axis in (1, -1) and not isinstance(axis, bool)
+    if not (plain and valid) or logits.ndim != 2 or labels.ndim != 1:
         return False  # bad options and shapes get the array-API path's errors
     if logits.dtype not in (torch.float32, torch.float64) or labels.dtype != torch.int64:
         return False
