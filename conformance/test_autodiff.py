@@ -257,6 +257,34 @@ def test_torch_func_vmap(backend):
     assert np.isnan(got[2]) and np.all(np.isfinite(got[:2]))
 
 
+@pytest.mark.parametrize("order", ["vmap_of_grad", "grad_of_vmap"])
+def test_torch_func_per_example_gradients(backend, path, order):
+    """``vmap(grad(loss))`` (per-example gradients, as in DP-SGD) and ``grad(vmap(loss))`` against PyTorch.
+
+    Under ``vmap`` the analytic backward steps aside (its rule closes over the labels) and autograd
+    differentiates the composition.
+    """
+    torch = only(backend, "torch")
+    functional = importlib.import_module("torch.nn.functional")
+    rng = np.random.default_rng(4)
+    logits = backend.asarray(rng.normal(size=(3, 5, 7)), "float64")
+    labels = torch.asarray(rng.integers(0, 7, size=(3, 5)), device=backend.device)
+
+    def ours(z, y):
+        return al.sparse_softmax_cross_entropy(z, y, label_smoothing=0.1, reduction="mean")
+
+    def theirs(z, y):
+        return functional.cross_entropy(z, y, label_smoothing=0.1)
+
+    def transform(loss):
+        if order == "vmap_of_grad":
+            return torch.func.vmap(torch.func.grad(loss))(logits, labels)
+        return torch.func.grad(lambda z: torch.func.vmap(loss)(z, labels).sum())(logits)
+
+    got = backend.check_result(transform(ours), dtype="float64", shape=(3, 5, 7))
+    np.testing.assert_allclose(got, backend.to_numpy(transform(theirs)), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_autograd_matches_value_and_grad(backend, path, name):
     torch = only(backend, "torch")

@@ -12,11 +12,13 @@ eager host arrays), the gradient is computed with the value, in the same pass ov
 the logits, and the backward pass only scales it by the cotangent, in place.
 
 This path is taken only when a PyTorch input requires grad while grad mode is
-on, the rule accepts the call and no input other than the rule's ``primals``
-requires grad; everything else (NumPy, JAX, Dask, gradients with respect to
-weights or soft targets, a custom ``softmax_loss_function``) runs the plain
-composition. Setting :data:`ENABLED` to False forces the composition everywhere
-(the conformance suite runs both and compares).
+on, the rule accepts the call, no input other than the rule's ``primals``
+requires grad and no primal is batched by ``torch.func.vmap``; everything else
+(NumPy, JAX, Dask, gradients with respect to weights or soft targets, a custom
+``softmax_loss_function``, ``vmap(grad(loss))``) runs the plain composition, or
+PyTorch's own function for the calls :mod:`._native` hands to it. Setting
+:data:`ENABLED` to False forces the composition everywhere (the conformance
+suite runs both and compares).
 """
 
 from __future__ import annotations
@@ -103,6 +105,25 @@ def torch_records_gradient(primals: Iterable[Array]) -> bool:
     )
 
 
+def torch_vmapped(primals: Iterable[Array]) -> bool:
+    """Whether ``torch.func.vmap`` batches one of ``primals``, at any level of ``torch.func`` transforms.
+
+    A ``torch.autograd.Function`` whose forward closes over other tensors (the labels) cannot be
+    vmapped; there autograd differentiates the plain composition. The check reads private
+    ``torch._C._functorch`` helpers, hence the guard for other versions (False without them).
+    """
+    functorch = getattr(sys.modules["torch"]._C, "_functorch", None)
+    needed = ("is_functorch_wrapped_tensor", "is_batchedtensor", "get_unwrapped")
+    if functorch is None or not all(hasattr(functorch, name) for name in needed):
+        return False
+    for primal in primals:
+        while is_torch_array(primal) and functorch.is_functorch_wrapped_tensor(primal):
+            if functorch.is_batchedtensor(primal):
+                return True
+            primal = functorch.get_unwrapped(primal)
+    return False
+
+
 def custom_vjp(
     forward: Forward, backward: Backward, primals: tuple[Array, ...], fused: Forward | None = None
 ) -> Array:
@@ -173,12 +194,11 @@ def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
         if ENABLED and rule is not None and torch_records_gradient(_arrays([*args, *kwargs.values()])):
             try:
                 linear = rule(*args, **kwargs)
-            except (
-                NotDifferentiable
-            ):  # a call the rule does not cover: autograd differentiates the composition
+            except NotDifferentiable:  # a call the rule does not cover
                 linear = None
-            constants = [c for c in linear.constants if c is not None] if linear is not None else []
-            if linear is not None and not linear.delegated and not torch_records_gradient(constants):
+            # Otherwise autograd differentiates the composition (or PyTorch's own function).
+            analytic = linear is not None and not linear.delegated and not torch_vmapped(linear.primals)
+            if linear is not None and analytic and not torch_records_gradient(linear.constants):
                 result: R = custom_vjp(linear.forward, linear.backward, linear.primals, linear.fused)
                 return result
         return loss(*args, **kwargs)
