@@ -112,7 +112,10 @@ def torch_vmapped(primals: Iterable[Array]) -> bool:
     vmapped; there autograd differentiates the plain composition. The check reads private
     ``torch._C._functorch`` helpers, hence the guard for other versions (False without them).
     """
-    functorch = getattr(sys.modules["torch"]._C, "_functorch", None)
+    torch = sys.modules["torch"]
+    if torch.compiler.is_compiling():  # torch.compile cannot trace the helpers below
+        return False
+    functorch = getattr(torch._C, "_functorch", None)
     needed = ("is_functorch_wrapped_tensor", "is_batchedtensor", "get_unwrapped")
     if functorch is None or not all(hasattr(functorch, name) for name in needed):
         return False
