@@ -110,6 +110,31 @@ def test_sequence_loss_blocks_match_reference(backend, block_bytes):
     backend.assert_close(out, expected, dtype=backend.float_dtypes[-1])
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_dense_blocks_match_reference(backend, block_bytes, label_smoothing):
+    """Dense targets by blocks: rows of finite logits by the one-exponential decomposition, a row
+    with -inf where the target is 0 (0 * -inf) and one with -inf where it is not by the masked formula."""
+    logits, _, weights, _ = inputs(6)
+    targets = np.random.default_rng(6).dirichlet(np.ones(CLASSES), size=BATCH)
+    targets[0, 0] = np.eye(CLASSES)[1]
+    logits[0, 0, 2] = -np.inf  # target 0 there: contributes 0
+    logits[1, 3, 0] = -np.inf  # target > 0 there: the loss is +inf
+    if label_smoothing:  # every smoothed target is positive: drop the +inf row from the comparison
+        logits[1, 3, 0] = 0.0
+    for reduction in ("none", "sum", "mean"):
+        options = {"label_smoothing": label_smoothing, "reduction": reduction}
+        expected = ref.dense_ce(logits, targets, weights=weights, **options)
+        out = al.softmax_cross_entropy(
+            backend.asarray(logits), backend.asarray(targets), weights=backend.asarray(weights), **options
+        )
+        if reduction == "none":
+            backend.assert_close(out, expected, dtype=backend.float_dtypes[-1])
+        elif not label_smoothing:
+            assert np.isposinf(backend.to_numpy(out))
+        else:
+            backend.assert_close(out, expected, dtype=backend.float_dtypes[-1])
+
+
 def test_chunked_empty_batch(backend):
     logits = np.zeros((0, CLASSES))
     labels = np.zeros((0,), dtype=np.int64)

@@ -8,11 +8,11 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device
 
-from ._autodiff import analytic_backward
+from ._autodiff import analytic_backward, torch_records_gradient
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
 from ._native import torch_cross_entropy, torch_delegates
 from ._reduce import as_result, reduce_losses
-from ._special import shifted_log_sum
+from ._special import difference, exp_of_temporary, log_of_sum, row_dot, shifted_log_sum
 from ._validation import (
     Array,
     as_index,
@@ -465,7 +465,77 @@ def checked_sparse_logits(
 
 
 def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:
-    """Per-example cross entropy of ``z`` and probability ``targets``, both classes-last, same dtype."""
+    """Per-example cross entropy of ``z`` and probability ``targets``, both classes-last, same dtype.
+
+    Eager host arrays: in cache-sized blocks of rows (:func:`dense_block_terms`), one
+    exponential and no logits-sized temporary; other arrays, and tensors that PyTorch
+    autograd records (in-place steps): :func:`masked_dense_terms`.
+    """
+    if not is_eager_host(z) or torch_records_gradient((z, targets)):
+        return masked_dense_terms(z, targets, label_smoothing=label_smoothing, xp=xp)
+    if z.ndim < 2:
+        return dense_block_terms(z, targets, label_smoothing=label_smoothing, xp=xp).loss
+    chunk = rows_per_chunk(None, z, xp)
+    rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(targets, (-1, z.shape[-1])))
+    count = rows[0].shape[0]
+    block = count if chunk is None else min(chunk, count)
+    scratch = xp.empty((block, z.shape[-1]), dtype=z.dtype, device=device(z))
+
+    def block_loss(z_rows: Array, target_rows: Array) -> Array:
+        return dense_block_terms(
+            z_rows, target_rows, label_smoothing=label_smoothing, xp=xp, scratch=scratch
+        ).loss
+
+    return xp.reshape(map_row_chunks(block_loss, rows, chunk, xp), tuple(z.shape[:-1]))
+
+
+class DenseTerms(NamedTuple):
+    """What :func:`dense_block_terms` returns (the row axis of ``exps`` and ``total`` kept)."""
+
+    loss: Array
+    exps: Array
+    total: Array
+    log_sum: Array
+    mass: Array
+
+
+def dense_block_terms(
+    z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType, scratch: Array | None = None
+) -> DenseTerms:
+    r"""Cross entropy of rows ``z`` of an eager host array and probability ``targets``, and its parts.
+
+    As :math:`\big(\sum_c t_c\big) \log \sum_c e^{z_c - m} - \sum_c t_c (z_c - m)`, from one
+    exponential of the rows (kept in ``exps``, in ``scratch`` if given, see
+    :func:`~._special.shifted_exp`), with ``total`` the rows' sums of exponentials (kept
+    axis), ``log_sum`` their logarithms and ``mass`` the sums of the (smoothed) targets.
+    If a logit is not finite (``0 * -inf`` would be NaN), the loss comes from
+    :func:`masked_dense_terms` instead: this reads values, for eager arrays only.
+    """
+    row_max = xp.max(z, axis=-1, keepdims=True)
+    finite = math.prod(z.shape) == 0 or (bool(xp.all(xp.isfinite(row_max))) and bool(xp.isfinite(xp.min(z))))
+    shift = xp.where(xp.isfinite(row_max), row_max, 0.0)
+    shifted = difference(z, shift, xp, scratch=scratch)
+    mass = xp.sum(targets, axis=-1)
+    if label_smoothing:  # the targets (1 - eps) * t + eps / C, without forming them
+        mass = (1.0 - label_smoothing) * mass + label_smoothing
+    cross = None
+    if finite:
+        cross = row_dot(targets, shifted, xp)
+        if label_smoothing:
+            smooth = (label_smoothing / z.shape[-1]) * xp.sum(shifted, axis=-1)
+            cross = (1.0 - label_smoothing) * cross + smooth
+    exps = exp_of_temporary(shifted, xp)
+    total = xp.sum(exps, axis=-1, keepdims=True)
+    log_sum = log_of_sum(total, xp)
+    if cross is None:
+        loss = masked_dense_terms(z, targets, label_smoothing=label_smoothing, xp=xp)
+    else:
+        loss = mass * log_sum[..., 0] - cross
+    return DenseTerms(loss, exps, total, log_sum, mass)
+
+
+def masked_dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleType) -> Array:
+    """:func:`dense_terms` by the log-probabilities, masked where a target is 0 (logits-sized temporaries)."""
     if label_smoothing:
         targets = (1.0 - label_smoothing) * targets + label_smoothing / z.shape[-1]
     shift, log_sum = shifted_log_sum(z, xp)
@@ -527,6 +597,35 @@ def softmax_cross_entropy(
     >>> al.softmax_cross_entropy(logits, np.asarray([[1.0, 0.0, 0.0]]))
     array([0.2413113])
     """
+    xp, _, z, t, w = checked_dense_logits(
+        logits,
+        targets,
+        axis=axis,
+        weights=weights,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        xp=xp,
+    )
+    loss = dense_terms(z, t, label_smoothing=label_smoothing, xp=xp)
+    return as_result(reduce_losses(loss, w, reduction, xp), logits.dtype, xp)
+
+
+def checked_dense_logits(
+    logits: Array,
+    targets: Array,
+    *,
+    axis: int,
+    weights: Array | None,
+    label_smoothing: float,
+    reduction: str,
+    xp: ModuleType | None,
+) -> tuple[ModuleType, int, Array, Array, Array | None]:
+    """Check the arguments of :func:`softmax_cross_entropy`.
+
+    Returns the namespace, the class axis (non-negative), the logits and targets with
+    classes last in the accumulation dtype, and the weights broadcast to one per example
+    (or None).
+    """
     xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
     axis = check_logits(logits, axis, xp)
     check_reduction(reduction)
@@ -540,11 +639,6 @@ def softmax_cross_entropy(
     dtype = compute_dtype(logits.dtype, xp)
     z = xp.astype(class_axis_last(logits, axis, xp), dtype, copy=False)
     t = xp.astype(class_axis_last(targets, axis, xp), dtype, copy=False)
-    loss = dense_terms(z, t, label_smoothing=label_smoothing, xp=xp)
-    w = (
-        None
-        if weights is None
-        else broadcast_weights(weights, tuple(loss.shape), "per-example loss", dtype, xp)
-    )
-    out = reduce_losses(loss, w, reduction, xp)
-    return as_result(out, logits.dtype, xp)
+    shape = tuple(z.shape[:-1])
+    w = None if weights is None else broadcast_weights(weights, shape, "per-example loss", dtype, xp)
+    return xp, axis, z, t, w

@@ -22,7 +22,9 @@ from array_api_compat import device, is_numpy_array, is_torch_array
 from ._autodiff import Linearization, NotDifferentiable, register_rule, registered_names, rule_of
 from ._chunking import rows_per_chunk
 from ._cross_entropy import (
+    checked_dense_logits,
     checked_sparse_logits,
+    dense_block_terms,
     example_weights,
     label_indices,
     prepare_labels,
@@ -338,15 +340,44 @@ def _dense_rows(
     xp: ModuleType,
     scratch: Array | None,
 ) -> Array:
-    num_classes = z.shape[-1]
     coefficient = scale[..., None]
     mass = (1.0 - label_smoothing) * xp.sum(targets, axis=-1, keepdims=True) + label_smoothing
     grad = _softmax_and_lse(z, scale, (), masked, xp, scratch)[0]  # our temporary: updated in place
     grad *= coefficient * mass
+    return _subtract_dense_targets(grad, targets, coefficient, label_smoothing)
+
+
+def _subtract_dense_targets(grad: Array, targets: Array, coefficient: Array, label_smoothing: float) -> Array:
+    """``grad`` (a temporary, changed in place) minus the smoothed ``targets`` times ``coefficient``."""
     grad -= targets * (coefficient * (1.0 - label_smoothing))
     if label_smoothing:
-        grad -= coefficient * (label_smoothing / num_classes)
+        grad -= coefficient * (label_smoothing / grad.shape[-1])
     return grad
+
+
+def dense_rows_and_loss(
+    z: Array,
+    targets: Array,
+    scale: Array,
+    *,
+    label_smoothing: float,
+    masked: bool,
+    xp: ModuleType,
+    scratch: Array | None = None,
+) -> tuple[Array, Array]:
+    """The gradient rows of :func:`dense_logits_vjp` and the rows' losses, from one exponential of ``z``.
+
+    Eager host arrays (:func:`~._cross_entropy.dense_block_terms`); ``masked`` and ``scratch``
+    as in :func:`sparse_rows_and_loss`.
+    """
+    terms = dense_block_terms(z, targets, label_smoothing=label_smoothing, xp=xp, scratch=scratch)
+    if masked and _unsafe_dropped_rows(terms.log_sum[..., 0], scale, xp):
+        zeroed = _zero_dropped_rows(z, scale, xp)
+        terms = dense_block_terms(zeroed, targets, label_smoothing=label_smoothing, xp=xp, scratch=scratch)
+    coefficient = scale[..., None]
+    grad = terms.exps  # softmax = exps / total
+    grad *= coefficient * (terms.mass[..., None] / terms.total)
+    return _subtract_dense_targets(grad, targets, coefficient, label_smoothing), terms.loss
 
 
 def _as_input(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
@@ -503,7 +534,36 @@ def _dense_rule(*args: Any, **kwargs: Any) -> Linearization:
         )
         return (_as_input(grad, x, axis, xp),)
 
-    return Linearization((logits,), forward, backward, (weights, targets), _only)
+    def fused(logits: Array) -> tuple[Array, tuple[Array, ...]]:
+        value, grad = _dense_value_and_grad(logits, targets, options)
+        return value, (grad,)
+
+    # As for the sparse cross entropy: the gradient in the forward pass, for a scalar loss on eager
+    # host arrays.
+    one_pass = options["reduction"] != "none" and is_eager_host(logits)
+    return Linearization((logits,), forward, backward, (weights, targets), _only, fused if one_pass else None)
+
+
+def _dense_value_and_grad(logits: Array, targets: Array, options: dict[str, Any]) -> tuple[Array, Array]:
+    """A scalar :func:`softmax_cross_entropy` and its gradient, from one exponential of each block."""
+    xp, axis, z, t, w = checked_dense_logits(logits, targets, **options)
+    ones = xp.ones((), dtype=z.dtype, device=device(z))
+    scale = example_scale(ones, w, options["reduction"], tuple(z.shape[:-1]), z.dtype, xp)
+
+    def rows(z: Array, t: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:
+        return dense_rows_and_loss(
+            z,
+            t,
+            scale,
+            label_smoothing=options["label_smoothing"],
+            masked=w is not None,
+            xp=xp,
+            scratch=scratch,
+        )
+
+    grad, loss = in_row_blocks(rows, z, (t, scale), xp, scratch=True)
+    value = reduce_losses(loss, w, options["reduction"], xp)
+    return as_result(value, logits.dtype, xp), _as_input(grad, logits, axis, xp)
 
 
 def _step_vjp(logits: Array, targets: Array, scale: Array, xp: ModuleType) -> Array:
