@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._cross_entropy import sparse_softmax_cross_entropy
+from ._cross_entropy import softmax_cross_entropy, sparse_softmax_cross_entropy
 from ._grad import value_and_grad
 from ._linear import linear_cross_entropy
 from ._sequence import sequence_loss
 
-CASES = ("forward", "forward_backward", "small", "sequence", "linear", "sweep", "gpu")
+CASES = ("forward", "forward_backward", "small", "sequence", "dense", "linear", "sweep", "gpu")
 
 
 @dataclass
@@ -396,6 +396,39 @@ def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     yield functools.partial(make, True)
 
 
+def dense_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """Probability targets (distillation), forward and forward + backward; no target in the issue."""
+    if not _installed("torch"):
+        return
+
+    def make(backward: bool) -> Bench:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, _ = _torch_inputs(s.rows, s.classes)
+        targets = torch.softmax(torch.roll(logits, 1, dims=0) * 2.0, dim=-1)  # another row's, sharpened
+        logits.requires_grad_(backward)
+
+        def run(loss: Callable[[], Any]) -> Callable[[], Any]:
+            return (lambda: loss().backward()) if backward else loss
+
+        def reset() -> None:
+            logits.grad = None
+
+        return Bench(
+            "dense fwd+bwd" if backward else "dense",
+            "torch-cpu",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            run(lambda: softmax_cross_entropy(logits, targets, reduction="mean")),
+            {"F.cross_entropy": run(lambda: torch_f.cross_entropy(logits, targets))},
+            classes=s.classes,
+            reset=reset,
+        )
+
+    yield functools.partial(make, False)
+    yield functools.partial(make, True)
+
+
 def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     if not _installed("torch"):
         return
@@ -500,6 +533,7 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "forward_backward": forward_backward_cases,
     "small": small_cases,
     "sequence": sequence_cases,
+    "dense": dense_cases,
     "linear": linear_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,
