@@ -589,6 +589,16 @@ def softmax_cross_entropy(
     array
         In the namespace, on the device, and with the dtype of ``logits``.
 
+    Notes
+    -----
+    On eager host arrays (NumPy, array-api-strict, torch on CPU) the loss is computed
+    in cache-sized blocks of rows as
+    :math:`(\sum_c t_c) \operatorname{lse}(z) - \sum_c t_c z_c`, with one exponential
+    and no array of the size of ``logits``; with ``reduction="sum"`` or ``"mean"`` on
+    CPU tensors that require grad, the gradient (:math:`\operatorname{softmax}(z)
+    \sum_c t_c - t`, scaled) is computed in the same pass and kept until
+    ``backward()``, as in :func:`sparse_softmax_cross_entropy`.
+
     Examples
     --------
     >>> import numpy as np
