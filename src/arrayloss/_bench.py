@@ -317,9 +317,6 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             torch_f.cross_entropy(logits, labels).backward()
             return logits.grad
 
-        def reset() -> None:
-            logits.grad = None
-
         return Bench(
             "forward_backward",
             "torch-cpu",
@@ -329,7 +326,7 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             {"F.cross_entropy": theirs},
             {"F.cross_entropy": 2.0},
             classes=s.classes,
-            reset=reset,
+            reset=_dropping_grad(logits),
         )
 
     yield make
@@ -354,6 +351,21 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     yield make_numpy
 
 
+def _pass(loss: Callable[[], Any], backward: bool) -> Callable[[], Any]:
+    """``loss`` itself, or with ``backward`` a call of ``loss().backward()``."""
+    return (lambda: loss().backward()) if backward else loss
+
+
+def _dropping_grad(*tensors: Any) -> Callable[[], None]:
+    """A ``reset`` that drops the ``.grad`` of ``tensors``, as ``optimizer.zero_grad()`` does."""
+
+    def reset() -> None:
+        for tensor in tensors:
+            tensor.grad = None
+
+    return reset
+
+
 def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     if not _installed("torch"):
         return
@@ -372,24 +384,16 @@ def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             )
             return (losses * weights.reshape(-1)).sum() / weights.sum()
 
-        def run(loss: Callable[[], Any]) -> Callable[[], Any]:
-            if not backward:
-                return loss
-            return lambda: loss().backward()
-
-        def reset() -> None:
-            logits.grad = None
-
         return Bench(
             "sequence_loss fwd+bwd" if backward else "sequence_loss",
             "torch-cpu",
             f"{s.batch}x{s.time}x{s.classes}",
             "float32",
-            run(lambda: sequence_loss(logits, labels, weights)),
-            {"F.cross_entropy": run(plain)},
+            _pass(lambda: sequence_loss(logits, labels, weights), backward),
+            {"F.cross_entropy": _pass(plain, backward)},
             {} if backward else {"F.cross_entropy": 1.5},  # the issue sets no target for the backward
             classes=s.classes,
-            reset=reset,
+            reset=_dropping_grad(logits),
         )
 
     yield functools.partial(make, False)
@@ -408,21 +412,15 @@ def dense_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         targets = torch.softmax(torch.roll(logits, 1, dims=0) * 2.0, dim=-1)  # another row's, sharpened
         logits.requires_grad_(backward)
 
-        def run(loss: Callable[[], Any]) -> Callable[[], Any]:
-            return (lambda: loss().backward()) if backward else loss
-
-        def reset() -> None:
-            logits.grad = None
-
         return Bench(
             "dense fwd+bwd" if backward else "dense",
             "torch-cpu",
             f"{s.rows}x{s.classes}",
             "float32",
-            run(lambda: softmax_cross_entropy(logits, targets, reduction="mean")),
-            {"F.cross_entropy": run(lambda: torch_f.cross_entropy(logits, targets))},
+            _pass(lambda: softmax_cross_entropy(logits, targets, reduction="mean"), backward),
+            {"F.cross_entropy": _pass(lambda: torch_f.cross_entropy(logits, targets), backward)},
             classes=s.classes,
-            reset=reset,
+            reset=_dropping_grad(logits),
         )
 
     yield functools.partial(make, False)
@@ -443,10 +441,6 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         ).requires_grad_(True)
         labels = torch.randint(0, s.classes, (s.linear_rows,), generator=generator)
 
-        def reset() -> None:
-            hidden.grad = None
-            weight.grad = None
-
         def ours() -> Any:
             linear_cross_entropy(hidden, weight, labels, reduction="mean").backward()
             return hidden.grad, weight.grad
@@ -464,7 +458,7 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             {"logits + F.cross_entropy": theirs},
             {"logits + F.cross_entropy": 0.8},
             classes=s.classes,
-            reset=reset,
+            reset=_dropping_grad(hidden, weight),
         )
 
     yield make
