@@ -300,9 +300,11 @@ def _softmax_and_lse(
 
 
 def _unsafe_dropped_rows(finite_if_safe: Array, scale: Array, xp: ModuleType) -> bool:
-    """Whether rows of ``scale`` 0 must be zeroed: on eager host arrays, where one of them has a
-    ``finite_if_safe`` row value (its sum or log-sum of exponentials) that is not finite; always
-    on other arrays, whose values are not read."""
+    """Whether the rows of ``scale`` 0 must be zeroed before their gradient is taken.
+
+    On eager host arrays: where one of them has a ``finite_if_safe`` value (its
+    log-sum-exp) that is not finite. Always on other arrays, whose values are not read.
+    """
     if not is_eager_host(scale):
         return True
     return bool(xp.any((scale == 0) & ~xp.isfinite(finite_if_safe)))
