@@ -147,7 +147,7 @@ def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
 
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("option", ["plain", "label_smoothing", "ignore_index", "class_weights"])
+@pytest.mark.parametrize("option", list(TORCH_OPTIONS))
 def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
     """Small plain calls go to F.cross_entropy, others and big ones to arrayloss; same values."""
     torch = only(backend, "torch")
@@ -160,7 +160,7 @@ def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
         return ref.sparse_ce(x, y, reduction=reduction, **options)
 
     expected_grad = ref.numeric_gradient(lambda x: reference_value(x).sum(), z, 1e-5, relative=True)
-    delegated = backend.eager and option in ("plain", "label_smoothing")
+    delegated = backend.eager and "class_weights" not in ours  # PyTorch gives 0 * inf = NaN there
     for limit in ("default", "zero"):  # zero: nothing is small enough to be delegated
         if limit == "zero":
             monkeypatch.setattr(al._native, "FORWARD_BYTES", 0)
@@ -173,6 +173,32 @@ def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
             assert native == (delegated and limit == "default"), type(out.grad_fn).__name__
             torch.sum(out).backward()
             backend.assert_close(x.grad, expected_grad, dtype="float64", scale=1e4)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, monkeypatch):
+    """All examples ignored: the mean is 0 with a zero gradient, where PyTorch's own mean is NaN.
+
+    Labels all of a class of weight 0 (a call that is not delegated) give the same.
+    """
+    torch = only(backend, "torch")
+    monkeypatch.setattr(al._native, "ENABLED", True)
+    logits = backend.asarray(np.random.default_rng(8).normal(size=(4, 3)), "float64").requires_grad_(grad)
+    ignored = torch.asarray([-100, -100, -100, -100], device=backend.device)
+    zero_class = torch.asarray([1, 1, 1, 1], device=backend.device)
+    class_weights = backend.asarray([1.0, 0.0, 2.0], "float64")
+    for labels, options in (
+        (ignored, {"ignore_index": -100}),
+        (zero_class, {"class_weights": class_weights}),
+    ):
+        out = al.sparse_softmax_cross_entropy(logits, labels, reduction="mean", **options)
+        backend.assert_close(out, 0.0, dtype="float64")
+        if grad:
+            delegated = "class_weights" not in options
+            assert ("AnalyticBackward" not in type(out.grad_fn).__name__) == delegated
+            out.backward()
+            backend.assert_close(logits.grad, np.zeros((4, 3)), dtype="float64")
+            logits.grad = None
 
 
 def test_torch_delegated_labels_are_checked(backend, monkeypatch):

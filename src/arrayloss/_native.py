@@ -14,13 +14,16 @@ with ``benchmarks/crossover.py`` on a 2-core host:
   backward allocates two more logits-sized arrays; the fused one-pass gradient
   wins from 16 MiB on).
 
-Only options that PyTorch computes exactly as arrayloss does are delegated (no
-per-example or class weights, no ``ignore_index``, no z-loss, no ``chunk_size``),
-for 2-D float32/float64 CPU tensors outside ``torch.compile`` and ``torch.func``
-and int64 labels; the labels are checked first, so an out-of-range label (even
-PyTorch's ``-100``) raises the same ``ValueError`` as on the array-API path. The
-conformance suite runs every torch test with the delegation on and off
-(:data:`ENABLED`) and compares both with the float64 reference.
+Only options that PyTorch computes as arrayloss does are delegated: ``ignore_index``
+and ``label_smoothing``. Not ``class_weights`` (a class of weight 0 with a logit of
+``-inf`` or NaN gives PyTorch ``0 * inf = NaN``, where arrayloss drops the example; and
+PyTorch weights each class of the smoothing term), per-example ``weights``, ``z_loss``
+or ``chunk_size``. Logits are 2-D float32/float64 CPU tensors outside ``torch.compile``
+and ``torch.func``, labels int64. The labels are checked first, so an out-of-range label
+(even PyTorch's ``-100``) raises the same ``ValueError`` as on the array-API path, and a
+mean over no example (all ignored) is 0, where PyTorch's is NaN. The conformance suite
+runs every torch test with the delegation on and off (:data:`ENABLED`) and compares
+both with the float64 reference.
 """
 
 from __future__ import annotations
@@ -54,10 +57,10 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
     plain = (
         options["weights"] is None
         and options["class_weights"] is None
-        and options["ignore_index"] is None
         and not options["z_loss"]
         and options["chunk_size"] is None
         and options["xp"] is None
+        and _int64_or_none(options["ignore_index"])
     )
     axis = options["axis"]
     valid = options["reduction"] in REDUCTIONS and 0.0 <= options["label_smoothing"] <= 1.0
@@ -74,14 +77,35 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
     return logits.numel() * logits.element_size() <= limit and is_eager_host(logits)
 
 
+def _int64_or_none(ignore_index: Any) -> bool:
+    """Whether ``ignore_index`` is None or an int that PyTorch takes as one (not a bool)."""
+    if ignore_index is None:
+        return True
+    return type(ignore_index) is int and -(2**63) <= ignore_index < 2**63
+
+
 def torch_cross_entropy(logits: Array, labels: Array, options: dict[str, Any]) -> Array:
-    """``F.cross_entropy`` for a call that :func:`torch_delegates`, after checking the labels' range."""
+    """``F.cross_entropy`` for a call that :func:`torch_delegates`, after checking the labels' range.
+
+    Labels equal to ``ignore_index`` are left out of the check and of the mean, which is
+    0 when every example is ignored (PyTorch divides 0 by 0 there).
+    """
     torch = sys.modules["torch"]
     num_classes = logits.shape[1]
-    extremes = torch.aminmax(labels)
+    ignore_index, reduction = options["ignore_index"], options["reduction"]
+    counted = None if ignore_index is None else labels != ignore_index
+    extremes = torch.aminmax(labels if counted is None else torch.where(counted, labels, 0))
     if extremes.min.item() < 0 or extremes.max.item() >= num_classes:
         # Raises, naming a bad label.
-        check_labels_in_range(labels, num_classes, None, array_namespace(labels))
-    return torch.nn.functional.cross_entropy(
-        logits, labels, label_smoothing=options["label_smoothing"], reduction=options["reduction"]
+        check_labels_in_range(labels, num_classes, counted, array_namespace(labels))
+    loss = torch.nn.functional.cross_entropy(
+        logits,
+        labels,
+        ignore_index=-100 if ignore_index is None else ignore_index,  # -100 itself fails the check
+        label_smoothing=options["label_smoothing"],
+        reduction="sum" if counted is not None and reduction == "mean" else reduction,
     )
+    if counted is None or reduction != "mean":
+        return loss
+    count = int(counted.sum())
+    return loss / count if count else loss  # all ignored: the sum is 0, kept in the autograd graph
