@@ -14,16 +14,17 @@ with ``benchmarks/crossover.py`` on a 2-core host:
   backward allocates two more logits-sized arrays; the fused one-pass gradient
   wins from 16 MiB on).
 
-Only options that PyTorch computes as arrayloss does are delegated: ``ignore_index``
-and ``label_smoothing``. Not ``class_weights`` (a class of weight 0 with a logit of
-``-inf`` or NaN gives PyTorch ``0 * inf = NaN``, where arrayloss drops the example; and
-PyTorch weights each class of the smoothing term), per-example ``weights``, ``z_loss``
-or ``chunk_size``. Logits are 2-D float32/float64 CPU tensors outside ``torch.compile``
-and ``torch.func``, labels int64. The labels are checked first, so an out-of-range label
-(even PyTorch's ``-100``) raises the same ``ValueError`` as on the array-API path, and a
-mean over no example (all ignored) is 0, where PyTorch's is NaN. The conformance suite
-runs every torch test with the delegation on and off (:data:`ENABLED`) and compares
-both with the float64 reference.
+Only options that PyTorch computes as arrayloss does are delegated: ``ignore_index``,
+``label_smoothing``, and ``class_weights`` of the logits' dtype without smoothing
+(PyTorch weights each class of the smoothing term); not per-example ``weights``,
+``z_loss`` or ``chunk_size``. Logits are 2-D float32/float64 CPU tensors outside
+``torch.compile`` and ``torch.func``, labels int64. The labels and class weights are
+checked first, so an out-of-range label (even PyTorch's ``-100``) or a negative weight
+raises the same ``ValueError`` as on the array-API path. Examples of a class of weight 0
+are handed over as ignored, as arrayloss drops them (PyTorch would compute ``0 * inf =
+NaN`` for a logit of ``-inf``), and a mean over no weight is 0, where PyTorch's is NaN.
+The conformance suite runs every torch test with the delegation on and off
+(:data:`ENABLED`) and compares both with the float64 reference.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from array_api_compat import array_namespace, is_torch_array
 
 from ._autodiff import torch_records_gradient
-from ._validation import REDUCTIONS, Array, check_labels_in_range, is_eager_host
+from ._validation import REDUCTIONS, Array, check_labels_in_range, check_weights_valid, is_eager_host
 
 ENABLED = True
 """Delegate to PyTorch where the rule above says so (False: always the array-API path)."""
@@ -56,7 +57,6 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
     torch = sys.modules["torch"]
     plain = (
         options["weights"] is None
-        and options["class_weights"] is None
         and not options["z_loss"]
         and options["chunk_size"] is None
         and options["xp"] is None
@@ -73,6 +73,12 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
         return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
     if labels.device != logits.device:
         return False
+    class_weights = options["class_weights"]
+    if class_weights is not None:
+        alike = is_torch_array(class_weights) and class_weights.dtype == logits.dtype
+        alike = alike and tuple(class_weights.shape) == (logits.shape[1],)
+        if not alike or class_weights.device != logits.device or options["label_smoothing"]:
+            return False
     limit = GRADIENT_BYTES if torch_records_gradient((logits,)) else FORWARD_BYTES
     return logits.numel() * logits.element_size() <= limit and is_eager_host(logits)
 
@@ -85,27 +91,39 @@ def _int64_or_none(ignore_index: Any) -> bool:
 
 
 def torch_cross_entropy(logits: Array, labels: Array, options: dict[str, Any]) -> Array:
-    """``F.cross_entropy`` for a call that :func:`torch_delegates`, after checking the labels' range.
+    """``F.cross_entropy`` for a call that :func:`torch_delegates`, after arrayloss's value checks.
 
-    Labels equal to ``ignore_index`` are left out of the check and of the mean, which is
-    0 when every example is ignored (PyTorch divides 0 by 0 there).
+    Labels equal to ``ignore_index`` are left out of the range check. Examples that are
+    ignored or of a class of weight 0 are handed to PyTorch as ignored, and a mean is
+    PyTorch's sum over the summed weights, 0 where they sum to 0 (PyTorch: 0 / 0).
     """
     torch = sys.modules["torch"]
     num_classes = logits.shape[1]
-    ignore_index, reduction = options["ignore_index"], options["reduction"]
+    ignore_index, class_weights = options["ignore_index"], options["class_weights"]
     counted = None if ignore_index is None else labels != ignore_index
-    extremes = torch.aminmax(labels if counted is None else torch.where(counted, labels, 0))
+    safe_labels = labels if counted is None else torch.where(counted, labels, 0)
+    extremes = torch.aminmax(safe_labels)
     if extremes.min.item() < 0 or extremes.max.item() >= num_classes:
         # Raises, naming a bad label.
         check_labels_in_range(labels, num_classes, counted, array_namespace(labels))
+    weights = None
+    if class_weights is not None:
+        check_weights_valid("class_weights", class_weights, array_namespace(class_weights))
+        weights = class_weights[safe_labels]
+        kept = weights != 0
+        counted = kept if counted is None else counted & kept
+    skip = -100 if ignore_index is None else ignore_index  # -100 is no counted label: it fails the check
+    reduction = options["reduction"]
+    weighted_mean = reduction == "mean" and counted is not None
     loss = torch.nn.functional.cross_entropy(
         logits,
-        labels,
-        ignore_index=-100 if ignore_index is None else ignore_index,  # -100 itself fails the check
+        labels if weights is None else torch.where(counted, labels, skip),
+        weight=class_weights,
+        ignore_index=skip,
         label_smoothing=options["label_smoothing"],
-        reduction="sum" if counted is not None and reduction == "mean" else reduction,
+        reduction="sum" if weighted_mean else reduction,
     )
-    if counted is None or reduction != "mean":
+    if not weighted_mean or counted is None:
         return loss
-    count = int(counted.sum())
-    return loss / count if count else loss  # all ignored: the sum is 0, kept in the autograd graph
+    total = counted.sum() if weights is None else torch.where(counted, weights, 0).sum()
+    return loss / total if total.item() else loss  # no weight: the sum is 0, kept in the autograd graph
