@@ -34,6 +34,21 @@ def test_bad_input_raises_naming_the_argument(backend, case):
     )
 
 
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_raises_through_value_and_grad(backend, case):
+    """The same error from ``value_and_grad``, whose one-pass gradient replaces the loss's forward pass."""
+    if al._autodiff.rule_of(case.function) is None:
+        pytest.skip(f"{case.function.__name__} has no analytic gradient")
+    reason = case.applies(backend)
+    if reason is not None:
+        pytest.skip(reason)
+    if case.eager_only and not backend.eager:
+        pytest.skip(f"{backend.name} values are not checked; the fallback tests below cover it")
+    args, kwargs = case.build(backend)
+    with pytest.raises(case.error, match=re.escape(case.message)):
+        al.value_and_grad(case.function)(*args, **kwargs)
+
+
 def test_case_ids_are_unique():
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))

@@ -36,9 +36,11 @@ from ._cross_entropy import (
 from ._native import torch_delegates
 from ._reduce import apply_weights, as_result, reduce_losses, safe_divide
 from ._sequence import (
+    SEQUENCE_FLAGS,
     _stacked,
     _step_weights,
     check_step_logits,
+    checked_flags,
     reduce_steps,
     sequence_loss,
     sequence_loss_by_example,
@@ -595,8 +597,10 @@ def _sequence_rule(*args: Any, **kwargs: Any) -> Linearization:
     options = _bind(sequence_loss, args, kwargs)
     logits, targets, weights = options.pop("logits"), options.pop("targets"), options.pop("weights")
     _no_custom_loss(options)
-    flags = {name: options[name] for name in ("average_across_timesteps", "average_across_batch")}
-    flags |= {name: options[name] for name in ("sum_over_timesteps", "sum_over_batch")}
+    # Checked here: the one-pass gradient below replaces the forward pass that would check them.
+    flags = checked_flags(**{name: options[name] for name in SEQUENCE_FLAGS})
+    arrays = {"logits": logits, "targets": targets, "weights": weights}
+    namespace_of(arrays, options["xp"], optional=("weights",))
 
     def forward(logits: Array) -> tuple[Array, tuple[Array, ...]]:
         return sequence_loss(logits, targets, weights, **options), ()

@@ -26,6 +26,9 @@ from ._validation import (
 
 LossFunction = Callable[..., Array]
 
+SEQUENCE_FLAGS = ("average_across_timesteps", "average_across_batch", "sum_over_timesteps", "sum_over_batch")
+"""The reduction flags of :func:`sequence_loss`."""
+
 # Pairs of sequence_loss flags that TensorFlow Addons rejects together.
 _EXCLUSIVE_FLAGS = (
     ("average_across_timesteps", "sum_over_timesteps"),
