@@ -24,6 +24,8 @@ import math
 from collections.abc import Callable
 from types import ModuleType
 
+from array_api_compat import device
+
 from ._autodiff import torch_records_gradient
 from ._validation import Array, is_eager_host
 
@@ -60,6 +62,17 @@ def rows_per_chunk(chunk_size: int | None, z: Array, xp: ModuleType) -> int | No
     row_bytes = z.shape[-1] * xp.finfo(z.dtype).bits // 8
     block = max(1, BLOCK_BYTES // max(1, row_bytes))
     return block if block < math.prod(z.shape[:-1]) else None
+
+
+def scratch_block(rows: Array, chunk: int | None, xp: ModuleType) -> Array:
+    """A writable array for one block of the 2-d ``rows``: ``chunk`` rows (all of them for None).
+
+    Shared by every block of a call, so that a loop over blocks allocates no block-sized
+    array per block (see :func:`~._special.shifted_exp`).
+    """
+    count = rows.shape[0]
+    shape = (count if chunk is None else min(chunk, count), rows.shape[-1])
+    return xp.empty(shape, dtype=rows.dtype, device=device(rows))
 
 
 def map_row_chunks(

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from array_api_compat import device
 
 from ._autodiff import analytic_backward, torch_records_gradient
-from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk
+from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk, scratch_block
 from ._native import torch_cross_entropy, torch_delegates
 from ._reduce import as_result, reduce_losses
 from ._special import difference, exp_of_temporary, log_of_sum, row_dot, shifted_log_sum
@@ -168,9 +168,7 @@ def sparse_terms(
         )
         return SparseTerms(terms[0], counted, poisoned, terms[1], terms[2])
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
-    # One block-sized scratch array for every block of writable arrays: no block-sized allocation per block.
-    shape = (min(chunk, rows[0].shape[0]), z.shape[-1])
-    scratch = xp.empty(shape, dtype=z.dtype, device=device(z)) if is_eager_host(z) else None
+    scratch = scratch_block(rows[0], chunk, xp) if is_eager_host(z) else None
 
     def stacked_terms(z_rows: Array, label_rows: Array) -> Array:
         terms = label_terms_and_row_stats(
@@ -478,9 +476,7 @@ def dense_terms(z: Array, targets: Array, *, label_smoothing: float, xp: ModuleT
         return dense_block_terms(z, targets, label_smoothing=label_smoothing, xp=xp).loss
     chunk = rows_per_chunk(None, z, xp)
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(targets, (-1, z.shape[-1])))
-    count = rows[0].shape[0]
-    block = count if chunk is None else min(chunk, count)
-    scratch = xp.empty((block, z.shape[-1]), dtype=z.dtype, device=device(z))
+    scratch = scratch_block(rows[0], chunk, xp)
 
     def block_loss(z_rows: Array, target_rows: Array) -> Array:
         return dense_block_terms(

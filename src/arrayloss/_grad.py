@@ -20,7 +20,7 @@ from typing import Any
 from array_api_compat import device, is_numpy_array, is_torch_array
 
 from ._autodiff import Linearization, NotDifferentiable, register_rule, registered_names, rule_of
-from ._chunking import rows_per_chunk
+from ._chunking import rows_per_chunk, scratch_block
 from ._cross_entropy import (
     checked_dense_logits,
     checked_sparse_logits,
@@ -135,7 +135,7 @@ def in_row_blocks(
     in_place = scratch and (is_numpy_array(grad) or is_torch_array(grad))
     shared = None
     if scratch and is_eager_host(z) and not in_place:
-        shared = xp.empty((min(chunk, count), z.shape[-1]), dtype=z.dtype, device=device(z))
+        shared = scratch_block(rows[0], chunk, xp)
     values: list[list[Array]] = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)  # the standard leaves out-of-bounds slice stops unspecified
