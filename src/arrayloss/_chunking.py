@@ -68,7 +68,7 @@ def scratch_block(rows: Array, chunk: int | None, xp: ModuleType) -> Array:
     """A writable array for one block of the 2-d ``rows``: ``chunk`` rows (all of them for None).
 
     Shared by every block of a call, so that a loop over blocks allocates no block-sized
-    array per block (see :func:`~._special.shifted_exp`).
+    array per block (see :func:`~._special.exp_sums`).
     """
     count = rows.shape[0]
     shape = (count if chunk is None else min(chunk, count), rows.shape[-1])

@@ -12,7 +12,7 @@ from ._autodiff import analytic_backward, torch_records_gradient
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk, scratch_block
 from ._native import torch_cross_entropy, torch_delegates
 from ._reduce import as_result, reduce_losses
-from ._special import difference, exp_of_temporary, log_of_sum, row_dot, shifted_log_sum
+from ._special import all_true, difference, exp_of_temporary, log_of_sum, row_dot, shifted_log_sum
 from ._validation import (
     Array,
     as_index,
@@ -71,7 +71,7 @@ def prepare_labels(
     poisoned = None
     if is_eager_host(labels):
         accepted = in_range if counted is None else in_range | ~counted
-        if not bool(xp.all(accepted)):
+        if not all_true(accepted, xp):
             check_labels_in_range(labels, num_classes, counted, xp, name)  # raises, naming a bad label
         if counted is None:  # every label is in range
             return labels, counted, poisoned
@@ -100,7 +100,7 @@ def label_terms_and_row_stats(
 
     All three have the leading shape of ``z`` (the row axis dropped); the backward pass
     builds the softmax from ``shift`` and ``log_sum`` without reducing the rows again.
-    ``scratch`` as in :func:`~._special.shifted_exp`.
+    ``scratch`` as in :func:`~._special.exp_sums`.
     """
     shift, log_sum = shifted_log_sum(z, xp, scratch=scratch)
     loss = terms_from_row_stats(
@@ -503,7 +503,7 @@ def dense_block_terms(
 
     As :math:`\big(\sum_c t_c\big) \log \sum_c e^{z_c - m} - \sum_c t_c (z_c - m)`, from one
     exponential of the rows (kept in ``exps``, in ``scratch`` if given, see
-    :func:`~._special.shifted_exp`), with ``total`` the rows' sums of exponentials (kept
+    :func:`~._special.exp_sums`), with ``total`` the rows' sums of exponentials (kept
     axis), ``log_sum`` their logarithms and ``mass`` the sums of the (smoothed) targets.
     If a logit is not finite (``0 * -inf`` would be NaN), the loss comes from
     :func:`masked_dense_terms` instead: this reads values, for eager arrays only.

@@ -46,7 +46,7 @@ from ._sequence import (
     sequence_loss_by_example,
     step_scale,
 )
-from ._special import difference, exp_of_temporary, log_of_sum, shifted_exp, shifted_log_sum
+from ._special import difference, exp_of_temporary, exp_sums, shifted_log_sum
 from ._validation import (
     Array,
     check_labels,
@@ -120,7 +120,7 @@ def in_row_blocks(
     logits-sized array is ever alive (eager host arrays are writable). Other arrays
     get one call. With ``scratch``, blocks of eager host arrays are passed a writable
     ``scratch=`` array of the block's size, which ``row_gradient`` may overwrite and
-    return its gradient rows in (see :func:`~._special.shifted_exp`): the block's own
+    return its gradient rows in (see :func:`~._special.exp_sums`): the block's own
     rows of the gradient on NumPy and PyTorch, one shared array elsewhere.
     """
     chunk = rows_per_chunk(chunk_size, z, xp)
@@ -218,21 +218,17 @@ def sparse_rows_and_loss(
     :func:`~._cross_entropy.label_terms`, unweighted. With ``masked``, rows of scale 0
     are computed from zero logits: their gradient is 0 and their loss finite, for
     the caller to weight by 0. The gradient rows may be written into ``scratch``
-    (see :func:`~._special.shifted_exp`).
+    (see :func:`~._special.exp_sums`).
     """
     eager = is_eager_host(z)
     if masked and not eager:  # values are not read: rows of scale 0 are zeroed
         z = _zero_dropped_rows(z, scale, xp)
-    shift, exps = shifted_exp(z, xp, scratch=scratch)
-    total = xp.sum(exps, axis=-1, keepdims=True)
-    log_sum = log_of_sum(total, xp)
+    shift, exps, total, log_sum = exp_sums(z, xp, scratch=scratch)
     # Eager arrays: rows of scale 0 whose logits are not finite (their log_sum is not) are computed
     # again from zeros; other rows of scale 0 get exactly 0 anyway (finite exps times 0).
     if masked and eager and _unsafe_dropped_rows(log_sum[..., 0], scale, xp):
         z = _zero_dropped_rows(z, scale, xp)
-        shift, exps = shifted_exp(z, xp, scratch=scratch)
-        total = xp.sum(exps, axis=-1, keepdims=True)
-        log_sum = log_of_sum(total, xp)
+        shift, exps, total, log_sum = exp_sums(z, xp, scratch=scratch)
     loss = terms_from_row_stats(
         z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, xp=xp
     )
@@ -286,7 +282,7 @@ def _softmax_and_lse(
     rows of ``scale`` 0 are computed from zeros (finite, never NaN from ``inf - inf``);
     on eager host arrays only when one of them is not finite (its log-sum-exp shows
     it), which spares a block-sized temporary. The softmax is a temporary of the
-    caller, computed in ``scratch`` if given (see :func:`~._special.shifted_exp`).
+    caller, computed in ``scratch`` if given (see :func:`~._special.exp_sums`).
     """
     if row_stats:
         shift, log_sum = row_stats[0][..., None], row_stats[1][..., None]

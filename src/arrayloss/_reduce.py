@@ -7,6 +7,7 @@ from types import ModuleType
 
 from array_api_compat import is_numpy_array
 
+from ._special import total_sum
 from ._validation import Array
 
 
@@ -51,13 +52,13 @@ def reduce_losses(
         weighted = xp.where(poisoned, xp.full_like(weighted, math.nan), weighted)
     if reduction == "none":
         return weighted
-    total = xp.sum(weighted)
+    total = total_sum(weighted, xp)
     if reduction == "sum":
         return total
     if weights is None:  # the plain mean: the count is known without looking at values
         count = math.prod(loss.shape)
         return total / float(count) if count else xp.zeros_like(total)
-    return safe_divide(total, xp.sum(weights), xp)
+    return safe_divide(total, total_sum(weights, xp), xp)
 
 
 def as_result(out: Array, dtype: object, xp: ModuleType) -> Array:

@@ -29,36 +29,46 @@ def namespace_of(
     when the arrays come from two libraries, and ``ValueError`` when they live on
     two devices.
     """
-    present = {name: a for name, a in named.items() if a is not None or name not in optional}
-    for name, a in present.items():
+    present = []
+    for name, a in named.items():
+        if a is None and name in optional:
+            continue
         if not compat.is_array_api_obj(a):
             raise TypeError(
                 f"{name} must be an array, got {type(a).__name__}; convert it with the "
                 f"namespace of your other arrays first, e.g. xp.asarray({name})"
             )
-    arrays = list(present.values())
+        present.append((name, a))
     if xp is None:
         try:
-            xp = compat.array_namespace(*arrays)
+            xp = compat.array_namespace(*[a for _, a in present])
         except TypeError:
-            kinds = ", ".join(
-                f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in present.items()
-            )
+            kinds = ", ".join(f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in present)
             raise TypeError(
                 f"arrays from more than one array library in one call ({kinds}); "
                 "pass arrays of a single library"
             ) from None
-    # Traced arrays (inside jax.jit or jax.grad) have no device (None) until they run: not compared.
-    placed = [(name, d) for name, d in ((n, compat.device(a)) for n, a in present.items()) if d is not None]
-    if len(placed) > 1:
-        first_name, first_device = placed[0]
-        for name, d in placed[1:]:
-            if d != first_device:
-                raise ValueError(
-                    f"{name} is on device {d!r} but {first_name} is on "
-                    f"{first_device!r}; move all arrays to one device"
-                )
+    _check_one_device(present)
     return xp
+
+
+def _check_one_device(named: list[tuple[str, Array]]) -> None:
+    """Raise ``ValueError`` naming two of the arrays that live on different devices.
+
+    Traced arrays (inside jax.jit or jax.grad) have no device (None) until they run: not compared.
+    """
+    first_name, first_device = None, None
+    for name, a in named:
+        d = compat.device(a)
+        if d is None:
+            continue
+        if first_device is None:
+            first_name, first_device = name, d
+        elif d != first_device:
+            raise ValueError(
+                f"{name} is on device {d!r} but {first_name} is on {first_device!r}; "
+                "move all arrays to one device"
+            )
 
 
 def is_eager_host(x: Array) -> bool:
@@ -86,7 +96,7 @@ def compute_dtype(dtype: Any, xp: ModuleType) -> Any:
 
 
 def check_floating(name: str, x: Array, xp: ModuleType) -> None:
-    if not xp.isdtype(x.dtype, "real floating"):
+    if x.dtype not in (xp.float32, xp.float64) and not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
@@ -122,7 +132,7 @@ def check_logits(logits: Array, axis: int, xp: ModuleType) -> int:
 def check_labels(
     labels: Array, expected_shape: tuple[Any, ...], xp: ModuleType, name: str = "labels"
 ) -> None:
-    if not xp.isdtype(labels.dtype, "integral"):
+    if labels.dtype != xp.int64 and not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != tuple(expected_shape):
         raise ValueError(
