@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from array_api_compat import is_torch_array
@@ -95,14 +95,23 @@ def registered_names() -> list[str]:
     return sorted(loss.__name__ for loss in _RULES)
 
 
-def torch_records_gradient(primals: Iterable[Array]) -> bool:
-    """Whether PyTorch autograd records operations on one of ``primals`` (grad mode on, requires grad)."""
+def torch_records_gradient(primals: Iterable[Any]) -> bool:
+    """Whether PyTorch autograd records operations on one of ``primals`` (grad mode on, requires grad).
+
+    Lists and tuples among ``primals`` (sequences of per-step arrays) are searched too.
+    """
     torch = sys.modules.get("torch")
-    return (
-        torch is not None
-        and torch.is_grad_enabled()
-        and any(is_torch_array(p) and p.requires_grad for p in primals)
-    )
+    return torch is not None and torch.is_grad_enabled() and _requires_grad(primals)
+
+
+def _requires_grad(values: Iterable[Any]) -> bool:
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            if _requires_grad(value):
+                return True
+        elif getattr(value, "requires_grad", False) is True and is_torch_array(value):
+            return True
+    return False
 
 
 def torch_vmapped(primals: Iterable[Array]) -> bool:
@@ -180,21 +189,13 @@ def custom_vjp(
     return AnalyticBackward.apply(forward, backward, fused, *primals)[0]  # type: ignore[no-untyped-call]
 
 
-def _arrays(values: Sequence[Any]) -> Iterator[Array]:
-    for value in values:
-        if isinstance(value, (list, tuple)):
-            yield from _arrays(value)
-        else:
-            yield value
-
-
 def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
     """Decorate a public loss so PyTorch autograd uses its registered rule (see the module docstring)."""
 
     @functools.wraps(loss)
     def dispatch(*args: P.args, **kwargs: P.kwargs) -> R:
         rule = _RULES.get(dispatch)
-        if ENABLED and rule is not None and torch_records_gradient(_arrays([*args, *kwargs.values()])):
+        if ENABLED and rule is not None and torch_records_gradient((*args, *kwargs.values())):
             try:
                 linear = rule(*args, **kwargs)
             except NotDifferentiable:  # a call the rule does not cover

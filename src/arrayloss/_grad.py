@@ -52,6 +52,7 @@ from ._validation import (
     check_labels,
     class_axis_last,
     compute_dtype,
+    in_compute_dtype,
     is_eager_host,
     namespace_of,
     normalize_axis,
@@ -483,7 +484,7 @@ def _sparse_rule(*args: Any, **kwargs: Any) -> Linearization:
         (x,) = primals
         xp = namespace_of({"logits": x}, options["xp"])
         axis = normalize_axis(options["axis"], x.ndim)
-        z = xp.astype(class_axis_last(x, axis, xp), compute_dtype(x.dtype, xp), copy=False)
+        z = in_compute_dtype(class_axis_last(x, axis, xp), xp)
         safe_labels, w, scale, _ = _sparse_scale(labels, cotangent, z, options, xp)
         grad = sparse_logits_vjp(
             z,
@@ -626,7 +627,7 @@ def _sequence_value_and_grad(
     xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
     check_step_logits(logits, xp)
     check_labels(targets, tuple(logits.shape[:2]), xp, "targets")
-    z = xp.astype(logits, compute_dtype(logits.dtype, xp), copy=False)
+    z = in_compute_dtype(logits, xp)
     w = _step_weights(weights, tuple(targets.shape), z.dtype, xp, logits)
     scale = step_scale(xp.ones((), dtype=z.dtype, device=device(z)), w, flags, xp)
     # Eager arrays only (the rule's condition): the targets' values were checked, none is poisoned.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from types import ModuleType
 
-from array_api_compat import is_numpy_array
+from array_api_compat import is_numpy_namespace
 
 from ._special import total_sum
 from ._validation import Array
@@ -68,5 +68,6 @@ def as_result(out: Array, dtype: object, xp: ModuleType) -> Array:
     indexing with an Ellipsis makes 0-d arrays again (7x faster than ``asarray``);
     other libraries keep 0-d arrays.
     """
-    out = xp.astype(out, dtype, copy=False)
-    return out[...] if is_numpy_array(out) else out
+    if out.dtype != dtype:
+        out = xp.astype(out, dtype)
+    return out[...] if is_numpy_namespace(xp) else out

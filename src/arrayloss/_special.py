@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from array_api_compat import device, is_numpy_array, is_numpy_namespace, is_torch_array
 
-from ._validation import Array, check_floating, compute_dtype, is_eager_host, namespace_of, normalize_axis
+from ._validation import Array, check_floating, in_compute_dtype, is_eager_host, namespace_of, normalize_axis
 
 
 def shifted_log_sum(z: Array, xp: ModuleType, *, scratch: Array | None = None) -> tuple[Array, Array]:
@@ -122,7 +122,7 @@ def exp_of_temporary(x: Array, xp: ModuleType) -> Array:
     block-sized allocation per block of rows fewer keeps glibc from returning the
     freed blocks to the system and faulting them in again for the next block.
     """
-    if is_numpy_array(x):
+    if is_numpy_namespace(xp):
         return xp.exp(x, out=x)
     if is_torch_array(x):
         return x.exp_()
@@ -150,7 +150,7 @@ def _prepare(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Mo
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
     axis = normalize_axis(axis, x.ndim, "x")
-    z = xp.astype(x, compute_dtype(x.dtype, xp), copy=False)
+    z = in_compute_dtype(x, xp)
     return xp.moveaxis(z, axis, -1), axis, xp
 
 
