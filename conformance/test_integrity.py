@@ -313,3 +313,52 @@ def test_calls_leave_module_state_unchanged(backend):
     after = module_state()
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"calls changed module state: {changed}"
+
+
+@pytest.fixture(scope="module")
+def strict_backend(backend):
+    if backend.name != "numpy":
+        pytest.skip("NumPy against array-api-strict: once, in the numpy session")
+    from conftest import _make_backend
+
+    return _make_backend("array_api_strict", "default")
+
+
+def with_non_finite_rows(data):
+    """:data:`DATA` with logits rows of ``-inf``, one holding ``+inf``, one NaN and one ``-inf`` among
+    finite logits (the first four rows, or steps of the first example)."""
+    changed = dict(data)
+    for name in ("logits", "seq_logits"):
+        rows = data[name].copy().reshape(-1, data[name].shape[-1])
+        rows[0] = -np.inf
+        rows[1, 2] = np.inf
+        rows[2, 0] = np.nan
+        rows[3, 1] = -np.inf
+        changed[name] = rows.reshape(data[name].shape)
+    return changed
+
+
+# Calls whose NumPy path rounds differently from the standard one: softmax_cross_entropy's sum of
+# products is NumPy's vecdot there (its own summation order), xp.sum(t * z) elsewhere.
+ROUNDED = {"dense-mean"}
+
+
+@pytest.mark.parametrize("finite", [True, False], ids=["finite", "non-finite"])
+@pytest.mark.parametrize("call", CALLS, ids=CALL_IDS)
+def test_numpy_shortcuts_give_the_numbers_of_the_standard_path(backend, strict_backend, call, finite):
+    """NumPy's shortcuts (its ufuncs' ``reduce`` for reductions, an integer-array gather, no masks when
+    every row's maximum is finite) give exactly the numbers of the standard path, which
+    array-api-strict takes while computing with NumPy underneath."""
+    data = DATA if finite else with_non_finite_rows(DATA)
+    results = []
+    for b in (backend, strict_backend):
+        arrays = {n: b.asarray(x, "int64" if n in LABEL_NAMES else "float32") for n, x in data.items()}
+        with np.errstate(invalid="ignore", divide="ignore"):  # rows of -inf: NaN (0 / 0) where counted
+            out = call.run(arrays)
+        if finite:
+            check(b, call, out, {name: b.to_numpy(x) for name, x in arrays.items()})
+        results.append(b.to_numpy(out))
+    if call.id in ROUNDED:
+        np.testing.assert_allclose(results[0], results[1], rtol=4 * np.finfo(np.float32).eps)
+    else:
+        np.testing.assert_array_equal(results[0], results[1])
