@@ -1,4 +1,13 @@
-"""Stable log-sum-exp and log-softmax, written once against the array API."""
+"""Stable log-sum-exp and log-softmax, written once against the array API.
+
+The primitives here (:func:`row_max`, :func:`row_sum`, :func:`total_sum`, :func:`all_true`,
+:func:`row_dot`, :func:`exp_of_temporary`, :func:`difference`) are standard calls with a
+measured shortcut on NumPy or PyTorch: NumPy's reductions by their ufuncs' ``reduce``, without
+the Python wrappers of ``np.max`` and ``np.sum`` (which doubled the time of an 8x16 call), and
+``out=`` or in-place steps that spare block-sized allocations. The shortcuts give the numbers of
+the standard calls, which array-api-strict takes (``conformance/test_integrity.py`` compares the
+two on NumPy, bit for bit).
+"""
 
 from __future__ import annotations
 
