@@ -13,7 +13,16 @@ from ._autodiff import analytic_backward, torch_records_gradient
 from ._chunking import check_chunk_size, map_row_chunks, rows_per_chunk, scratch_block
 from ._native import torch_cross_entropy, torch_delegates
 from ._reduce import as_result, reduce_losses
-from ._special import all_true, difference, exp_of_temporary, log_of_sum, row_dot, shifted_log_sum
+from ._special import (
+    all_true,
+    difference,
+    exp_of_temporary,
+    log_of_sum,
+    row_dot,
+    row_max,
+    row_sum,
+    shifted_log_sum,
+)
 from ._validation import (
     Array,
     as_index,
@@ -512,9 +521,9 @@ def dense_block_terms(
     If a logit is not finite (``0 * -inf`` would be NaN), the loss comes from
     :func:`masked_dense_terms` instead: this reads values, for eager arrays only.
     """
-    row_max = xp.max(z, axis=-1, keepdims=True)
-    finite = math.prod(z.shape) == 0 or (bool(xp.all(xp.isfinite(row_max))) and bool(xp.isfinite(xp.min(z))))
-    shift = xp.where(xp.isfinite(row_max), row_max, 0.0)
+    maxima = row_max(z, xp)
+    finite = math.prod(z.shape) == 0 or (all_true(xp.isfinite(maxima), xp) and bool(xp.isfinite(xp.min(z))))
+    shift = maxima if finite else xp.where(xp.isfinite(maxima), maxima, 0.0)
     shifted = difference(z, shift, xp, scratch=scratch)
     mass = xp.sum(targets, axis=-1)
     if label_smoothing:  # the targets (1 - eps) * t + eps / C, without forming them
@@ -526,8 +535,8 @@ def dense_block_terms(
             smooth = (label_smoothing / z.shape[-1]) * xp.sum(shifted, axis=-1)
             cross = (1.0 - label_smoothing) * cross + smooth
     exps = exp_of_temporary(shifted, xp)
-    total = xp.sum(exps, axis=-1, keepdims=True)
-    log_sum = log_of_sum(total, xp)
+    total = row_sum(exps, xp)
+    log_sum = xp.log(total) if finite else log_of_sum(total, xp)  # finite: every total is at least 1
     if cross is None:
         loss = masked_dense_terms(z, targets, label_smoothing=label_smoothing, xp=xp)
     else:
