@@ -200,6 +200,60 @@ def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, monkeypatch):
             logits.grad = None
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", ["per-example", "scalar", "one", "bool"])
+def test_torch_delegated_example_weights(backend, shape, reduction, grad, monkeypatch):
+    """Per-example weights on the delegated path: PyTorch's per-example losses times the weights,
+    an example of weight 0 dropped even where its label's logit is -inf (no 0 * inf), with class
+    weights and ignore_index; values and gradients (logits and weights) against the reference."""
+    torch = only(backend, "torch")
+    monkeypatch.setattr(al._native, "ENABLED", True)
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(6, 4)) * 3
+    labels = np.array([0, 3, -100, 1, 2, 3])
+    z[4, 2] = -np.inf  # example 4 has weight 0 below
+    weights = {
+        "per-example": np.array([1.0, 0.5, 2.0, 1.5, 0.0, 3.0]),
+        "scalar": np.array(0.5),
+        "one": np.array([2.0]),
+        "bool": np.array([True, True, False, True, False, True]),
+    }[shape]
+    if shape in ("scalar", "one"):
+        labels[4] = 1  # no weight of 0 to drop example 4
+        z[4, 2] = 0.0
+    class_weights = np.array([1.0, 2.0, 0.5, 1.0])
+    options = {"class_weights": class_weights, "ignore_index": -100, "reduction": reduction}
+    expected = ref.sparse_ce(z, labels, weights=weights, **options)
+    x = backend.asarray(z, "float64").requires_grad_(grad)
+    w = backend.asarray(weights, "bool" if shape == "bool" else "float64")
+    w = w.requires_grad_(grad) if grad and shape != "bool" else w
+    out = al.sparse_softmax_cross_entropy(
+        x,
+        torch.asarray(labels, device=backend.device),
+        weights=w,
+        class_weights=backend.asarray(class_weights, "float64"),
+        ignore_index=-100,
+        reduction=reduction,
+    )
+    backend.assert_close(out, expected, dtype="float64")
+    if grad:
+        assert "AnalyticBackward" not in type(out.grad_fn).__name__, "expected the delegated path"
+        torch.sum(out).backward()
+        finite = np.where(np.isfinite(z), z, -1e300)  # the reference's gradient at -inf is 0 anyway
+        grad_z = ref.numeric_gradient(
+            lambda v: ref.sparse_ce(v, labels, weights=weights, **options).sum(), finite
+        )
+        backend.assert_close(x.grad, grad_z, dtype="float64", scale=1e4)
+        if shape != "bool":
+            grad_w = ref.numeric_gradient(
+                lambda v: ref.sparse_ce(z, labels, weights=v, **options).sum(), weights.astype(float)
+            )
+            # Example 4 is dropped: its infinite loss is no derivative either (arrayloss's convention).
+            grad_w = np.where(np.isfinite(grad_w), grad_w, 0.0)
+            backend.assert_close(w.grad, grad_w, dtype="float64", scale=1e4)
+
+
 def test_torch_delegated_labels_are_checked(backend, monkeypatch):
     """Out-of-range labels raise arrayloss's ValueError on the delegated path too, PyTorch's -100 included."""
     torch = only(backend, "torch")

@@ -357,12 +357,12 @@ def sparse_softmax_cross_entropy(
     of ``logits``, which then becomes their ``.grad`` without a copy (the peak memory
     of ``F.cross_entropy`` forward and backward is three such arrays).
 
-    Small calls on PyTorch CPU tensors without ``weights``, ``z_loss`` or ``chunk_size``
-    (2-D float32 or float64 logits of at most 32 MiB, 4 MiB when autograd records them,
-    int64 labels; ``class_weights`` of the logits' dtype, without label smoothing) are
-    handed to ``torch.nn.functional.cross_entropy`` after arrayloss's own checks, with
-    the same results: there its one C++ call beats about 25 array-API calls (the
-    measured rule is in ``arrayloss._native``).
+    Small calls on PyTorch CPU tensors without ``z_loss`` or ``chunk_size`` (2-D float32
+    or float64 logits of at most 32 MiB, 4 MiB when autograd records them, int64 labels;
+    ``class_weights`` of the logits' dtype, without label smoothing) are handed to
+    ``torch.nn.functional.cross_entropy`` after arrayloss's own checks, with the same
+    results (per-example ``weights`` multiply its losses of each example): there its one
+    C++ call beats about 25 array-API calls (the measured rule is in ``arrayloss._native``).
 
     References
     ----------

@@ -15,14 +15,15 @@ with ``benchmarks/crossover.py`` on a 2-core host:
   wins from 16 MiB on).
 
 Only options that PyTorch computes as arrayloss does are delegated: ``ignore_index``,
-``label_smoothing``, and ``class_weights`` of the logits' dtype without smoothing
-(PyTorch weights each class of the smoothing term); not per-example ``weights``,
-``z_loss`` or ``chunk_size``. Logits are 2-D float32/float64 CPU tensors outside
-``torch.compile`` and ``torch.func``, labels int64. The labels and class weights are
-checked first, so an out-of-range label (even PyTorch's ``-100``) or a negative weight
-raises the same ``ValueError`` as on the array-API path. Examples of a class of weight 0
-are handed over as ignored, as arrayloss drops them (PyTorch would compute ``0 * inf =
-NaN`` for a logit of ``-inf``), and a mean over no weight is 0, where PyTorch's is NaN.
+``label_smoothing``, ``class_weights`` of the logits' dtype without smoothing (PyTorch
+weights each class of the smoothing term), and per-example ``weights`` (one per example
+or one for all), which multiply PyTorch's per-example losses; not ``z_loss`` or
+``chunk_size``. Logits are 2-D float32/float64 CPU tensors outside ``torch.compile``
+and ``torch.func``, labels int64. The labels and weights are checked first, so an
+out-of-range label (even PyTorch's ``-100``) or a negative weight raises the same
+``ValueError`` as on the array-API path. Examples of weight 0 (their class's or their
+own) are handed over as ignored, as arrayloss drops them (PyTorch would compute ``0 * inf
+= NaN`` for a logit of ``-inf``), and a mean over no weight is 0, where PyTorch's is NaN.
 The conformance suite runs every torch test with the delegation on and off
 (:data:`ENABLED`) and compares both with the float64 reference.
 """
@@ -56,8 +57,7 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
         return False
     torch = sys.modules["torch"]
     plain = (
-        options["weights"] is None
-        and not options["z_loss"]
+        not options["z_loss"]
         and options["chunk_size"] is None
         and options["xp"] is None
         and _int64_or_none(options["ignore_index"])
@@ -79,6 +79,11 @@ def torch_delegates(logits: Array, labels: Array, options: dict[str, Any]) -> bo
         alike = alike and tuple(class_weights.shape) == (logits.shape[1],)
         if not alike or class_weights.device != logits.device or options["label_smoothing"]:
             return False
+    weights = options["weights"]
+    if weights is not None:
+        alike = is_torch_array(weights) and not weights.is_complex() and weights.device == logits.device
+        if not alike or tuple(weights.shape) not in ((), (1,), tuple(labels.shape)):
+            return False
     limit = GRADIENT_BYTES if torch_records_gradient((logits,)) else FORWARD_BYTES
     return logits.numel() * logits.element_size() <= limit and is_eager_host(logits)
 
@@ -94,22 +99,28 @@ def torch_cross_entropy(logits: Array, labels: Array, options: dict[str, Any]) -
     """``F.cross_entropy`` for a call that :func:`torch_delegates`, after arrayloss's value checks.
 
     Labels equal to ``ignore_index`` are left out of the range check. Examples that are
-    ignored or of a class of weight 0 are handed to PyTorch as ignored, and a mean is
-    PyTorch's sum over the summed weights, 0 where they sum to 0 (PyTorch: 0 / 0).
+    ignored or of weight 0 (their class's, or their own) are handed to PyTorch as ignored;
+    per-example weights multiply PyTorch's losses of each example, and a mean is their sum
+    over the summed weights, 0 where they sum to 0 (PyTorch: 0 / 0).
     """
     torch = sys.modules["torch"]
     num_classes = logits.shape[1]
-    ignore_index, class_weights = options["ignore_index"], options["class_weights"]
+    ignore_index, class_weights, given = options["ignore_index"], options["class_weights"], options["weights"]
     counted = None if ignore_index is None else labels != ignore_index
     safe_labels = labels if counted is None else torch.where(counted, labels, 0)
     extremes = torch.aminmax(safe_labels)
     if extremes.min.item() < 0 or extremes.max.item() >= num_classes:
         # Raises, naming a bad label.
         check_labels_in_range(labels, num_classes, counted, array_namespace(labels))
-    weights = None
+    weights = None  # of each example, where not all are 1
     if class_weights is not None:
         check_weights_valid("class_weights", class_weights, array_namespace(class_weights))
         weights = class_weights[safe_labels]
+    if given is not None:
+        check_weights_valid("weights", given, array_namespace(given))
+        given = given.to(logits.dtype).expand(labels.shape)
+        weights = given if weights is None else weights * given
+    if weights is not None:
         kept = weights != 0
         counted = kept if counted is None else counted & kept
     skip = -100 if ignore_index is None else ignore_index  # -100 is no counted label: it fails the check
@@ -121,8 +132,13 @@ def torch_cross_entropy(logits: Array, labels: Array, options: dict[str, Any]) -
         weight=class_weights,
         ignore_index=skip,
         label_smoothing=options["label_smoothing"],
-        reduction="sum" if weighted_mean else reduction,
+        reduction="none" if given is not None else "sum" if weighted_mean else reduction,
     )
+    if given is not None:
+        loss = loss * given
+        if reduction == "none":
+            return loss
+        loss = loss.sum()
     if not weighted_mean or counted is None:
         return loss
     total = counted.sum() if weights is None else torch.where(counted, weights, 0).sum()
