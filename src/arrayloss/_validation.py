@@ -79,10 +79,8 @@ def is_eager_host(x: Array) -> bool:
     and ``torch.func`` transforms (``vmap`` cannot read values); False for GPU arrays
     and lazy or traced arrays (JAX, Dask, ...).
     """
-    numpy = sys.modules.get("numpy")
-    if (numpy is not None and isinstance(x, numpy.ndarray)) or compat.is_numpy_array(
-        x
-    ):  # the first: 3x faster
+    numpy = sys.modules.get("numpy")  # isinstance first: a third of the time of is_numpy_array
+    if (numpy is not None and isinstance(x, numpy.ndarray)) or compat.is_numpy_array(x):
         return True
     if compat.is_torch_array(x):
         torch = sys.modules["torch"]
@@ -105,6 +103,7 @@ def in_compute_dtype(x: Array, xp: ModuleType) -> Array:
 
 
 def check_floating(name: str, x: Array, xp: ModuleType) -> None:
+    # The common dtypes first: NumPy's isdtype takes 0.85 us, a tenth of a small call's checks.
     if x.dtype not in (xp.float32, xp.float64) and not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
