@@ -196,12 +196,7 @@ def check_labels_in_range(
 
 def check_weights_valid(name: str, weights: Array, xp: ModuleType) -> None:
     """Raise ``ValueError`` for negative or NaN weights (eager arrays only)."""
-    if xp.isdtype(weights.dtype, "bool"):
-        return
-    bad = weights < 0
-    if xp.isdtype(weights.dtype, "real floating"):
-        bad = bad | xp.isnan(weights)
-    if bool(xp.any(bad)):
+    if weights.dtype != xp.bool and not bool(xp.all(weights >= 0)):  # NaN >= 0 is false too
         raise ValueError(f"{name} must be non-negative and not NaN; it contains negative or NaN values")
 
 
