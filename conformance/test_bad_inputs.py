@@ -19,13 +19,18 @@ LOGITS32 = LOGITS.astype(np.float32)
 SEQ_LOGITS32 = SEQ_LOGITS.astype(np.float32)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_raises_naming_the_argument(backend, case):
+def skip_unless_checked(backend, case):
+    """Skip a case that does not apply to this backend, or whose values it does not check."""
     reason = case.applies(backend)
     if reason is not None:
         pytest.skip(reason)
     if case.eager_only and not backend.eager:
         pytest.skip(f"{backend.name} values are not checked; the fallback tests below cover it")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_raises_naming_the_argument(backend, case):
+    skip_unless_checked(backend, case)
     args, kwargs = case.build(backend)
     with pytest.raises(case.error, match=re.escape(case.message)) as raised:
         case.function(*args, **kwargs)
@@ -39,11 +44,7 @@ def test_bad_input_raises_through_value_and_grad(backend, case):
     """The same error from ``value_and_grad``, whose one-pass gradient replaces the loss's forward pass."""
     if al._autodiff.rule_of(case.function) is None:
         pytest.skip(f"{case.function.__name__} has no analytic gradient")
-    reason = case.applies(backend)
-    if reason is not None:
-        pytest.skip(reason)
-    if case.eager_only and not backend.eager:
-        pytest.skip(f"{backend.name} values are not checked; the fallback tests below cover it")
+    skip_unless_checked(backend, case)
     args, kwargs = case.build(backend)
     with pytest.raises(case.error, match=re.escape(case.message)):
         al.value_and_grad(case.function)(*args, **kwargs)
