@@ -85,7 +85,7 @@ def fuzz(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmark suite (pass options after --, e.g. ``nox -s bench -- --smoke``)."""
     session.install(*CONSTRAINTS, ".", "torch", "scipy")
-    session.run("python", "-m", "arrayloss", "bench", *session.posargs)
+    session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
 @nox.session(tags=["cpu"])

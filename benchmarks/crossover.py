@@ -1,4 +1,4 @@
-"""Where PyTorch's own cross entropy beats the array-API path: the rule of ``arrayloss._native``.
+"""Where PyTorch's own cross entropy beats the array-API path: the rule of ``arrayloss._torch``.
 
 Usage::
 
@@ -6,7 +6,7 @@ Usage::
 
 For float32 logits of several sizes (CPU), times a mean sparse cross entropy three ways,
 interleaved round by round in one process: arrayloss on its array-API path
-(``arrayloss._native.ENABLED = False``), arrayloss as shipped (small calls delegated to
+(the setting ``delegate_to_torch=False``), arrayloss as shipped (small calls delegated to
 PyTorch) and ``torch.nn.functional.cross_entropy``; without gradients (forward) and with
 ``backward()`` (logits requiring grad, ``.grad`` reset to None before each call, as
 ``optimizer.zero_grad()`` does). Each figure is the median over ``--repeat`` rounds of
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import arrayloss as al
-from arrayloss import _native
+from arrayloss._lib._settings import settings
 
 SIZES = [(8, 16), (64, 100), (512, 256), (4096, 256), (1024, 1000), (4096, 1000), (4096, 2000), (4096, 4000)]
 
@@ -51,11 +51,11 @@ def measure(rows: int, classes: int, grad: bool, repeat: int) -> dict[str, float
 
     def call(loss: Callable[[], torch.Tensor], delegate: bool) -> Callable[[], object]:
         def run() -> object:
-            _native.ENABLED = delegate
             logits.grad = None
-            out = loss()
-            if grad:
-                out.backward()
+            with settings(delegate_to_torch=delegate):
+                out = loss()
+                if grad:
+                    out.backward()
             return out
 
         return run
@@ -68,7 +68,6 @@ def measure(rows: int, classes: int, grad: bool, repeat: int) -> dict[str, float
     for _ in range(repeat):
         for name, fn in impls.items():
             times[name].append(per_call(fn))
-    _native.ENABLED = True
     return {name: statistics.median(t) for name, t in times.items()}
 
 

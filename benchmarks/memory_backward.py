@@ -20,7 +20,7 @@ affect the memory figure read before.
 
 Cases: ``torch.nn.functional.cross_entropy``; arrayloss with its analytic backward
 (the default for tensors that require grad); arrayloss through autograd of the plain
-array-API composition (``arrayloss._autodiff.ENABLED = False``).
+array-API composition (the setting ``analytic_backward=False``).
 """
 
 from __future__ import annotations
@@ -45,14 +45,16 @@ def run_case(case: str, rows: int, classes: int, repeats: int, threads: int) -> 
     import torch.nn.functional as F
 
     import arrayloss as al
+    from arrayloss._lib._settings import settings
 
     torch.set_num_threads(threads)
-    al._autodiff.ENABLED = case != "arrayloss_composition"
+    analytic = case != "arrayloss_composition"
 
     def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if case == "torch_cross_entropy":
             return F.cross_entropy(z, y)
-        return al.sparse_softmax_cross_entropy(z, y, reduction="mean")
+        with settings(analytic_backward=analytic):
+            return al.sparse_softmax_cross_entropy(z, y, reduction="mean")
 
     def step(z: torch.Tensor, y: torch.Tensor) -> None:
         z.grad = None

@@ -11,8 +11,10 @@ Tests build inputs in NumPy float64, hand them to the backend with
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from arrayloss import _native
+from arrayloss._lib._settings import settings as arrayloss_settings
 
 settings.register_profile(
     "ci",
@@ -188,9 +190,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
-def torch_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which path small plain torch calls take (see ``arrayloss._native``); ``default``: unchanged."""
+def torch_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which path small plain torch calls take (see ``arrayloss._torch``); ``default``: unchanged."""
     path = getattr(request, "param", "default")
-    if path != "default":
-        monkeypatch.setattr(_native, "ENABLED", path == "delegated")
-    return str(path)
+    changes = {} if path == "default" else {"delegate_to_torch": path == "delegated"}
+    with arrayloss_settings(**changes):
+        yield str(path)
+
+
+@pytest.fixture
+def configure() -> Iterator[Callable[..., object]]:
+    """``configure(block_bytes=1, ...)``: arrayloss's scoped settings changed for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(arrayloss_settings(**changes))

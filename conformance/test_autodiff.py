@@ -3,7 +3,7 @@
 PyTorch: ``backward()`` against ``torch.nn.functional.cross_entropy``, ``torch.func.grad``,
 ``torch.compile(fullgraph=True)``, on both paths: the analytic backward of
 ``arrayloss._autodiff`` (default) and the plain composition of array-API operations
-(``ENABLED = False``). JAX: ``jit``, ``grad``, ``vmap`` and optax. Gradients with
+(the setting ``analytic_backward=False``). JAX: ``jit``, ``grad``, ``vmap`` and optax. Gradients with
 respect to weights and soft targets against finite differences of the reference.
 Each test skips on the other backends.
 """
@@ -47,10 +47,9 @@ def only(backend, name: str) -> Any:
 
 
 @pytest.fixture(params=["analytic", "composition"])
-def path(request, monkeypatch) -> str:
+def path(request, configure) -> str:
     """Run a PyTorch test on the analytic backward and on the plain composition (never delegated)."""
-    monkeypatch.setattr(al._autodiff, "ENABLED", request.param == "analytic")
-    monkeypatch.setattr(al._native, "ENABLED", False)
+    configure(analytic_backward=request.param == "analytic", delegate_to_torch=False)
     return request.param
 
 
@@ -99,10 +98,10 @@ def torch_problem(backend, option: str, dtype: str) -> tuple[Any, Any, dict[str,
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(TORCH_OPTIONS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, dtype, blocks, monkeypatch):
+def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, dtype, blocks, configure):
     torch = only(backend, "torch")
     if blocks == "one_row":  # the gradient (fused in the forward pass, or recomputed) in blocks of one row
-        monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+        configure(block_bytes=1)
     functional = importlib.import_module("torch.nn.functional")
     logits, labels, ours, theirs = torch_problem(backend, option, dtype)
     z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
@@ -148,10 +147,10 @@ def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(TORCH_OPTIONS))
-def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
+def test_torch_delegation_rule(backend, option, reduction, grad, configure):
     """Small plain calls go to F.cross_entropy, others and big ones to arrayloss; same values."""
     torch = only(backend, "torch")
-    monkeypatch.setattr(al._native, "ENABLED", True)
+    configure(delegate_to_torch=True)
     logits, labels, ours, _ = torch_problem(backend, option, "float64")
     z, y = backend.to_numpy(logits), backend.to_numpy(labels)
     options = {k: backend.to_numpy(v) if k == "class_weights" else v for k, v in ours.items()}
@@ -163,8 +162,7 @@ def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
     delegated = backend.eager  # every option of this test is one PyTorch computes alike
     for limit in ("default", "zero"):  # zero: nothing is small enough to be delegated
         if limit == "zero":
-            monkeypatch.setattr(al._native, "FORWARD_BYTES", 0)
-            monkeypatch.setattr(al._native, "GRADIENT_BYTES", 0)
+            configure(delegate_forward_bytes=0, delegate_gradient_bytes=0)
         x = logits.clone().requires_grad_(grad)
         out = al.sparse_softmax_cross_entropy(x, labels, reduction=reduction, **ours)
         backend.assert_close(out, reference_value(z), dtype="float64")
@@ -176,13 +174,13 @@ def test_torch_delegation_rule(backend, option, reduction, grad, monkeypatch):
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, monkeypatch):
+def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, configure):
     """All examples ignored, or all of a class of weight 0: a mean of 0 with a zero gradient.
 
     PyTorch's own mean is NaN there (0 / 0).
     """
     torch = only(backend, "torch")
-    monkeypatch.setattr(al._native, "ENABLED", True)
+    configure(delegate_to_torch=True)
     logits = backend.asarray(np.random.default_rng(8).normal(size=(4, 3)), "float64").requires_grad_(grad)
     ignored = torch.asarray([-100, -100, -100, -100], device=backend.device)
     zero_class = torch.asarray([1, 1, 1, 1], device=backend.device)
@@ -203,12 +201,12 @@ def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, monkeypatch):
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", ["per-example", "scalar", "one", "bool"])
-def test_torch_delegated_example_weights(backend, shape, reduction, grad, monkeypatch):
+def test_torch_delegated_example_weights(backend, shape, reduction, grad, configure):
     """Per-example weights on the delegated path: PyTorch's per-example losses times the weights,
     an example of weight 0 dropped even where its label's logit is -inf (no 0 * inf), with class
     weights and ignore_index; values and gradients (logits and weights) against the reference."""
     torch = only(backend, "torch")
-    monkeypatch.setattr(al._native, "ENABLED", True)
+    configure(delegate_to_torch=True)
     rng = np.random.default_rng(11)
     z = rng.normal(size=(6, 4)) * 3
     labels = np.array([0, 3, -100, 1, 2, 3])
@@ -254,12 +252,12 @@ def test_torch_delegated_example_weights(backend, shape, reduction, grad, monkey
             backend.assert_close(w.grad, grad_w, dtype="float64", scale=1e4)
 
 
-def test_torch_delegated_labels_are_checked(backend, monkeypatch):
+def test_torch_delegated_labels_are_checked(backend, configure):
     """Out-of-range labels raise arrayloss's ValueError on the delegated path too, PyTorch's -100 included."""
     torch = only(backend, "torch")
     if not backend.eager:
         pytest.skip("labels are checked on eager host tensors only")
-    monkeypatch.setattr(al._native, "ENABLED", True)
+    configure(delegate_to_torch=True)
     logits = backend.asarray(np.zeros((3, 4)), "float32")
     for bad in (-100, -1, 4):
         labels = torch.asarray([0, bad, 1], device=backend.device)
@@ -594,11 +592,10 @@ def test_dask_losses_are_lazy(backend, name):
     backend.assert_close(log_probs, first - ref.logsumexp(first)[..., None], dtype="float64")
 
 
-def test_torch_composition_is_not_chunked_under_autograd(backend, monkeypatch):
+def test_torch_composition_is_not_chunked_under_autograd(backend, configure):
     """Autograd through row blocks would build a whole-array zero gradient per block (quadratic)."""
     torch = only(backend, "torch")
-    monkeypatch.setattr(al._autodiff, "ENABLED", False)
-    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+    configure(analytic_backward=False, block_bytes=1)
     z, labels = random_problem(4)
     logits = backend.asarray(z).requires_grad_()
     out = al.sparse_softmax_cross_entropy(

@@ -9,6 +9,7 @@ finite differences of the float64 reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import reference as ref
 
 import arrayloss as al
-from arrayloss import _chunking
+from arrayloss._lib._settings import settings
 
 BATCH = (4, 5)  # 20 rows
 CLASSES = 6
@@ -38,11 +39,10 @@ def inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 @pytest.fixture(params=["tiny", "huge"])
-def block_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def block_bytes(request: pytest.FixtureRequest) -> Iterator[str]:
     """The automatic block size: ``tiny`` gives one-row blocks (eager host arrays), ``huge`` one block."""
-    size = 1 if request.param == "tiny" else 1 << 40
-    monkeypatch.setattr(_chunking, "BLOCK_BYTES", size)
-    return str(request.param)
+    with settings(block_bytes=1 if request.param == "tiny" else 1 << 40):
+        yield str(request.param)
 
 
 @pytest.mark.parametrize("chunk_size", CHUNKS)

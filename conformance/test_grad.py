@@ -372,9 +372,9 @@ def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction)
         "by_example-steps-average",
     ],
 )
-def test_gradient_in_blocks_of_one_row(backend, name, monkeypatch):
+def test_gradient_in_blocks_of_one_row(backend, name, configure):
     """Eager host arrays compute the gradient in blocks of rows: force one row per block."""
-    monkeypatch.setattr(importlib.import_module("arrayloss._chunking"), "BLOCK_BYTES", 1)
+    configure(block_bytes=1)
     check_value_and_grad(backend, CASES[name], "float64" if "float64" in backend.float_dtypes else "float32")
 
 

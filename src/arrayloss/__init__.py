@@ -5,11 +5,12 @@ the same library back, on the same device. No array library is imported until
 you hand one in.
 """
 
-from ._cross_entropy import softmax_cross_entropy, sparse_softmax_cross_entropy
-from ._grad import value_and_grad
+from ._autodiff import value_and_grad
+from ._dense import softmax_cross_entropy
 from ._linear import linear_cross_entropy
+from ._logsumexp import log_softmax, logsumexp
 from ._sequence import sequence_loss, sequence_loss_by_example
-from ._special import log_softmax, logsumexp
+from ._sparse import sparse_softmax_cross_entropy
 
 __all__ = [
     "linear_cross_entropy",

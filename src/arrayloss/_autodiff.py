@@ -1,88 +1,89 @@
-"""Analytic backward passes, written once in the array API, attached to PyTorch autograd.
+"""Analytic gradients: each loss's rule, its registration, and :func:`value_and_grad`.
 
-Autograd through the plain composition of array-API operations keeps every
-intermediate it needs (for a cross entropy: the exponentials of all logits) from
-the forward pass until the backward pass, and then builds several logits-sized
-gradients. A loss decorated with :func:`analytic_backward` instead computes its
-value without recording anything and, in the backward pass, calls the gradient
-rule registered for it with :func:`register_rule` (the rules of :mod:`._grad`,
-the same ones :func:`arrayloss.value_and_grad` uses), which recomputes what it
-needs from the saved inputs. Where a rule offers a ``fused`` pass (a scalar loss on
-eager host arrays), the gradient is computed with the value, in the same pass over
-the logits, and the backward pass only scales it by the cotangent, in place.
+A loss module writes its gradient *rule* next to its forward pass (a :class:`Rule`)
+and registers it with :func:`differentiable` at the definition of its public
+function. A rule works on the loss's *call*, the record that the loss's ``check``
+returns after validating the arguments once (a :class:`Call`). The same rule serves
 
-This path is taken only when a PyTorch input requires grad while grad mode is
-on, the rule accepts the call, no input other than the rule's ``primals``
-requires grad and no primal is batched by ``torch.func.vmap``; everything else
-(NumPy, JAX, Dask, gradients with respect to weights or soft targets, a custom
-``softmax_loss_function``, ``vmap(grad(loss))``) runs the plain composition, or
-PyTorch's own function for the calls :mod:`._native` hands to it. Setting
-:data:`ENABLED` to False forces the composition everywhere (the conformance
-suite runs both and compares).
+- :func:`value_and_grad`, the gradient on libraries without autodiff (NumPy, CuPy,
+  Dask, array-api-strict), and on any other;
+- the library's autodiff, through the backend seam (``Ops.value_with_backward``):
+  PyTorch autograd calls the rule's backward instead of differentiating the
+  composition, which would keep every intermediate of the forward pass (for a cross
+  entropy, the exponentials of all logits) and then build several logits-sized
+  gradients. Where the rule has a ``fused`` pass and the call allows it (a scalar loss
+  on eager host arrays), the gradient is computed with the value, in the same pass
+  over the logits, and the backward pass only scales it by the cotangent.
+
+The composition is differentiated instead where the backend has no hook, where the
+setting ``analytic_backward`` is off (:mod:`._lib._settings`), where an input other
+than the primals requires grad (gradients with respect to weights or soft targets),
+where a primal is batched by ``torch.func.vmap``, and for a call the rule does not
+cover (a custom ``softmax_loss_function``).
 """
 
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-from array_api_compat import is_torch_array
+from ._lib._ops import Ops
+from ._lib._validation import Array
 
-from ._validation import Array
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
-"""``forward(*primals) -> (value, residuals)``: the value and arrays saved for the backward pass."""
-
-Backward = Callable[[tuple[Array, ...], tuple[Array, ...], Array], tuple[Array | None, ...]]
-"""``backward(primals, residuals, cotangent) -> gradients``: one per primal (None: no gradient)."""
-
-ENABLED = True
-"""Use the registered analytic backward for PyTorch autograd (False: always the plain composition)."""
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Linearization(NamedTuple):
-    """A loss call split into what is differentiated and how.
+class Call(Protocol):
+    """What a loss's ``check`` returns: the validated arguments of one call, and these four."""
 
-    ``primals`` are the arrays with a gradient, ``forward`` and ``backward`` as in
-    :func:`custom_vjp`; ``constants`` are the other floating inputs, which must not
-    require grad for the analytic backward to replace autograd; ``unpack`` maps the
-    gradients of ``primals`` to the structure :func:`arrayloss.value_and_grad` returns.
-    ``fused``, when given, is ``fused(*primals) -> (value, gradients)``: a 0-d value
-    and its gradients, computed together in one pass (see :func:`custom_vjp`).
-    ``delegated`` says that the loss computes this call with the array library's own
-    differentiable function (:mod:`._native`), which its autograd then differentiates.
+    @property
+    def ops(self) -> Ops: ...  # the backend seam of the call's namespace
+
+    @property
+    def primals(self) -> tuple[Array, ...]: ...  # the differentiated arrays
+
+    @property
+    def constants(self) -> tuple[Any, ...]: ...  # other floating inputs: no analytic rule if they need grad
+
+    @property
+    def one_pass(self) -> bool: ...  # the rule's fused pass applies to this call
+
+
+class Rule(NamedTuple):
+    """The analytic gradient of a loss, in terms of its validated :class:`Call`.
+
+    ``check(**arguments) -> call`` validates the arguments of the public function (by
+    name, defaults included). ``forward(call, *primals) -> (value, residuals)`` computes
+    the value and the arrays the backward pass needs besides the primals (possibly none).
+    ``backward(call, primals, residuals, cotangent) -> gradients``, one per primal, is
+    the vector-Jacobian product for a ``cotangent`` of the value's shape and dtype.
+    ``fused(call, *primals) -> (value, gradients)`` computes a 0-d value and its
+    gradients together, where ``call.one_pass``. ``unpack(call, gradients)`` gives the
+    structure that :func:`value_and_grad` returns. ``covers(call)`` is None, or why the
+    rule cannot differentiate this call.
     """
 
-    primals: tuple[Array, ...]
-    forward: Forward
-    backward: Backward
-    constants: tuple[Array | None, ...]
-    unpack: Callable[[tuple[Array, ...]], Any]
-    fused: Forward | None = None
-    delegated: bool = False
+    check: Callable[..., Any]
+    forward: Callable[..., tuple[Array, tuple[Array, ...]]]
+    backward: Callable[..., tuple[Array | None, ...]]
+    fused: Callable[..., tuple[Array, tuple[Array, ...]]] | None = None
+    unpack: Callable[[Any, tuple[Array, ...]], Any] = lambda call, gradients: gradients[0]
+    covers: Callable[[Any], str | None] = lambda call: None
 
-
-class NotDifferentiable(TypeError):
-    """Raised by a rule for a call it cannot differentiate analytically (e.g. a custom loss function)."""
-
-
-Rule = Callable[..., Linearization]
-"""``rule(*args, **kwargs)`` of a loss: its :class:`Linearization` for that call.
-
-Raises :class:`NotDifferentiable` for a call it does not cover.
-"""
 
 _RULES: dict[Callable[..., Any], Rule] = {}
 
 
-def register_rule(loss: Callable[..., Any], rule: Rule) -> None:
-    """Register ``rule`` as the analytic gradient of the public function ``loss``."""
-    _RULES[loss] = rule
+def differentiable(rule: Rule) -> Callable[[F], F]:
+    """Register ``rule`` as the analytic gradient of the decorated public loss (returned unchanged)."""
+
+    def register(loss: F) -> F:
+        _RULES[loss] = rule
+        return loss
+
+    return register
 
 
 def rule_of(loss: Callable[..., Any]) -> Rule | None:
@@ -90,121 +91,100 @@ def rule_of(loss: Callable[..., Any]) -> Rule | None:
     return _RULES.get(loss)
 
 
-def registered_names() -> list[str]:
-    """Names of the functions with a registered rule, sorted."""
-    return sorted(loss.__name__ for loss in _RULES)
+def compute(rule: Rule, call: Any) -> Array:
+    """The value of a validated ``call``; with the rule's backward where the library records gradients."""
+    ops = call.ops
+    if rule.covers(call) is None and ops.takes_analytic_backward(call.primals, call.constants):
+        forward = functools.partial(rule.forward, call)
+        backward = functools.partial(rule.backward, call)
+        fused = functools.partial(rule.fused, call) if rule.fused is not None and call.one_pass else None
+        return ops.value_with_backward(forward, backward, call.primals, fused)
+    return rule.forward(call, *call.primals)[0]
 
 
-def torch_records_gradient(primals: Iterable[Any]) -> bool:
-    """Whether PyTorch autograd records operations on one of ``primals`` (grad mode on, requires grad).
-
-    Lists and tuples among ``primals`` (sequences of per-step arrays) are searched too.
-    """
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.is_grad_enabled() and _requires_grad(primals)
-
-
-def _requires_grad(values: Iterable[Any]) -> bool:
-    for value in values:
-        if isinstance(value, (list, tuple)):
-            if _requires_grad(value):
-                return True
-        elif getattr(value, "requires_grad", False) is True and is_torch_array(value):
-            return True
-    return False
+@functools.cache
+def _parameters(loss: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The names of the positional parameters of ``loss`` and its keyword-only defaults."""
+    parameters = inspect.signature(loss).parameters.values()
+    positional = tuple(p.name for p in parameters if p.kind is p.POSITIONAL_ONLY)
+    defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+    return positional, defaults
 
 
-def torch_vmapped(primals: Iterable[Array]) -> bool:
-    """Whether ``torch.func.vmap`` batches one of ``primals``, at any level of ``torch.func`` transforms.
-
-    A ``torch.autograd.Function`` whose forward closes over other tensors (the labels) cannot be
-    vmapped; there autograd differentiates the plain composition. The check reads private
-    ``torch._C._functorch`` helpers, hence the guard for other versions (False without them).
-    """
-    torch = sys.modules["torch"]
-    if torch.compiler.is_compiling():  # torch.compile cannot trace the helpers below
-        return False
-    functorch = getattr(torch._C, "_functorch", None)
-    needed = ("is_functorch_wrapped_tensor", "is_batchedtensor", "get_unwrapped")
-    if functorch is None or not all(hasattr(functorch, name) for name in needed):
-        return False
-    for primal in primals:
-        while is_torch_array(primal) and functorch.is_functorch_wrapped_tensor(primal):
-            if functorch.is_batchedtensor(primal):
-                return True
-            primal = functorch.get_unwrapped(primal)
-    return False
+def bind(loss: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of a call to ``loss`` by name, defaults included."""
+    positional, defaults = _parameters(loss)
+    if len(args) == len(positional) and kwargs.keys() <= defaults.keys():  # fast: no Signature.bind
+        return {**dict(zip(positional, args, strict=True)), **defaults, **kwargs}
+    bound = inspect.signature(loss).bind(*args, **kwargs)  # the general case, and a call's TypeError
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
-def custom_vjp(
-    forward: Forward, backward: Backward, primals: tuple[Array, ...], fused: Forward | None = None
-) -> Array:
-    """``forward(*primals)[0]``, differentiated by ``backward`` when PyTorch records gradients.
+def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, Any]]:
+    """A function computing a loss and its analytic gradient with respect to the logits.
+
+    Meant for array libraries without automatic differentiation (NumPy, CuPy, Dask,
+    array-api-strict); on PyTorch and JAX arrays it gives the same numbers as their
+    autodiff. The gradient is written in the array API (``softmax - target``, scaled
+    by the weights and the reduction), not a numerical difference.
 
     Parameters
     ----------
-    forward : callable
-        ``forward(*primals) -> (value, residuals)``: the value and a tuple of arrays
-        (possibly empty) that the backward pass needs besides the primals, such as
-        a per-row log-sum-exp. Runs without recording gradients.
-    backward : callable
-        ``backward(primals, residuals, cotangent) -> gradients``: the vector-Jacobian
-        product, one gradient (or None) per primal, for a ``cotangent`` of the shape
-        and dtype of the value. Written in the array API, it also serves
-        :func:`arrayloss.value_and_grad`.
-    primals : tuple of arrays
-        The differentiated inputs.
-    fused : callable, optional
-        ``fused(*primals) -> (value, gradients)`` for a 0-d value: when PyTorch records
-        gradients it replaces ``forward``, and the first backward pass multiplies the
-        saved gradients by the cotangent in place and hands them to autograd, so the
-        backward pass reads no logits and allocates nothing. A second backward pass
-        through the same graph (``retain_graph=True``) calls ``backward``.
+    loss : callable
+        One of :func:`sparse_softmax_cross_entropy`, :func:`softmax_cross_entropy`,
+        :func:`sequence_loss`, :func:`sequence_loss_by_example`,
+        :func:`linear_cross_entropy` (a loss module adds one with
+        :func:`~arrayloss._autodiff.differentiable`).
 
     Returns
     -------
-    array
-        The value. When a primal is a PyTorch tensor that requires grad and grad mode
-        is on, it is the output of a ``torch.autograd.Function`` whose backward is
-        ``backward`` (it works under ``torch.compile`` and ``torch.func.grad``, which
-        need saved tensors to go through ``ctx.save_for_backward``); otherwise the
-        plain value.
+    callable
+        ``f(*arrays, **options) -> (value, grad)`` taking the arguments of ``loss``.
+        ``value`` is what ``loss`` returns; ``grad`` is the gradient of
+        ``sum(value)`` (for ``reduction="none"``, the vector-Jacobian product with
+        ones) with respect to the first argument, in its shape, dtype, namespace and
+        device: for :func:`sequence_loss_by_example` with a list of per-step logits,
+        a list of per-step gradients; for :func:`linear_cross_entropy`, the tuple
+        ``(d_hidden, d_weight)`` (and ``d_bias`` with a bias). Half precision is
+        computed in float32. Lazy arrays (Dask) stay lazy. An example whose label is
+        out of range on arrays that are not checked eagerly has a NaN loss and a NaN
+        gradient row; an example of weight 0 has a gradient of exactly 0.
+
+    Raises
+    ------
+    TypeError
+        ``loss`` has no analytic gradient (e.g. :func:`logsumexp`), or the call
+        uses a custom ``softmax_loss_function``.
 
     Examples
     --------
-    >>> import torch
-    >>> def forward(x):
-    ...     return torch.sum(x * x), ()
-    >>> def backward(primals, residuals, cotangent):
-    ...     return (2 * primals[0] * cotangent,)
-    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
-    >>> custom_vjp(forward, backward, (x,)).backward()
-    >>> x.grad
-    tensor([2., 4.])
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> f = al.value_and_grad(al.sparse_softmax_cross_entropy)
+    >>> value, grad = f(np.asarray([[0.0, 0.0], [0.0, 0.0]]), np.asarray([0, 1]), reduction="mean")
+    >>> print(np.round(value, 6))
+    0.693147
+    >>> grad
+    array([[-0.25,  0.25],
+           [ 0.25, -0.25]])
     """
-    if not torch_records_gradient(primals):
-        return forward(*primals)[0]
-    from ._torch_function import AnalyticBackward  # torch is loaded: a primal is a tensor
+    rule = _RULES.get(loss)
+    if rule is None:
+        name = getattr(loss, "__name__", repr(loss))
+        supported = ", ".join(sorted(f.__name__ for f in _RULES))
+        raise TypeError(f"value_and_grad has no analytic gradient for {name}; it supports {supported}")
 
-    return AnalyticBackward.apply(forward, backward, fused, *primals)[0]  # type: ignore[no-untyped-call]
+    def loss_value_and_grad(*arrays: Any, **options: Any) -> tuple[Array, Any]:
+        call = rule.check(**bind(loss, arrays, options))
+        refusal = rule.covers(call)
+        if refusal is not None:
+            raise TypeError(refusal)
+        if rule.fused is not None and call.one_pass:
+            value, grads = rule.fused(call, *call.primals)
+        else:
+            value, residuals = rule.forward(call, *call.primals)
+            grads = rule.backward(call, call.primals, residuals, call.ops.xp.ones_like(value))
+        return value, rule.unpack(call, grads)
 
-
-def analytic_backward(loss: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a public loss so PyTorch autograd uses its registered rule (see the module docstring)."""
-
-    @functools.wraps(loss)
-    def dispatch(*args: P.args, **kwargs: P.kwargs) -> R:
-        rule = _RULES.get(dispatch)
-        if ENABLED and rule is not None and torch_records_gradient((*args, *kwargs.values())):
-            try:
-                linear = rule(*args, **kwargs)
-            except NotDifferentiable:  # a call the rule does not cover
-                linear = None
-            # Otherwise autograd differentiates the composition (or PyTorch's own function).
-            analytic = linear is not None and not linear.delegated and not torch_vmapped(linear.primals)
-            if linear is not None and analytic and not torch_records_gradient(linear.constants):
-                result: R = custom_vjp(linear.forward, linear.backward, linear.primals, linear.fused)
-                return result
-        return loss(*args, **kwargs)
-
-    return dispatch
+    return loss_value_and_grad

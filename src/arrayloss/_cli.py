@@ -1,9 +1,8 @@
 """Command line: ``python -m arrayloss`` (or ``arrayloss``).
 
-Without a subcommand it runs the seed example, TensorFlow's ``sequence_loss_by_example``
+It runs the seed example, TensorFlow's ``sequence_loss_by_example``
 on four steps of a batch of two, on every installed backend and device, and prints
-the per-example losses, the reference and the largest difference. ``bench`` runs
-the benchmark suite (see ``arrayloss bench --help``).
+the per-example losses, the reference and the largest difference.
 """
 
 from __future__ import annotations
@@ -153,14 +152,9 @@ def run_seed(backends: list[str], out: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from . import _bench
-
-        return _bench.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="arrayloss",
-        description="Run the TensorFlow seed example on every installed array library and device "
-        "(subcommand 'bench' runs the benchmarks).",
+        description="Run the TensorFlow seed example on every installed array library and device.",
     )
     parser.add_argument(
         "--backend",

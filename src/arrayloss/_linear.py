@@ -2,43 +2,84 @@
 
 The logits of a language model's output layer (``tokens x vocabulary``) are often
 the largest array of a training step. :func:`linear_cross_entropy` computes them a
-chunk of rows at a time, reduces each chunk to per-example losses with the same
-functions as :func:`~arrayloss.sparse_softmax_cross_entropy`; for a scalar loss the
-gradients are computed in the same pass (Liger-Kernel's fused linear cross entropy),
-otherwise the backward pass recomputes each chunk's logits (as Apple's Cut
-Cross-Entropy does), written once against the array API.
+chunk of rows at a time and reduces each chunk to per-example losses with the sparse
+cross entropy's per-row math; for a scalar loss the gradients are computed in the same
+pass (Liger-Kernel's fused linear cross entropy), otherwise the backward pass
+recomputes each chunk's logits (as Apple's Cut Cross-Entropy does), written once
+against the array API.
 """
 
 from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
-from array_api_compat import device
-
-from ._autodiff import Linearization, analytic_backward, register_rule
-from ._chunking import BLOCK_BYTES, map_row_chunks
-from ._cross_entropy import (
-    check_sparse_options,
-    example_weights,
-    label_terms,
-    prepare_labels,
-)
-from ._grad import _bind, example_scale, sparse_rows_and_loss
-from ._reduce import as_result, reduce_losses
-from ._validation import Array, check_floating, check_labels, compute_dtype, is_eager_host, namespace_of
-
-# Bytes of one chunk of logits when chunk_size is not given. Measured (benchmarks/RESULTS.md), 4096 x
-# 1024 x 32000 float32, fwd+bwd, 1 thread: 16 MiB chunks 1.09x the time of materialised logits, 32 MiB
-# 1.0x, 64 MiB 1.0x with 30 % more memory; the products of smaller chunks use the cores less well.
-CHUNK_BYTES = 1 << 25
+from ._autodiff import Rule, bind, compute, differentiable
+from ._lib._blocks import map_row_blocks
+from ._lib._compat import device
+from ._lib._ops import Ops
+from ._lib._reduce import example_scale, poison, reduce_losses
+from ._lib._settings import current
+from ._lib._validation import Array, check_floating, compute_dtype, ops_of
+from ._sparse import LabelOptions, check_label_options, gradient_rows_and_losses, losses_and_row_stats
 
 
-def _check(
-    hidden: Array, weight: Array, labels: Array, bias: Array | None, xp: ModuleType
-) -> tuple[int, Any]:
-    """Check shapes and dtypes; return the number of classes and the accumulation dtype."""
+class LinearCall(NamedTuple):
+    """A checked call of :func:`linear_cross_entropy` (see :class:`~._autodiff.Call`).
+
+    ``dtype`` is the accumulation dtype, ``chunk`` the rows per chunk.
+    """
+
+    ops: Ops
+    hidden: Array
+    weight: Array
+    bias: Array | None
+    options: LabelOptions
+    dtype: Any
+    chunk: int
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.hidden, self.weight) if self.bias is None else (self.hidden, self.weight, self.bias)
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return (self.options.weights, self.options.class_weights)
+
+    @property
+    def one_pass(self) -> bool:
+        # The gradients in the same pass as the value: one product per chunk fewer than recomputing
+        # the logits in the backward pass.
+        return self.options.reduction != "none"
+
+
+def check_linear(
+    *,
+    hidden: Array,
+    weight: Array,
+    labels: Array,
+    bias: Array | None,
+    weights: Array | None,
+    class_weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: str,
+    chunk_size: int | None,
+    xp: ModuleType | None,
+) -> LinearCall:
+    """Check the arguments of :func:`linear_cross_entropy` once; return the call's record."""
+    arrays = {
+        "hidden": hidden,
+        "weight": weight,
+        "labels": labels,
+        "bias": bias,
+        "weights": weights,
+        "class_weights": class_weights,
+    }
+    ops = ops_of(arrays, xp, optional=("bias", "weights", "class_weights"))
+    xp = ops.xp
     check_floating("hidden", hidden, xp)
     check_floating("weight", weight, xp)
     if hidden.ndim == 0:
@@ -48,191 +89,168 @@ def _check(
             f"weight must have shape (classes, {hidden.shape[-1]}) with at least one class to match "
             f"hidden of shape {tuple(hidden.shape)}, got {tuple(weight.shape)}"
         )
-    check_labels(labels, tuple(hidden.shape[:-1]), xp)
     num_classes = weight.shape[0]
     if bias is not None:
         check_floating("bias", bias, xp)
         if tuple(bias.shape) != (num_classes,):
             raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
-    return num_classes, compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
+    options = check_label_options(
+        labels,
+        num_classes,
+        tuple(hidden.shape[:-1]),
+        ops,
+        weights=weights,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+    )
+    dtype = compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
+    rows = math.prod(labels.shape)
+    if chunk_size is None:  # chunks of logits of about linear_chunk_bytes
+        row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
+        chunk_size = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+    return LinearCall(ops, hidden, weight, bias, options, dtype, chunk_size)
 
 
-def _chunk_rows(chunk_size: int | None, rows: int, num_classes: int, dtype: Any, xp: ModuleType) -> int:
-    """Rows per chunk: ``chunk_size``, or chunks of logits of about :data:`CHUNK_BYTES`."""
-    if chunk_size is not None:
-        return chunk_size
-    row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
-    return max(1, min(rows, CHUNK_BYTES // row_bytes))
+class _Rows(NamedTuple):
+    """One call's arrays flattened to rows: ``hidden`` ``(R, D)``, ``labels`` ``(R,)``, parameters in
+    the accumulation dtype."""
+
+    hidden: Array
+    weight: Array
+    bias: Array | None
+    labels: Array
+
+    def logits(self, hidden_rows: Array, ops: Ops) -> Array:
+        xp = ops.xp
+        z = xp.matmul(xp.astype(hidden_rows, self.weight.dtype, copy=False), xp.matrix_transpose(self.weight))
+        return z if self.bias is None else z + self.bias
 
 
-def add_transposed_product(total: Array | None, g: Array, h: Array, xp: ModuleType) -> Array:
+def _rows(call: LinearCall, primals: tuple[Array, ...]) -> _Rows:
+    xp = call.ops.xp
+    hidden, weight = primals[0], primals[1]
+    bias = primals[2] if len(primals) > 2 else None
+    labels = call.options.labels.safe
+    rows = math.prod(labels.shape)
+    return _Rows(
+        xp.reshape(hidden, (rows, hidden.shape[-1])),
+        xp.astype(weight, call.dtype, copy=False),
+        None if bias is None else xp.astype(bias, call.dtype, copy=False),
+        xp.reshape(labels, (rows,)),
+    )
+
+
+def _reduce(call: LinearCall, loss_rows: Array, primals: tuple[Array, ...]) -> Array:
+    """The weighted and reduced loss from the per-row losses, in the dtype of ``hidden @ weight.T``."""
+    options, ops = call.options, call.ops
+    xp = ops.xp
+    loss = xp.reshape(loss_rows, tuple(options.raw_labels.shape))
+    w = options.example_weights(call.dtype, ops)
+    out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
+    return ops.as_result(out, xp.result_type(primals[0].dtype, primals[1].dtype))
+
+
+def _forward(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    options, ops = call.options, call.ops
+    rows = _rows(call, primals)
+
+    def losses(hidden_rows: Array, label_rows: Array) -> Array:
+        z = rows.logits(hidden_rows, ops)
+        return losses_and_row_stats(
+            z, label_rows, label_smoothing=options.label_smoothing, z_loss=options.z_loss, ops=ops
+        )[0]
+
+    return _reduce(call, map_row_blocks(losses, (rows.hidden, rows.labels), call.chunk, ops), primals), ()
+
+
+def add_transposed_product(total: Array | None, g: Array, h: Array, ops: Ops) -> Array:
     """``total + g.T @ h`` (``total=None``: zeros), for ``g`` of shape ``(R, C)`` and ``h`` ``(R, D)``.
 
-    On eager host arrays ``total`` is updated in place, a block of about
-    :data:`~._chunking.BLOCK_BYTES` of its rows at a time: the product of a whole
-    chunk would be a second ``C x D`` array, allocated and faulted in for every chunk.
+    On eager host arrays ``total`` is updated in place, a block of about ``block_bytes``
+    of its rows at a time: the product of a whole chunk would be a second ``C x D`` array,
+    allocated and faulted in for every chunk.
     """
-    if not is_eager_host(g):
+    xp = ops.xp
+    if not ops.is_eager(g):
         part = xp.matmul(xp.matrix_transpose(g), h)
         return part if total is None else total + part
     classes, features = g.shape[1], h.shape[1]
     if total is None:
         total = xp.zeros((classes, features), dtype=g.dtype, device=device(g))
-    step = max(1, BLOCK_BYTES // (features * xp.finfo(g.dtype).bits // 8 or 1))
+    step = max(1, current().block_bytes // (features * xp.finfo(g.dtype).bits // 8 or 1))
     for first in range(0, classes, step):
         last = min(first + step, classes)
         total[first:last, ...] += xp.matmul(xp.matrix_transpose(g[:, first:last]), h)
     return total
 
 
-class _Problem:
-    """One call, flattened to rows: ``hidden`` ``(R, D)``, labels ``(R,)``, parameters in ``dtype``."""
+def _value_and_gradients(
+    call: LinearCall, primals: tuple[Array, ...], cotangent: Array | None
+) -> tuple[Array, tuple[Array, ...]]:
+    """The value, and the gradients of ``sum(cotangent * value)`` for the primals, in one pass.
 
-    def __init__(
-        self,
-        hidden: Array,
-        weight: Array,
-        labels: Array,
-        bias: Array | None,
-        options: dict[str, Any],
-    ) -> None:
-        xp = namespace_of(
-            {
-                "hidden": hidden,
-                "weight": weight,
-                "labels": labels,
-                "bias": bias,
-                "weights": options["weights"],
-                "class_weights": options["class_weights"],
-            },
-            options["xp"],
-            optional=("bias", "weights", "class_weights"),
+    Each chunk's logits are computed once and serve the value and the gradients.
+    ``cotangent=None`` means ones. The gradients take the primals' shapes and dtypes.
+    """
+    options, ops = call.options, call.ops
+    xp = ops.xp
+    rows = _rows(call, primals)
+    w = options.example_weights(call.dtype, ops)
+    shape = tuple(options.raw_labels.shape)
+    if cotangent is None:
+        cotangent = xp.ones(
+            shape if options.reduction == "none" else (), dtype=call.dtype, device=device(rows.hidden)
         )
-        num_classes, dtype = _check(hidden, weight, labels, bias, xp)
-        ignore_index = check_sparse_options(
-            num_classes,
-            options["class_weights"],
-            options["ignore_index"],
-            options["label_smoothing"],
-            options["z_loss"],
-            options["reduction"],
-            options["chunk_size"],
+    scale = example_scale(cotangent, w, options.reduction, shape, call.dtype, ops)
+    scale = xp.reshape(poison(scale, options.labels.poisoned, ops), (-1,))  # out of range: NaN gradient
+    losses, d_hidden, d_weight, d_bias = [], [], None, None
+    count = rows.hidden.shape[0]
+    for start in range(0, count, call.chunk):
+        stop = min(start + call.chunk, count)
+        h = xp.astype(rows.hidden[start:stop, ...], call.dtype, copy=False)
+        g, loss = gradient_rows_and_losses(
+            rows.logits(h, ops),
+            rows.labels[start:stop],
+            scale[start:stop],
+            label_smoothing=options.label_smoothing,
+            z_loss=options.z_loss,
+            masked=w is not None,
+            ops=ops,
         )
-        self.xp, self.dtype, self.shape = xp, dtype, tuple(labels.shape)
-        self.out_dtype = xp.result_type(hidden.dtype, weight.dtype)
-        self.label_smoothing, self.z_loss = options["label_smoothing"], options["z_loss"]
-        self.reduction = options["reduction"]
-        rows = math.prod(self.shape)
-        self.hidden = xp.reshape(hidden, (rows, hidden.shape[-1]))
-        self.weight = xp.astype(weight, dtype, copy=False)
-        self.bias = None if bias is None else xp.astype(bias, dtype, copy=False)
-        safe_labels, counted, self.poisoned = prepare_labels(labels, num_classes, ignore_index, xp)
-        self.labels = xp.reshape(safe_labels, (rows,))
-        self.example_weights = example_weights(
-            options["weights"], options["class_weights"], labels, counted, dtype, xp
-        )
-        self.chunk = _chunk_rows(options["chunk_size"], rows, num_classes, dtype, xp)
-
-    def logits(self, hidden_rows: Array) -> Array:
-        xp = self.xp
-        z = xp.matmul(xp.astype(hidden_rows, self.dtype, copy=False), xp.matrix_transpose(self.weight))
-        return z if self.bias is None else z + self.bias
-
-    def terms(self, hidden_rows: Array, label_rows: Array) -> Array:
-        z = self.logits(hidden_rows)
-        return label_terms(
-            z, label_rows, label_smoothing=self.label_smoothing, z_loss=self.z_loss, xp=self.xp
-        )
-
-    def reduce(self, loss_rows: Array) -> Array:
-        """The weighted and reduced loss from the per-row losses, in the output dtype."""
-        xp = self.xp
-        loss = xp.reshape(loss_rows, self.shape)
-        out = reduce_losses(loss, self.example_weights, self.reduction, xp, poisoned=self.poisoned)
-        return as_result(out, self.out_dtype, xp)
-
-    def value(self) -> Array:
-        return self.reduce(map_row_chunks(self.terms, (self.hidden, self.labels), self.chunk, self.xp))
-
-    def value_and_gradients(
-        self, cotangent: Array | None, like: tuple[Array, ...]
-    ) -> tuple[Array, tuple[Array, ...]]:
-        """The value, and the gradients of ``sum(cotangent * value)`` for hidden, weight (and bias).
-
-        One pass over the chunks: each chunk's logits are computed once and serve
-        the value and the gradients. ``cotangent=None`` means ones. ``like`` holds
-        the original arrays, whose shapes and dtypes the gradients take.
-        """
-        xp = self.xp
-        w = self.example_weights
-        if cotangent is None:
-            shape = self.shape if self.reduction == "none" else ()
-            cotangent = xp.ones(shape, dtype=self.dtype, device=device(self.hidden))
-        scale = example_scale(cotangent, w, self.reduction, self.shape, self.dtype, xp)
-        if self.poisoned is not None:  # a label out of range: NaN loss, NaN gradient
-            scale = xp.where(self.poisoned, xp.full_like(scale, math.nan), scale)
-        scale = xp.reshape(scale, (-1,))
-        losses, d_hidden, d_weight, d_bias = [], [], None, None
-        rows = self.hidden.shape[0]
-        for start in range(0, rows, self.chunk):
-            stop = min(start + self.chunk, rows)
-            h = xp.astype(self.hidden[start:stop, ...], self.dtype, copy=False)
-            g, loss = sparse_rows_and_loss(
-                self.logits(h),
-                self.labels[start:stop],
-                scale[start:stop],
-                label_smoothing=self.label_smoothing,
-                z_loss=self.z_loss,
-                masked=w is not None,
-                xp=xp,
-            )
-            losses.append(loss)
-            d_hidden.append(xp.matmul(g, self.weight))
-            d_weight = add_transposed_product(d_weight, g, h, xp)
-            if self.bias is not None:
-                d_b = xp.sum(g, axis=0)
-                d_bias = d_b if d_bias is None else d_bias + d_b
-        if d_weight is None:  # no rows: zero gradients
-            value = self.reduce(xp.zeros((0,), dtype=self.dtype, device=device(self.hidden)))
-            zeros = tuple(xp.zeros_like(a) for a in like)
-            return value, zeros
-        grads = [xp.reshape(xp.concat(d_hidden, axis=0), tuple(like[0].shape)), d_weight]
-        if d_bias is not None:
-            grads.append(d_bias)
-        value = self.reduce(xp.concat(losses, axis=0))
-        return value, tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, like, strict=True))
+        losses.append(loss)
+        d_hidden.append(xp.matmul(g, rows.weight))
+        d_weight = add_transposed_product(d_weight, g, h, ops)
+        if rows.bias is not None:
+            d_b = xp.sum(g, axis=0)
+            d_bias = d_b if d_bias is None else d_bias + d_b
+    if d_weight is None:  # no rows: zero gradients
+        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=device(rows.hidden)), primals)
+        return value, tuple(xp.zeros_like(a) for a in primals)
+    grads = [xp.reshape(xp.concat(d_hidden, axis=0), tuple(primals[0].shape)), d_weight]
+    if d_bias is not None:
+        grads.append(d_bias)
+    value = _reduce(call, xp.concat(losses, axis=0), primals)
+    return value, tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
 
 
-def _linear_rule(*args: Any, **kwargs: Any) -> Linearization:
-    options = _bind(linear_cross_entropy, args, kwargs)
-    hidden, weight, labels, bias = (options.pop(name) for name in ("hidden", "weight", "labels", "bias"))
-    primals = (hidden, weight) if bias is None else (hidden, weight, bias)
-    scalar = options["reduction"] != "none"
-
-    def problem(primals: tuple[Array, ...]) -> _Problem:
-        return _Problem(primals[0], primals[1], labels, primals[2] if bias is not None else None, options)
-
-    def forward(*primals: Array) -> tuple[Array, tuple[Array, ...]]:
-        return problem(primals).value(), ()
-
-    def fused(*primals: Array) -> tuple[Array, tuple[Array, ...]]:
-        # The gradients in the same pass as the value: one product per chunk fewer than recomputing
-        # the logits in the backward pass.
-        return problem(primals).value_and_gradients(None, primals)
-
-    def backward(
-        primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
-    ) -> tuple[Array, ...]:
-        return problem(primals).value_and_gradients(cotangent, primals)[1]
-
-    def unpack(grads: tuple[Array, ...]) -> tuple[Array, ...]:
-        return grads
-
-    constants = (options["weights"], options["class_weights"])
-    return Linearization(primals, forward, backward, constants, unpack, fused if scalar else None)
+def _backward(
+    call: LinearCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array, ...]:
+    return _value_and_gradients(call, primals, cotangent)[1]
 
 
-@analytic_backward
+def _fused(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    return _value_and_gradients(call, primals, None)
+
+
+RULE = Rule(check_linear, _forward, _backward, _fused, unpack=lambda call, gradients: gradients)
+
+
+@differentiable(RULE)
 def linear_cross_entropy(
     hidden: Array,
     weight: Array,
@@ -298,17 +316,21 @@ def linear_cross_entropy(
     >>> al.linear_cross_entropy(hidden, weight, np.asarray([0, 1, 2]), chunk_size=2)
     array([0.16984602, 0.68026967, 2.87153903])
     """
-    options = {
-        "weights": weights,
-        "class_weights": class_weights,
-        "ignore_index": ignore_index,
-        "label_smoothing": label_smoothing,
-        "z_loss": z_loss,
-        "reduction": reduction,
-        "chunk_size": chunk_size,
-        "xp": xp,
-    }
-    return _Problem(hidden, weight, labels, bias, options).value()
+    call = check_linear(
+        hidden=hidden,
+        weight=weight,
+        labels=labels,
+        bias=bias,
+        weights=weights,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        xp=xp,
+    )
+    return compute(RULE, call)
 
 
 def linear_cross_entropy_value_and_grad(
@@ -343,12 +365,5 @@ def linear_cross_entropy_value_and_grad(
     (array([0.69314718]), array([[-0.5,  0. ],
            [ 0.5,  0. ]]))
     """
-    bound = _bind(linear_cross_entropy, (hidden, weight, labels), options)
-    bias = bound.pop("bias")
-    for name in ("hidden", "weight", "labels"):
-        bound.pop(name)
-    like = (hidden, weight) if bias is None else (hidden, weight, bias)
-    return _Problem(hidden, weight, labels, bias, bound).value_and_gradients(None, like)
-
-
-register_rule(linear_cross_entropy, _linear_rule)
+    call = check_linear(**bind(linear_cross_entropy, (hidden, weight, labels), options))
+    return _value_and_gradients(call, call.primals, None)

@@ -1,17 +1,23 @@
-"""Sequence losses: TensorFlow Addons' ``sequence_loss`` and TensorFlow's ``sequence_loss_by_example``."""
+"""Sequence losses: TensorFlow Addons' ``sequence_loss`` and TensorFlow's ``sequence_loss_by_example``.
+
+Both weight the cross entropy of every step of ``[batch, time, classes]`` logits
+(:func:`step_losses`, from the sparse and dense cross entropies' per-row math) and
+reduce it over batch and time; their gradient rules scale the cross entropies'.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any, NamedTuple
 
-from array_api_compat import device
-
-from ._autodiff import analytic_backward
-from ._cross_entropy import dense_terms, sparse_terms
-from ._reduce import apply_weights, as_result, count_nonzero, safe_divide
-from ._validation import (
+from ._autodiff import Rule, compute, differentiable
+from ._dense import dense_logits_vjp, dense_losses
+from ._lib._compat import device
+from ._lib._labels import Labels, checked_labels
+from ._lib._ops import Ops
+from ._lib._reduce import apply_weights, count_nonzero, poison, safe_divide
+from ._lib._validation import (
     Array,
     check_floating,
     check_labels,
@@ -20,14 +26,12 @@ from ._validation import (
     check_same_length,
     check_weights_valid,
     compute_dtype,
-    is_eager_host,
-    namespace_of,
+    in_compute_dtype,
+    ops_of,
 )
+from ._sparse import sparse_gradient_and_losses, sparse_logits_vjp, sparse_losses
 
 LossFunction = Callable[..., Array]
-
-SEQUENCE_FLAGS = ("average_across_timesteps", "average_across_batch", "sum_over_timesteps", "sum_over_batch")
-"""The reduction flags of :func:`sequence_loss`."""
 
 # Pairs of sequence_loss flags that TensorFlow Addons rejects together.
 _EXCLUSIVE_FLAGS = (
@@ -38,93 +42,236 @@ _EXCLUSIVE_FLAGS = (
 )
 
 
-def step_losses(
-    logits: Array, targets: Array, softmax_loss_function: LossFunction | None, xp: ModuleType
-) -> Array:
-    """Cross entropy of every step of ``[batch, time, classes]`` logits, shape ``[batch, time]``.
+class Steps(NamedTuple):
+    """Checked ``[batch, time, classes]`` logits, their targets and weights, and a custom loss function.
 
-    The result is in the accumulation dtype (float32 for half-precision logits).
-    ``targets`` are integer ``[batch, time]`` labels or float ``[batch, time, classes]``
-    probabilities. A ``softmax_loss_function`` is called once, as
-    ``f(labels=..., logits=...)`` on the flattened ``[batch * time, ...]`` arrays,
-    and must return one loss per row.
+    ``labels`` are the checked integer targets (None for dense targets or a custom loss).
     """
-    check_step_logits(logits, xp)
+
+    ops: Ops
+    logits: Array
+    targets: Array
+    weights: Array | None
+    labels: Labels | None
+    loss_function: LossFunction | None
+
+    def weights_in(self, dtype: object, like: Array) -> Array:
+        """The ``[batch, time]`` weights in ``dtype`` (ones when none were given), on ``like``'s device."""
+        xp = self.ops.xp
+        if self.weights is None:
+            return xp.ones(tuple(self.logits.shape[:2]), dtype=dtype, device=device(like))
+        return xp.astype(self.weights, dtype)
+
+
+def check_steps(
+    logits: Array,
+    targets: Array,
+    weights: Array | None,
+    loss_function: LossFunction | None,
+    xp: ModuleType | None,
+) -> Steps:
+    """Check ``[batch, time, classes]`` logits, ``[batch, time]`` integer or dense targets, weights."""
+    ops = ops_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
+    xp = ops.xp
+    check_logits(logits, -1, xp)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be a [batch, time, classes] array, got shape {tuple(logits.shape)}")
     batch, time, classes = logits.shape
-    dtype = compute_dtype(logits.dtype, xp)
-    if softmax_loss_function is not None:
-        flat = softmax_loss_function(
-            labels=xp.reshape(targets, (batch * time, *targets.shape[2:])),
-            logits=xp.reshape(logits, (batch * time, classes)),
-        )
-        return xp.astype(xp.reshape(flat, (batch, time)), dtype)
-    z = xp.astype(logits, dtype, copy=False)
-    if targets.ndim == 3:
+    labels = None
+    if loss_function is None and targets.ndim == 3:
         check_floating("targets", targets, xp)
         if tuple(targets.shape) != tuple(logits.shape):
             raise ValueError(
                 f"dense targets have shape {tuple(targets.shape)} but logits have shape "
                 f"{tuple(logits.shape)}; they must match"
             )
-        return dense_terms(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, xp=xp)
-    check_labels(targets, (batch, time), xp, "targets")
-    terms = sparse_terms(
-        z, targets, ignore_index=None, label_smoothing=0.0, z_loss=0.0, xp=xp, name="targets"
+    elif loss_function is None:
+        check_labels(targets, (batch, time), xp, "targets")
+        labels = checked_labels(targets, classes, None, ops, "targets")
+    if weights is not None:
+        check_real("weights", weights, xp)
+        if tuple(weights.shape) != (batch, time):
+            raise ValueError(
+                f"weights has shape {tuple(weights.shape)} but must be [batch, time] = {(batch, time)}"
+            )
+        if ops.is_eager(weights):
+            check_weights_valid("weights", weights, xp)
+    return Steps(ops, logits, targets, weights, labels, loss_function)
+
+
+def step_losses(steps: Steps) -> Array:
+    """Cross entropy of every step, shape ``[batch, time]``, in the accumulation dtype.
+
+    A custom loss function is called once, as ``f(labels=..., logits=...)`` on the
+    flattened ``[batch * time, ...]`` arrays, and must return one loss per row. A target
+    out of range on arrays that cannot be checked eagerly gives that step a NaN loss.
+    """
+    ops, logits, targets = steps.ops, steps.logits, steps.targets
+    xp = ops.xp
+    batch, time, classes = logits.shape
+    dtype = compute_dtype(logits.dtype, xp)
+    if steps.loss_function is not None:
+        flat = steps.loss_function(
+            labels=xp.reshape(targets, (batch * time, *targets.shape[2:])),
+            logits=xp.reshape(logits, (batch * time, classes)),
+        )
+        return xp.astype(xp.reshape(flat, (batch, time)), dtype)
+    z = xp.astype(logits, dtype, copy=False)
+    if steps.labels is None:
+        return dense_losses(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, ops=ops)
+    loss = sparse_losses(z, steps.labels.safe, label_smoothing=0.0, z_loss=0.0, ops=ops)[0]
+    return poison(loss, steps.labels.poisoned, ops)
+
+
+def step_vjp(steps: Steps, logits: Array, scale: Array) -> Array:
+    """Gradient w.r.t. ``[batch, time, classes]`` logits of the steps' losses weighted by ``scale``."""
+    ops = steps.ops
+    xp = ops.xp
+    z = xp.astype(logits, scale.dtype, copy=False)
+    if steps.labels is None:
+        targets = xp.astype(steps.targets, scale.dtype)
+        grad = dense_logits_vjp(z, targets, scale, label_smoothing=0.0, masked=True, ops=ops)
+    else:
+        scale = poison(scale, steps.labels.poisoned, ops)
+        grad = sparse_logits_vjp(
+            z, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops
+        )
+    return xp.astype(grad, logits.dtype, copy=False)
+
+
+def _not_custom(call: Any) -> str | None:
+    if call.steps.loss_function is None:
+        return None
+    return (
+        "value_and_grad cannot differentiate a custom softmax_loss_function analytically; "
+        "call the loss with arrays of a library with autodiff (PyTorch, JAX) instead"
     )
-    loss, poisoned = terms.loss, terms.poisoned
-    # Targets out of range on arrays that cannot be checked eagerly: that step's loss is NaN.
-    return loss if poisoned is None else xp.where(poisoned, xp.full_like(loss, math.nan), loss)
 
 
-def check_step_logits(logits: Array, xp: ModuleType) -> None:
-    """Raise unless ``logits`` are real floating ``[batch, time, classes]`` with classes."""
-    check_logits(logits, -1, xp)
-    if logits.ndim != 3:
-        raise ValueError(f"logits must be a [batch, time, classes] array, got shape {tuple(logits.shape)}")
+class Flags(NamedTuple):
+    """The reduction flags of :func:`sequence_loss`."""
+
+    average_across_timesteps: bool
+    average_across_batch: bool
+    sum_over_timesteps: bool
+    sum_over_batch: bool
+
+    def reduced_axes(self) -> tuple[int, ...]:
+        """The ``[batch, time]`` axes that are reduced."""
+        batch = self.average_across_batch or self.sum_over_batch
+        time = self.average_across_timesteps or self.sum_over_timesteps
+        return (0,) * batch + (1,) * time
+
+    def denominator(self, w: Array, ops: Ops) -> Array:
+        """What the sums over :meth:`reduced_axes` are divided by: the summed weights ``w`` when
+        averaging, their count of non-zeros for ``sum_over_*``."""
+        axes = self.reduced_axes()
+        if self.average_across_batch or self.average_across_timesteps:
+            return ops.xp.sum(w, axis=axes)
+        return count_nonzero(w, axes, ops)
+
+    def reduce(self, losses: Array, w: Array, ops: Ops) -> Array:
+        """:func:`sequence_loss` from the ``[batch, time]`` step ``losses`` and weights ``w``."""
+        weighted = apply_weights(losses, w, ops)
+        axes = self.reduced_axes()
+        if axes:
+            weighted = safe_divide(ops.xp.sum(weighted, axis=axes), self.denominator(w, ops), ops)
+        return weighted
+
+    def scale(self, cotangent: Array, w: Array, ops: Ops) -> Array:
+        """The derivative of :meth:`reduce` times ``cotangent`` with respect to each step's loss."""
+        xp = ops.xp
+        scale = xp.astype(cotangent, w.dtype)
+        axes = self.reduced_axes()
+        if axes:
+            scale = safe_divide(scale, self.denominator(w, ops), ops)
+            for axis in axes:
+                scale = xp.expand_dims(scale, axis=axis)
+        return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, ops)
 
 
-def _step_weights(
-    weights: Array | None, shape: tuple[int, int], dtype: object, xp: ModuleType, like: Array
-) -> Array:
-    if weights is None:
-        return xp.ones(shape, dtype=dtype, device=device(like))
-    check_real("weights", weights, xp)
-    if tuple(weights.shape) != shape:
-        raise ValueError(f"weights has shape {tuple(weights.shape)} but must be [batch, time] = {shape}")
-    if is_eager_host(weights):
-        check_weights_valid("weights", weights, xp)
-    return xp.astype(weights, dtype)
+class SequenceCall(NamedTuple):
+    """A checked call of :func:`sequence_loss` (see :class:`~._autodiff.Call`)."""
+
+    steps: Steps
+    flags: Flags
+
+    @property
+    def ops(self) -> Ops:
+        return self.steps.ops
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.steps.logits,)
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return (self.steps.weights, self.steps.targets)
+
+    @property
+    def one_pass(self) -> bool:
+        # As for the sparse cross entropy: the gradient in the forward pass, for a scalar loss with
+        # integer targets on eager host arrays.
+        scalar = len(self.flags.reduced_axes()) == 2
+        return scalar and self.steps.labels is not None and self.ops.is_eager(self.steps.logits)
 
 
-def tfa_denominator(
-    w: Array,
+def check_sequence(
     *,
+    logits: Array,
+    targets: Array,
+    weights: Array | None,
     average_across_timesteps: bool,
     average_across_batch: bool,
     sum_over_timesteps: bool,
     sum_over_batch: bool,
-    xp: ModuleType,
-) -> tuple[tuple[int, ...], Array | None]:
-    """The ``[batch, time]`` axes :func:`sequence_loss` reduces, and what their sums are divided by.
+    softmax_loss_function: LossFunction | None,
+    xp: ModuleType | None,
+) -> SequenceCall:
+    """Check the arguments of :func:`sequence_loss` once; return the call's record."""
+    flags = Flags(average_across_timesteps, average_across_batch, sum_over_timesteps, sum_over_batch)
+    for first, second in _EXCLUSIVE_FLAGS:
+        if getattr(flags, first) and getattr(flags, second):
+            raise ValueError(f"{first} and {second} cannot both be True")
+    return SequenceCall(check_steps(logits, targets, weights, softmax_loss_function, xp), flags)
 
-    The summed weights ``w`` when averaging, their count of non-zeros for ``sum_over_*``
-    (None when no axis is reduced).
-    """
-    axes = tuple(
-        axis
-        for axis, reduced in (
-            (0, average_across_batch or sum_over_batch),
-            (1, average_across_timesteps or sum_over_timesteps),
-        )
-        if reduced
+
+def _sequence_forward(call: SequenceCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    steps = call.steps._replace(logits=logits)
+    losses = step_losses(steps)
+    w = steps.weights_in(losses.dtype, losses)
+    return call.ops.as_result(call.flags.reduce(losses, w, call.ops), logits.dtype), ()
+
+
+def _sequence_backward(
+    call: SequenceCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array]:
+    (logits,) = primals
+    w = call.steps.weights_in(compute_dtype(logits.dtype, call.ops.xp), logits)
+    return (step_vjp(call.steps, logits, call.flags.scale(cotangent, w, call.ops)),)
+
+
+def _sequence_fused(call: SequenceCall, logits: Array) -> tuple[Array, tuple[Array]]:
+    """A scalar loss of integer targets and its gradient, from one exponential of each block."""
+    ops, steps = call.ops, call.steps
+    xp = ops.xp
+    z = in_compute_dtype(logits, xp)
+    w = steps.weights_in(z.dtype, logits)
+    scale = call.flags.scale(xp.ones((), dtype=z.dtype, device=device(z)), w, ops)
+    assert steps.labels is not None  # one_pass: integer targets, checked eagerly (none is poisoned)
+    grad, losses = sparse_gradient_and_losses(
+        z, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops, chunk_size=None
     )
-    if not axes:
-        return axes, None
-    averaged = average_across_batch or average_across_timesteps
-    return axes, xp.sum(w, axis=axes) if averaged else count_nonzero(w, axes, xp)
+    value = ops.as_result(call.flags.reduce(losses, w, ops), logits.dtype)
+    return value, (xp.astype(grad, logits.dtype, copy=False),)
 
 
-@analytic_backward
+SEQUENCE_RULE = Rule(
+    check_sequence, _sequence_forward, _sequence_backward, _sequence_fused, covers=_not_custom
+)
+
+
+@differentiable(SEQUENCE_RULE)
 def sequence_loss(
     logits: Array,
     targets: Array,
@@ -187,44 +334,42 @@ def sequence_loss(
     >>> al.sequence_loss(logits, targets, mask, average_across_batch=False)
     array([1.38629436, 1.38629436])
     """
-    flags = checked_flags(
+    call = check_sequence(
+        logits=logits,
+        targets=targets,
+        weights=weights,
         average_across_timesteps=average_across_timesteps,
         average_across_batch=average_across_batch,
         sum_over_timesteps=sum_over_timesteps,
         sum_over_batch=sum_over_batch,
+        softmax_loss_function=softmax_loss_function,
+        xp=xp,
     )
-    xp = namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp, optional=("weights",))
-    losses = step_losses(logits, targets, softmax_loss_function, xp)
-    w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
-    return as_result(reduce_steps(losses, w, flags, xp), logits.dtype, xp)
+    return compute(SEQUENCE_RULE, call)
 
 
-def checked_flags(**flags: bool) -> dict[str, bool]:
-    """The four reduction flags of :func:`sequence_loss`, checked against TensorFlow Addons' exclusions."""
-    for first, second in _EXCLUSIVE_FLAGS:
-        if flags[first] and flags[second]:
-            raise ValueError(f"{first} and {second} cannot both be True")
-    return flags
+class ByExampleCall(NamedTuple):
+    """A checked call of :func:`sequence_loss_by_example` (see :class:`~._autodiff.Call`)."""
 
+    steps: Steps
+    average_across_timesteps: bool
+    listed: bool  # the logits came as a list of per-step arrays
 
-def reduce_steps(losses: Array, w: Array, flags: dict[str, bool], xp: ModuleType) -> Array:
-    """:func:`sequence_loss` from the ``[batch, time]`` step ``losses`` and weights ``w``."""
-    weighted = apply_weights(losses, w, xp)
-    axes, denominator = tfa_denominator(w, xp=xp, **flags)
-    if axes:
-        weighted = safe_divide(xp.sum(weighted, axis=axes), denominator, xp)
-    return weighted
+    @property
+    def ops(self) -> Ops:
+        return self.steps.ops
 
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.steps.logits,)
 
-def step_scale(cotangent: Array, w: Array, flags: dict[str, bool], xp: ModuleType) -> Array:
-    """The derivative of :func:`reduce_steps` times ``cotangent`` with respect to each step's loss."""
-    scale = xp.astype(cotangent, w.dtype)
-    axes, denominator = tfa_denominator(w, xp=xp, **flags)
-    if axes:
-        scale = safe_divide(scale, denominator, xp)
-        for axis in axes:
-            scale = xp.expand_dims(scale, axis=axis)
-    return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, xp)
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return (self.steps.weights, self.steps.targets)
+
+    @property
+    def one_pass(self) -> bool:  # no fused pass: the loss is not a scalar
+        return False
 
 
 def _stack_steps(name: str, steps: Sequence[Array], xp: ModuleType) -> Array:
@@ -234,35 +379,77 @@ def _stack_steps(name: str, steps: Sequence[Array], xp: ModuleType) -> Array:
     return xp.stack(list(steps), axis=1)
 
 
-def _stacked(
+def check_by_example(
+    *,
     logits: Sequence[Array] | Array,
     targets: Sequence[Array] | Array,
     weights: Sequence[Array] | Array,
+    average_across_timesteps: bool,
+    softmax_loss_function: LossFunction | None,
     xp: ModuleType | None,
-) -> tuple[Array, Array, Array, ModuleType]:
-    """Stack per-step sequences batch-major (``[batch, time, ...]``); return arrays and their namespace."""
-    if not isinstance(logits, (list, tuple)):
-        return (
-            logits,
-            targets,
-            weights,
-            namespace_of({"logits": logits, "targets": targets, "weights": weights}, xp),
-        )
-    for name, seq in (("targets", targets), ("weights", weights)):
-        if not isinstance(seq, (list, tuple)):
-            raise TypeError(
-                f"logits is a sequence of per-step arrays, so {name} must be one too, "
-                f"got {type(seq).__name__}"
-            )
-    steps = {"logits": logits, "targets": targets, "weights": weights}
-    if check_same_length(steps) == 0:
-        raise ValueError("logits, targets and weights are empty sequences; need at least one step")
-    xp = namespace_of({f"{name}[{t}]": step for name, seq in steps.items() for t, step in enumerate(seq)}, xp)
-    stacked = [_stack_steps(name, seq, xp) for name, seq in steps.items()]
-    return stacked[0], stacked[1], stacked[2], xp
+) -> ByExampleCall:
+    """Check the arguments of :func:`sequence_loss_by_example` once; lists of steps are stacked."""
+    listed = isinstance(logits, (list, tuple))
+    if listed:
+        for name, seq in (("targets", targets), ("weights", weights)):
+            if not isinstance(seq, (list, tuple)):
+                raise TypeError(
+                    f"logits is a sequence of per-step arrays, so {name} must be one too, "
+                    f"got {type(seq).__name__}"
+                )
+        lists = {"logits": logits, "targets": targets, "weights": weights}
+        if check_same_length(lists) == 0:
+            raise ValueError("logits, targets and weights are empty sequences; need at least one step")
+        named = {f"{name}[{t}]": step for name, seq in lists.items() for t, step in enumerate(seq)}
+        xp = ops_of(named, xp).xp
+        logits, targets, weights = (_stack_steps(name, seq, xp) for name, seq in lists.items())
+    else:
+        xp = ops_of({"logits": logits, "targets": targets, "weights": weights}, xp).xp
+    steps = check_steps(logits, targets, weights, softmax_loss_function, xp)
+    return ByExampleCall(steps, average_across_timesteps, listed)
 
 
-@analytic_backward
+def _by_example_forward(call: ByExampleCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    ops = call.ops
+    xp = ops.xp
+    steps = call.steps._replace(logits=logits)
+    losses = step_losses(steps)
+    w = steps.weights_in(losses.dtype, losses)
+    total = xp.sum(apply_weights(losses, w, ops), axis=1)
+    if call.average_across_timesteps:
+        total = total / (xp.sum(w, axis=1) + 1e-12)
+    return ops.as_result(total, logits.dtype), ()
+
+
+def _by_example_backward(
+    call: ByExampleCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array]:
+    (logits,) = primals
+    ops = call.ops
+    xp = ops.xp
+    w = call.steps.weights_in(compute_dtype(logits.dtype, xp), logits)
+    scale = xp.astype(cotangent, w.dtype)
+    if call.average_across_timesteps:
+        scale = scale / (xp.sum(w, axis=1) + 1e-12)
+    scale = apply_weights(xp.broadcast_to(scale[:, None], tuple(w.shape)), w, ops)
+    return (step_vjp(call.steps, logits, scale),)
+
+
+def _by_example_unpack(call: ByExampleCall, grads: tuple[Array, ...]) -> Array | list[Array]:
+    (grad,) = grads
+    return [grad[:, t, ...] for t in range(grad.shape[1])] if call.listed else grad
+
+
+BY_EXAMPLE_RULE = Rule(
+    check_by_example,
+    _by_example_forward,
+    _by_example_backward,
+    unpack=_by_example_unpack,
+    covers=_not_custom,
+)
+
+
+@differentiable(BY_EXAMPLE_RULE)
 def sequence_loss_by_example(
     logits: Sequence[Array] | Array,
     targets: Sequence[Array] | Array,
@@ -312,10 +499,12 @@ def sequence_loss_by_example(
     >>> al.sequence_loss_by_example(logits, labels, weights)
     array([0.76008178, 1.27178254])
     """
-    logits, targets, weights, xp = _stacked(logits, targets, weights, xp)
-    losses = step_losses(logits, targets, softmax_loss_function, xp)
-    w = _step_weights(weights, tuple(losses.shape), losses.dtype, xp, losses)
-    total = xp.sum(apply_weights(losses, w, xp), axis=1)
-    if average_across_timesteps:
-        total = total / (xp.sum(w, axis=1) + 1e-12)
-    return as_result(total, logits.dtype, xp)
+    call = check_by_example(
+        logits=logits,
+        targets=targets,
+        weights=weights,
+        average_across_timesteps=average_across_timesteps,
+        softmax_loss_function=softmax_loss_function,
+        xp=xp,
+    )
+    return compute(BY_EXAMPLE_RULE, call)

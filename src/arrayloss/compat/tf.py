@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._cross_entropy import sparse_softmax_cross_entropy
-from .._reduce import as_result
+from .._lib._validation import Array, ops_of
 from .._sequence import LossFunction
 from .._sequence import sequence_loss_by_example as _by_example
-from .._validation import Array, namespace_of
+from .._sparse import sparse_softmax_cross_entropy
 
 
 def sparse_softmax_cross_entropy_with_logits(*, labels: Array, logits: Array) -> Array:
@@ -58,8 +57,9 @@ def sequence_loss(
     per_example = sequence_loss_by_example(
         logits, targets, weights, average_across_timesteps, softmax_loss_function
     )
-    xp = namespace_of({"loss": per_example}, None)
+    ops = ops_of({"loss": per_example}, None)
+    xp = ops.xp
     cost = xp.sum(per_example)
     if average_across_batch:
         cost = cost / per_example.shape[0]
-    return as_result(cost, per_example.dtype, xp)
+    return ops.as_result(cost, per_example.dtype)

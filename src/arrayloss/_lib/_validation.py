@@ -1,29 +1,28 @@
-"""Argument checks shared by every loss: namespaces, devices, dtypes, shapes.
+"""Argument checks shared by every loss: namespaces, devices, dtypes, shapes, options.
 
 Everything here is cheap (metadata only) except :func:`check_labels_in_range`
 and :func:`check_weights_valid`, which look at values and therefore run only on
-eager host arrays (see :func:`is_eager_host`).
+eager host arrays (``Ops.is_eager``). The losses call these checks once, at their
+public entry, and compute from what the checks return.
 """
 
 from __future__ import annotations
 
 import operator
-import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-import array_api_compat as compat
-
-Array = Any
+from . import _compat as compat
+from ._compat import Array as Array
+from ._ops import NumpyOps, Ops, ops_for
 
 REDUCTIONS = ("none", "sum", "mean")
 
 
-def namespace_of(
-    named: dict[str, Array | None], xp: ModuleType | None, *, optional: tuple[str, ...] = ()
-) -> ModuleType:
-    """Return the array namespace shared by the named arrays (``None`` entries in ``optional`` are skipped).
+def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: tuple[str, ...] = ()) -> Ops:
+    """The :class:`~._ops.Ops` of the namespace shared by the named arrays (``None`` entries in
+    ``optional`` are skipped), or of ``xp`` if given.
 
     Raises ``TypeError`` naming the argument when something is not an array, or
     when the arrays come from two libraries, and ``ValueError`` when they live on
@@ -48,19 +47,20 @@ def namespace_of(
                 f"arrays from more than one array library in one call ({kinds}); "
                 "pass arrays of a single library"
             ) from None
-    if not compat.is_numpy_namespace(xp):  # NumPy has one device
-        _check_one_device(present)
-    return xp
+    ops = ops_for(xp)
+    if not isinstance(ops, NumpyOps):  # NumPy has one device
+        _check_one_device(present, ops)
+    return ops
 
 
-def _check_one_device(named: list[tuple[str, Array]]) -> None:
+def _check_one_device(named: list[tuple[str, Array]], ops: Ops) -> None:
     """Raise ``ValueError`` naming two of the arrays that live on different devices.
 
     Traced arrays (inside jax.jit or jax.grad) have no device (None) until they run: not compared.
     """
     first_name, first_device = None, None
     for name, a in named:
-        d = compat.device(a)
+        d = ops.device(a)
         if d is None:
             continue
         if first_device is None:
@@ -70,26 +70,6 @@ def _check_one_device(named: list[tuple[str, Array]]) -> None:
                 f"{name} is on device {d!r} but {first_name} is on {first_device!r}; "
                 "move all arrays to one device"
             )
-
-
-def is_eager_host(x: Array) -> bool:
-    """Whether values of ``x`` can be read without a device sync or breaking a trace.
-
-    True for NumPy, array-api-strict and torch CPU tensors outside ``torch.compile``
-    and ``torch.func`` transforms (``vmap`` cannot read values); False for GPU arrays
-    and lazy or traced arrays (JAX, Dask, ...).
-    """
-    numpy = sys.modules.get("numpy")  # isinstance first: a third of the time of is_numpy_array
-    if (numpy is not None and isinstance(x, numpy.ndarray)) or compat.is_numpy_array(x):
-        return True
-    if compat.is_torch_array(x):
-        torch = sys.modules["torch"]
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
-            return False
-        # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
-        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-        return wrapped is None or not wrapped(x)
-    return type(x).__module__.startswith("array_api_strict")
 
 
 def compute_dtype(dtype: Any, xp: ModuleType) -> Any:
@@ -206,3 +186,19 @@ def check_same_length(named: dict[str, Sequence[Any]]) -> int:
         detail = ", ".join(f"{name}: {n}" for name, n in lengths.items())
         raise ValueError(f"sequences of per-step arrays must have the same length ({detail})")
     return next(iter(lengths.values()))
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``chunk_size`` unless it is ``None`` or a positive int."""
+    if chunk_size is None:
+        return
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+
+
+def as_layout_of(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
+    """A classes-last gradient back in the layout (class ``axis``) and dtype of the input ``like``."""
+    grad = grad if axis == like.ndim - 1 else xp.moveaxis(grad, -1, axis)
+    return xp.astype(grad, like.dtype, copy=False)

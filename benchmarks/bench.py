@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m arrayloss bench [--smoke] [--json PATH] [--plot PATH] [--repeat N]``.
+"""The benchmark suite: ``python benchmarks/bench.py [--smoke] [--json PATH] [--plot PATH] [--repeat N]``.
 
 Every case times arrayloss and its peers (``torch.nn.functional.cross_entropy``, the
 SciPy idiom ``-take_along_axis(log_softmax(x), y)``, a plain ``sum`` of the logits as
@@ -29,10 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._cross_entropy import softmax_cross_entropy, sparse_softmax_cross_entropy
-from ._grad import value_and_grad
-from ._linear import linear_cross_entropy
-from ._sequence import sequence_loss
+import arrayloss as al
 
 CASES = ("forward", "forward_backward", "small", "sequence", "dense", "linear", "sweep", "gpu")
 
@@ -220,7 +217,7 @@ def _forward_torch(rows: int, classes: int, case: str, targets: dict[str, float]
         "torch-cpu",
         f"{rows}x{classes}",
         "float32",
-        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        lambda: al.sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
         {"F.cross_entropy": lambda: torch_f.cross_entropy(logits, labels), "sum": lambda: logits.sum()},
         targets,
         classes=classes,
@@ -247,7 +244,7 @@ def _forward_numpy(rows: int, classes: int, case: str, targets: dict[str, float]
         "numpy",
         f"{rows}x{classes}",
         "float32",
-        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        lambda: al.sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
         peers,
         targets,
         classes=classes,
@@ -260,7 +257,7 @@ def _forward_jax(rows: int, classes: int, case: str) -> Bench:
     key_logits, key_labels = jax.random.split(jax.random.key(0))
     logits = jax.random.normal(key_logits, (rows, classes), dtype=jnp.float32)
     labels = jax.random.randint(key_labels, (rows,), 0, classes)
-    ours = jax.jit(lambda x, y: sparse_softmax_cross_entropy(x, y, reduction="mean"))
+    ours = jax.jit(lambda x, y: al.sparse_softmax_cross_entropy(x, y, reduction="mean"))
     peers: dict[str, Callable[[], Any]] = {}
     if _installed("optax"):
         optax = importlib.import_module("optax")
@@ -310,7 +307,7 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         logits.requires_grad_(True)
 
         def ours() -> Any:
-            sparse_softmax_cross_entropy(logits, labels, reduction="mean").backward()
+            al.sparse_softmax_cross_entropy(logits, labels, reduction="mean").backward()
             return logits.grad
 
         def theirs() -> Any:
@@ -337,7 +334,7 @@ def forward_backward_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         rng = np.random.default_rng(0)
         logits = rng.standard_normal((s.rows, s.classes), dtype=np.float32)
         labels = rng.integers(0, s.classes, s.rows)
-        f = value_and_grad(sparse_softmax_cross_entropy)
+        f = al.value_and_grad(al.sparse_softmax_cross_entropy)
         return Bench(
             "forward_backward",
             "numpy (value_and_grad)",
@@ -389,7 +386,7 @@ def sequence_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             "torch-cpu",
             f"{s.batch}x{s.time}x{s.classes}",
             "float32",
-            _pass(lambda: sequence_loss(logits, labels, weights), backward),
+            _pass(lambda: al.sequence_loss(logits, labels, weights), backward),
             {"F.cross_entropy": _pass(plain, backward)},
             {} if backward else {"F.cross_entropy": 1.5},  # the issue sets no target for the backward
             classes=s.classes,
@@ -417,7 +414,7 @@ def dense_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             "torch-cpu",
             f"{s.rows}x{s.classes}",
             "float32",
-            _pass(lambda: softmax_cross_entropy(logits, targets, reduction="mean"), backward),
+            _pass(lambda: al.softmax_cross_entropy(logits, targets, reduction="mean"), backward),
             {"F.cross_entropy": _pass(lambda: torch_f.cross_entropy(logits, targets), backward)},
             classes=s.classes,
             reset=_dropping_grad(logits),
@@ -442,7 +439,7 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         labels = torch.randint(0, s.classes, (s.linear_rows,), generator=generator)
 
         def ours() -> Any:
-            linear_cross_entropy(hidden, weight, labels, reduction="mean").backward()
+            al.linear_cross_entropy(hidden, weight, labels, reduction="mean").backward()
             return hidden.grad, weight.grad
 
         def theirs() -> Any:
@@ -498,7 +495,7 @@ def _gpu_torch(s: Sizes, dtype: str, backward: bool) -> Bench:
         "torch-cuda",
         f"{s.gpu_rows}x{s.gpu_classes}",
         dtype,
-        _pass(lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"), backward),
+        _pass(lambda: al.sparse_softmax_cross_entropy(logits, labels, reduction="mean"), backward),
         peers,
         targets,
         memory="torch-cuda",
@@ -522,7 +519,7 @@ def _gpu_cupy(s: Sizes) -> Bench:
         "cupy",
         f"{s.gpu_rows}x{s.gpu_classes}",
         "float32",
-        lambda: sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
+        lambda: al.sparse_softmax_cross_entropy(logits, labels, reduction="mean"),
         {"sum": lambda: cupy.sum(logits)},
         {"sum": 1 / 1.5},
         memory="cupy",
@@ -630,7 +627,7 @@ def plot(results: list[Result], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="arrayloss bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw time and speed-up vs classes (needs matplotlib)")
@@ -680,3 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(results, args.plot)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

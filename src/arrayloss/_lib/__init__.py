@@ -1,0 +1,1 @@
+"""What every loss shares: the array-API compat layer, checks, the backend seam, row blocks, reductions."""

@@ -1,0 +1,168 @@
+"""The backend seam: the few steps that a backend can do faster than the standard calls.
+
+The losses call the standard through ``ops.xp`` and, for the steps below, through the
+:class:`Ops` of their namespace (:func:`ops_for`). :class:`Ops` writes each step with
+standard calls only; a subclass for one family of backends overrides a step where it is
+measured to be faster (``benchmarks/RESULTS.md``) and gives the same numbers, which
+``conformance/test_integrity.py`` checks against array-api-strict (the standard calls,
+computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
+:mod:`arrayloss._torch` (imported only once a torch namespace is seen).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+from ._compat import Array, device, is_numpy_namespace, is_torch_namespace
+
+
+class Ops:
+    """The standard calls, for every namespace."""
+
+    views: bool = False
+    """Whether slices are views that writes go through, and integer-array assignment writes in place."""
+
+    def __init__(self, xp: ModuleType) -> None:
+        self.xp = xp
+
+    def is_eager(self, x: Array) -> bool:
+        """Whether the values of ``x`` can be read without a device sync or breaking a trace.
+
+        True for eager host arrays (NumPy, array-api-strict, torch CPU tensors outside
+        ``torch.compile`` and ``torch.func``); False for device, lazy and traced arrays.
+        """
+        return type(x).__module__.startswith("array_api_strict")
+
+    def records_gradient(self, values: Iterable[Any]) -> bool:
+        """Whether the library's autograd records operations on one of ``values`` (lists searched too)."""
+        return False
+
+    def takes_analytic_backward(self, primals: tuple[Array, ...], constants: tuple[Any, ...]) -> bool:
+        """Whether the library's autograd should take a loss's registered rule for this call."""
+        return False
+
+    def value_with_backward(
+        self,
+        forward: Callable[..., tuple[Array, tuple[Array, ...]]],
+        backward: Callable[..., tuple[Array | None, ...]],
+        primals: tuple[Array, ...],
+        fused: Callable[..., tuple[Array, tuple[Array, ...]]] | None,
+    ) -> Array:
+        """``forward(*primals)[0]``, which the library's autodiff differentiates with ``backward``.
+
+        Called where :meth:`takes_analytic_backward` is true; see
+        :class:`arrayloss._autodiff.Rule` for the three functions.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no autodiff hook")
+
+    def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
+        """The library's own sparse cross entropy of a validated call, where it is measured to be
+        faster and computes what arrayloss does; None (the array-API path) otherwise."""
+        return None
+
+    def row_max(self, x: Array) -> Array:
+        """``max(x)`` over the last axis, kept."""
+        return self.xp.max(x, axis=-1, keepdims=True)
+
+    def row_sum(self, x: Array) -> Array:
+        """``sum(x)`` over the last axis, kept."""
+        return self.xp.sum(x, axis=-1, keepdims=True)
+
+    def total_sum(self, x: Array) -> Array:
+        """``sum(x)`` over all axes."""
+        return self.xp.sum(x)
+
+    def all_true(self, x: Array) -> bool:
+        """Whether every element of the boolean ``x`` is true (eager arrays only: reads a value)."""
+        return bool(self.xp.all(x))
+
+    def all_in_range(self, labels: Array, stop: int) -> bool:
+        """Whether every integer of ``labels`` lies in ``[0, stop)`` (eager arrays only: reads values)."""
+        return self.all_true((labels >= 0) & (labels < stop))
+
+    def device(self, x: Array) -> Any:
+        """The device of ``x``; None for a traced array, which has none until it runs."""
+        return device(x)
+
+    def row_dot(self, x: Array, y: Array) -> Array:
+        """``sum(x * y)`` over the last axis."""
+        return self.xp.sum(x * y, axis=-1)
+
+    def exp_of_temporary(self, x: Array) -> Array:
+        """``exp(x)`` for an ``x`` that the caller owns and no longer needs."""
+        return self.xp.exp(x)
+
+    def subtract_into(self, out: Array, x: Array, y: Array) -> Array:
+        """``x - y`` written into the writable ``out`` (of the broadcast shape), returned."""
+        out[...] = x
+        out -= y
+        return out
+
+    def pick(self, z: Array, index: Array) -> Array:
+        """``z[..., index]`` along the last axis, for an ``index`` in range of the gather's dtype."""
+        xp = self.xp
+        if hasattr(xp, "take_along_axis"):
+            return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
+        # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
+        # (0 * -inf would be NaN).
+        classes = xp.arange(z.shape[-1], dtype=index.dtype, device=device(z))
+        zero = xp.asarray(0, dtype=z.dtype, device=device(z))
+        return xp.sum(xp.where(classes == index[..., None], z, zero), axis=-1)
+
+    def as_result(self, out: Array, dtype: object) -> Array:
+        """``out`` in the result ``dtype``."""
+        return out if out.dtype == dtype else self.xp.astype(out, dtype)
+
+
+class NumpyOps(Ops):
+    """NumPy: reductions by the ufuncs (``np.max``'s Python wrapper costs as much again on small
+    arrays), ``out=`` where a step would allocate a block, integer-array indexing for gathers."""
+
+    views = True
+
+    def is_eager(self, x: Array) -> bool:
+        return True
+
+    def row_max(self, x: Array) -> Array:
+        return sys.modules["numpy"].maximum.reduce(x, axis=-1, keepdims=True)
+
+    def row_sum(self, x: Array) -> Array:
+        return sys.modules["numpy"].add.reduce(x, axis=-1, keepdims=True)
+
+    def total_sum(self, x: Array) -> Array:
+        return sys.modules["numpy"].add.reduce(x, axis=None)
+
+    def all_true(self, x: Array) -> bool:
+        return bool(sys.modules["numpy"].logical_and.reduce(x, axis=None))
+
+    def row_dot(self, x: Array, y: Array) -> Array:
+        return self.xp.vecdot(x, y, axis=-1)  # no product array
+
+    def exp_of_temporary(self, x: Array) -> Array:
+        return self.xp.exp(x, out=x)
+
+    def subtract_into(self, out: Array, x: Array, y: Array) -> Array:
+        return self.xp.subtract(x, y, out=out)
+
+    def pick(self, z: Array, index: Array) -> Array:
+        if z.ndim == 2:
+            return z[sys.modules["numpy"].arange(z.shape[0]), index]
+        return super().pick(z, index)
+
+    def as_result(self, out: Array, dtype: object) -> Array:
+        # NumPy turns 0-d results into scalars; indexing with an Ellipsis makes them arrays again.
+        return super().as_result(out, dtype)[...]
+
+
+def ops_for(xp: ModuleType) -> Ops:
+    """The :class:`Ops` of the namespace ``xp``."""
+    if is_numpy_namespace(xp):
+        return NumpyOps(xp)
+    if is_torch_namespace(xp):
+        from .._torch import TorchOps  # torch is loaded: its namespace was handed in
+
+        return TorchOps(xp)
+    return Ops(xp)

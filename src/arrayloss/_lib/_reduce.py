@@ -1,0 +1,90 @@
+"""Weighting and reduction of per-example losses, and the derivative of the reduction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._ops import Ops
+from ._validation import Array
+
+
+def apply_weights(loss: Array, weights: Array | None, ops: Ops) -> Array:
+    """``loss * weights``, where a weight of exactly 0 drops the example.
+
+    A zero weight gives 0 even where the loss is ``inf`` or NaN, so masked-out
+    data never turns into NaN and a weight of 0 is the same as leaving the
+    example out.
+    """
+    if weights is None:
+        return loss
+    xp = ops.xp
+    # Zero a non-finite loss before multiplying: 0 * inf would be NaN (and a NumPy RuntimeWarning).
+    # A finite one is kept, so the derivative with respect to a weight of 0 is still the loss.
+    dropped = (weights == 0) & ~xp.isfinite(loss)
+    return xp.where(dropped, xp.zeros_like(loss), loss) * weights
+
+
+def safe_divide(numerator: Array, denominator: Array, ops: Ops) -> Array:
+    """``numerator / denominator``, and 0 where the denominator is 0 (never NaN from 0/0)."""
+    xp = ops.xp
+    empty = denominator == 0
+    ones = xp.ones_like(denominator)
+    return xp.where(empty, xp.zeros_like(numerator), numerator / xp.where(empty, ones, denominator))
+
+
+def count_nonzero(x: Array, axis: int | tuple[int, ...] | None, ops: Ops) -> Array:
+    """Number of non-zero entries of ``x`` along ``axis``, in the floating dtype of ``x``."""
+    xp = ops.xp
+    return xp.sum(xp.astype(x != 0, x.dtype), axis=axis)
+
+
+def poison(x: Array, poisoned: Array | None, ops: Ops) -> Array:
+    """``x`` with NaN where ``poisoned`` (labels out of range on arrays whose values are not read)."""
+    if poisoned is None:
+        return x
+    return ops.xp.where(poisoned, ops.xp.full_like(x, math.nan), x)
+
+
+def reduce_losses(
+    loss: Array, weights: Array | None, reduction: str, ops: Ops, *, poisoned: Array | None = None
+) -> Array:
+    """Weight the per-example ``loss`` and reduce it.
+
+    ``"mean"`` is ``sum(weights * loss) / sum(weights)`` (``0`` when the weights sum to
+    0), or the plain mean without weights. ``poisoned`` marks examples whose loss is
+    NaN whatever their weight (labels out of range on arrays that cannot be checked).
+    """
+    weighted = poison(apply_weights(loss, weights, ops), poisoned, ops)
+    if reduction == "none":
+        return weighted
+    total = ops.total_sum(weighted)
+    if reduction == "sum":
+        return total
+    if weights is None:  # the plain mean: the count is known without looking at values
+        count = math.prod(loss.shape)
+        return total / float(count) if count else ops.xp.zeros_like(total)
+    return safe_divide(total, ops.total_sum(weights), ops)
+
+
+def example_scale(
+    cotangent: Array,
+    weights: Array | None,
+    reduction: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    ops: Ops,
+) -> Array:
+    """The derivative of :func:`reduce_losses` with respect to each example's loss, times the cotangent.
+
+    ``weights`` are the combined example weights (None: all ones); an example of
+    weight 0 gets exactly 0. Shape ``shape`` (the per-example losses), in ``dtype``.
+    """
+    xp = ops.xp
+    scale = xp.astype(cotangent, dtype)
+    if reduction == "mean":
+        if weights is None:
+            scale = scale / float(max(math.prod(shape), 1))
+        else:
+            scale = safe_divide(scale, xp.sum(weights), ops)
+    return apply_weights(xp.broadcast_to(scale, shape), weights, ops)

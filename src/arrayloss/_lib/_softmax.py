@@ -1,0 +1,120 @@
+"""The stable log-sum-exp of rows, the primitive under every loss, written once against the array API."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ._compat import device
+from ._ops import Ops
+from ._validation import Array
+
+
+class ExpSums(NamedTuple):
+    """What :func:`exp_sums` returns; every array but ``exps`` keeps the last axis with size 1."""
+
+    shift: Array
+    exps: Array
+    total: Array
+    log_sum: Array
+
+
+def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
+    """``exps = exp(z - shift)`` over the last axis, their sums ``total`` and ``log_sum = log(total)``.
+
+    ``log(sum(exp(z))) = shift + log_sum``. ``shift`` is the row's maximum, replaced
+    by 0 where it is not finite, so that rows of all ``-inf`` give a ``log_sum`` of
+    ``-inf`` (never ``log(0)``), rows holding ``+inf`` give ``+inf`` and NaN stays NaN,
+    never ``inf - inf``. Keep the two apart to stay accurate for huge logits:
+    ``(z - shift) - log_sum`` keeps a ``log_sum`` that ``z - (shift + log_sum)`` would
+    round away when ``|shift|`` is large.
+
+    ``scratch``, if given, is a writable array of ``z``'s dtype with at least its rows
+    (first axis), which the exponentials may overwrite and be returned in: a loop over
+    blocks of rows then allocates no block-sized array per block.
+
+    On eager host arrays whose rows all have a finite maximum (checked, one value per
+    row), every sum holds ``exp(0) = 1``: the shift and the logarithm need no masks
+    (the same numbers, fewer steps).
+    """
+    xp = ops.xp
+    if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
+        shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
+        return ExpSums(shift, xp.exp(z), shift, shift)
+    shift = ops.row_max(z)
+    finite = ops.is_eager(z) and ops.all_true(xp.isfinite(shift))
+    if not finite:
+        shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    exps = ops.exp_of_temporary(difference(z, shift, ops, scratch=scratch))
+    total = ops.row_sum(exps)
+    return ExpSums(shift, exps, total, xp.log(total) if finite else log_of_sum(total, ops))
+
+
+def shifted_log_sum(z: Array, ops: Ops, *, scratch: Array | None = None) -> tuple[Array, Array]:
+    """``(shift, log_sum)`` of :func:`exp_sums`: ``log(sum(exp(z))) = shift + log_sum``, axis kept."""
+    parts = exp_sums(z, ops, scratch=scratch)
+    return parts.shift, parts.log_sum
+
+
+def difference(x: Array, y: Array, ops: Ops, *, scratch: Array | None = None) -> Array:
+    """``x - y``, written into the first rows of ``scratch`` if given (see :func:`exp_sums`)."""
+    if scratch is None:
+        return x - y
+    rows = scratch if scratch.shape[0] == x.shape[0] else scratch[: x.shape[0], ...]
+    return ops.subtract_into(rows, x, y)
+
+
+def log_of_sum(total: Array, ops: Ops) -> Array:
+    """``log(total)`` of sums of exponentials, ``-inf`` (never a ``log(0)`` warning) where they are 0."""
+    xp = ops.xp
+    nothing = total == 0
+    return xp.where(nothing, -math.inf, xp.log(xp.where(nothing, 1.0, total)))
+
+
+def softmax_and_lse(
+    z: Array,
+    scale: Array,
+    row_stats: tuple[Array, ...],
+    masked: bool,
+    ops: Ops,
+    scratch: Array | None = None,
+) -> tuple[Array, Array]:
+    """Softmax over the last axis and the log-sum-exp (kept axis) of the rows ``z``.
+
+    The softmax is ``exp((z - shift) - log_sum)``, accurate for huge logits too, from the
+    rows' ``row_stats = (shift, log_sum)`` (leading shape of ``z``), or from
+    :func:`shifted_log_sum` when ``row_stats`` is empty. With ``masked``, the rows of
+    ``scale`` 0 are computed from zeros (finite, never NaN from ``inf - inf``); on eager
+    host arrays only when one of them is not finite (its log-sum-exp shows it), which
+    spares a block-sized temporary. The softmax is a temporary of the caller, computed
+    in ``scratch`` if given (see :func:`exp_sums`).
+    """
+    if row_stats:
+        shift, log_sum = row_stats[0][..., None], row_stats[1][..., None]
+    else:
+        shift, log_sum = shifted_log_sum(z, ops, scratch=scratch)
+    lse = shift + log_sum
+    if masked and unsafe_dropped_rows(lse[..., 0], scale, ops):
+        z, shift, log_sum = (zero_dropped_rows(a, scale, ops) for a in (z, shift, log_sum))
+        lse = shift + log_sum
+    shifted = difference(z, shift, ops, scratch=scratch)
+    shifted -= log_sum  # as (z - shift) - log_sum, in place
+    return ops.exp_of_temporary(shifted), lse
+
+
+def unsafe_dropped_rows(finite_if_safe: Array, scale: Array, ops: Ops) -> bool:
+    """Whether the rows of ``scale`` 0 must be zeroed before their gradient is taken.
+
+    On eager host arrays: where one of them has a ``finite_if_safe`` value (its
+    log-sum-exp) that is not finite. Always on other arrays, whose values are not read.
+    """
+    if not ops.is_eager(scale):
+        return True
+    xp = ops.xp
+    return bool(xp.any((scale == 0) & ~xp.isfinite(finite_if_safe)))
+
+
+def zero_dropped_rows(z: Array, scale: Array, ops: Ops) -> Array:
+    """``z`` (rows, or one column per row) with the rows of scale 0 set to 0: their gradient is then 0."""
+    xp = ops.xp
+    return xp.where(scale[..., None] == 0, xp.zeros_like(z), z)

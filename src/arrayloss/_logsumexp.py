@@ -1,0 +1,87 @@
+"""The public log-sum-exp and log-softmax: stable for infinities and huge magnitudes."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ._lib._ops import Ops
+from ._lib._softmax import shifted_log_sum
+from ._lib._validation import Array, check_floating, in_compute_dtype, normalize_axis, ops_of
+
+
+def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Ops]:
+    """Check ``x`` and ``axis``; return ``x`` with ``axis`` last in the accumulation dtype, the axis
+    (non-negative) and the ops of its namespace."""
+    ops = ops_of({"x": x}, xp)
+    xp = ops.xp
+    check_floating("x", x, xp)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    axis = normalize_axis(axis, x.ndim, "x")
+    z = in_compute_dtype(x, xp)
+    return xp.moveaxis(z, axis, -1), axis, ops
+
+
+def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False, xp: ModuleType | None = None) -> Array:
+    r"""Log of the sum of exponentials along one axis, computed stably.
+
+    .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
+
+    Parameters
+    ----------
+    x : array
+        Real floating array. float16 and bfloat16 are accumulated in float32.
+    axis : int, optional
+        The axis to reduce. Default: the last.
+    keepdims : bool, optional
+        Keep the reduced axis with size 1.
+    xp : namespace, optional
+        The array namespace; inferred from ``x`` when omitted.
+
+    Returns
+    -------
+    array
+        Of the dtype, namespace and device of ``x``. A slice of all ``-inf`` gives
+        ``-inf``, one holding ``+inf`` gives ``+inf``, one holding NaN gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.logsumexp(np.asarray([1000.0, 1000.0]))
+    array(1000.69314718)
+    """
+    z, axis, ops = _checked(x, axis, xp)
+    shift, log_sum = shifted_log_sum(z, ops)
+    out = ops.xp.astype(log_sum + shift, x.dtype, copy=False)
+    return ops.xp.moveaxis(out, -1, axis) if keepdims else out[..., 0]
+
+
+def log_softmax(x: Array, /, *, axis: int = -1, xp: ModuleType | None = None) -> Array:
+    r"""Logarithm of the softmax along one axis: :math:`x_i - \operatorname{lse}(x)`.
+
+    Parameters
+    ----------
+    x : array
+        Real floating array. float16 and bfloat16 are computed in float32.
+    axis : int, optional
+        The axis along which the softmax is normalised. Default: the last.
+    xp : namespace, optional
+        The array namespace; inferred from ``x`` when omitted.
+
+    Returns
+    -------
+    array
+        The shape, dtype, namespace and device of ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> al.log_softmax(np.asarray([0.0, 0.0, -np.inf]))
+    array([-0.69314718, -0.69314718,        -inf])
+    """
+    z, axis, ops = _checked(x, axis, xp)
+    shift, log_sum = shifted_log_sum(z, ops)
+    out = ops.xp.astype((z - shift) - log_sum, x.dtype, copy=False)
+    return ops.xp.moveaxis(out, -1, axis)

@@ -1,0 +1,238 @@
+"""Everything specific to PyTorch: its backend ops, the autograd hook for the rules, the hand-off
+to ``F.cross_entropy``.
+
+Imported only once a torch namespace is seen (:func:`arrayloss._lib._ops.ops_for`), so
+``import arrayloss`` imports no torch.
+
+**Ops.** Eager host tensors (CPU, outside ``torch.compile`` and ``torch.func``) can be
+read; the exponential and the subtraction of a block of rows run in place (``exp_``,
+``out=``), which spares a block-sized allocation per block.
+
+**Autograd.** :class:`AnalyticBackward` is the ``torch.autograd.Function`` through
+which a loss's rule (:class:`arrayloss._autodiff.Rule`) replaces autograd's
+differentiation of the composition. It works under ``torch.compile`` and
+``torch.func.grad`` (saved tensors go through ``ctx.save_for_backward``); calls whose
+primals ``torch.func.vmap`` batches take the composition (a Function whose forward
+closes over the labels cannot be vmapped).
+
+**Delegation.** ``torch.nn.functional.cross_entropy`` is one C++ call with a fused
+per-row kernel. The array-API path is about 25 calls: for small logits their overhead
+dominates, and up to some tens of MiB PyTorch's kernel, which reads each row once from
+the L1 cache, also beats the cache-blocked passes. Above that, its logits-sized outputs
+are fresh allocations whose pages the kernel faults in, and the array-API path is
+faster. The rule, measured with ``benchmarks/crossover.py``: logits of at most
+``delegate_forward_bytes`` go to PyTorch without gradients, at most
+``delegate_gradient_bytes`` when autograd records them (:mod:`._lib._settings`). Only
+options that PyTorch computes as arrayloss does are handed over: ``ignore_index``,
+``label_smoothing``, ``class_weights`` of the logits' dtype without smoothing (PyTorch
+weights each class of the smoothing term), and per-example ``weights`` (one per example
+or one for all), which multiply PyTorch's per-example losses; not ``z_loss`` or
+``chunk_size``. The call was checked before (labels in range, weights non-negative), so
+the errors are arrayloss's. Examples of weight 0 are handed over as ignored, as arrayloss
+drops them (PyTorch would compute ``0 * inf = NaN`` for a logit of ``-inf``), and a mean
+over no weight is 0, where PyTorch's is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._lib._ops import Ops
+from ._lib._settings import current
+from ._lib._validation import Array
+
+if TYPE_CHECKING:
+    from ._sparse import SparseCall
+
+Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
+Backward = Callable[..., tuple[Array | None, ...]]
+
+
+class TorchOps(Ops):
+    """PyTorch: in-place steps on our temporaries, the autograd hook, the probes of its transforms."""
+
+    views = True
+
+    def is_eager(self, x: Array) -> bool:
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return False
+        # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
+        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+        return wrapped is None or not wrapped(x)
+
+    def records_gradient(self, values: Iterable[Any]) -> bool:
+        return torch.is_grad_enabled() and _requires_grad(values)
+
+    def takes_analytic_backward(self, primals: tuple[Array, ...], constants: tuple[Any, ...]) -> bool:
+        return (
+            current().analytic_backward
+            and self.records_gradient(primals)
+            and not self.records_gradient(constants)
+            and not _vmapped(primals)
+        )
+
+    def value_with_backward(
+        self, forward: Forward, backward: Backward, primals: tuple[Array, ...], fused: Forward | None
+    ) -> Array:
+        return AnalyticBackward.apply(forward, backward, fused, *primals)[0]  # type: ignore[no-untyped-call]
+
+    def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
+        return cross_entropy(logits, call) if delegates(logits, call) else None
+
+    def all_true(self, x: Array) -> bool:
+        return bool(torch.all(x))  # without array-api-compat's wrapper (4 of 6 us on small arrays)
+
+    def all_in_range(self, labels: Array, stop: int) -> bool:
+        if labels.numel() == 0:
+            return True
+        low, high = torch.aminmax(labels)  # one pass, two values read: not three comparisons and a sum
+        return bool(low.item() >= 0 and high.item() < stop)
+
+    def device(self, x: Array) -> Any:
+        return x.device
+
+    def exp_of_temporary(self, x: Array) -> Array:
+        return x.exp_()
+
+    def subtract_into(self, out: Array, x: Array, y: Array) -> Array:
+        return torch.sub(x, y, out=out)
+
+
+def _requires_grad(values: Iterable[Any]) -> bool:
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            if _requires_grad(value):
+                return True
+        elif isinstance(value, torch.Tensor) and value.requires_grad:
+            return True
+    return False
+
+
+def _vmapped(primals: Iterable[Array]) -> bool:
+    """Whether ``torch.func.vmap`` batches one of ``primals``, at any level of ``torch.func`` transforms.
+
+    Reads private ``torch._C._functorch`` helpers, hence the guard for other versions
+    (False without them).
+    """
+    if torch.compiler.is_compiling():  # torch.compile cannot trace the helpers below
+        return False
+    functorch = getattr(torch._C, "_functorch", None)
+    needed = ("is_functorch_wrapped_tensor", "is_batchedtensor", "get_unwrapped")
+    if functorch is None or not all(hasattr(functorch, name) for name in needed):
+        return False
+    for primal in primals:
+        while isinstance(primal, torch.Tensor) and functorch.is_functorch_wrapped_tensor(primal):
+            if functorch.is_batchedtensor(primal):
+                return True
+            primal = functorch.get_unwrapped(primal)
+    return False
+
+
+class AnalyticBackward(torch.autograd.Function):
+    """Value from ``forward`` (or ``fused``), gradient from ``backward`` (or the fused gradients).
+
+    Residuals (or fused gradients) are extra, non-differentiable outputs.
+    ``setup_context`` saves the primals and residuals with ``ctx.save_for_backward``,
+    as ``torch.func`` transforms require; fused gradients are kept on ``ctx`` and
+    released by the first backward pass, which scales them by the cotangent in place
+    and hands them to autograd without a copy. A second backward pass through the same
+    graph (``retain_graph=True``) calls ``backward``.
+    """
+
+    @staticmethod
+    def forward(
+        forward: Forward, backward: Backward, fused: Forward | None, *primals: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        value, saved = (forward if fused is None else fused)(*primals)
+        return (value, *saved)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        _, backward, fused, *primals = inputs
+        ctx.rule_backward = backward
+        ctx.num_primals = len(primals)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero gradients for those outputs (logits-sized when fused)
+        # Fused gradients stay outside the saved tensors: the backward pass changes them in place.
+        ctx.fused_gradients = output[1:] if fused is not None else ()
+        ctx.save_for_backward(*primals, *(output[1:] if fused is None else ()))
+
+    @staticmethod
+    def backward(ctx: Any, cotangent: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        primals, residuals = tuple(saved[: ctx.num_primals]), tuple(saved[ctx.num_primals :])
+        gradients, ctx.fused_gradients = ctx.fused_gradients, ()
+        if gradients:  # ours: scaled in place and handed over without a copy (a second pass recomputes)
+            if not bool(cotangent == 1):  # host tensors (fused runs on CPU only): no device sync
+                for gradient in gradients:
+                    gradient *= cotangent
+            return (None, None, None, *gradients)
+        return (None, None, None, *ctx.rule_backward(primals, residuals, cotangent))
+
+
+def delegates(logits: Array, call: SparseCall) -> bool:
+    """Whether :func:`cross_entropy` computes this validated call of the sparse cross entropy."""
+    settings, options = current(), call.options
+    if not settings.delegate_to_torch or options.z_loss or options.chunk_size is not None:
+        return False
+    if logits.ndim != 2 or call.axis != 1 or logits.dtype not in (torch.float32, torch.float64):
+        return False
+    labels = options.labels.safe
+    if options.raw_labels.dtype != torch.int64 or labels.shape[0] == 0:
+        return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
+    if options.ignore_index is not None and not -(2**63) <= options.ignore_index < 2**63:
+        return False
+    class_weights, weights = options.class_weights, options.weights
+    if class_weights is not None and (class_weights.dtype != logits.dtype or options.label_smoothing):
+        return False
+    if weights is not None and tuple(weights.shape) not in ((), (1,), tuple(labels.shape)):
+        return False
+    limit = settings.delegate_gradient_bytes if call.ops.records_gradient((logits,)) else None
+    limit = settings.delegate_forward_bytes if limit is None else limit
+    return logits.numel() * logits.element_size() <= limit and call.ops.is_eager(logits)
+
+
+def cross_entropy(logits: Array, call: SparseCall) -> Array:
+    """``F.cross_entropy`` for a call that :func:`delegates`.
+
+    Examples that are ignored or of weight 0 (their class's, or their own) are handed to
+    PyTorch as ignored; per-example weights multiply PyTorch's losses of each example, and a
+    mean is their sum over the summed weights, 0 where they sum to 0 (PyTorch: 0 / 0).
+    """
+    options = call.options
+    labels, counted = options.raw_labels, options.labels.counted
+    class_weights, given = options.class_weights, options.weights
+    weights = None  # of each example, where not all are 1
+    if class_weights is not None:
+        weights = class_weights[options.labels.safe]
+    if given is not None:
+        given = given.to(logits.dtype).expand(labels.shape)
+        weights = given if weights is None else weights * given
+    skip = -100 if options.ignore_index is None else options.ignore_index  # -100 is no counted label: checked
+    handed = labels
+    if weights is not None:
+        kept = weights != 0
+        counted = kept if counted is None else counted & kept
+        handed = torch.where(counted, labels, skip)
+    reduction = options.reduction
+    weighted_mean = reduction == "mean" and counted is not None
+    loss = torch.nn.functional.cross_entropy(
+        logits,
+        handed,
+        weight=class_weights,
+        ignore_index=skip,
+        label_smoothing=options.label_smoothing,
+        reduction="none" if given is not None else "sum" if weighted_mean else reduction,
+    )
+    if given is not None:
+        loss = loss * given
+        if reduction == "none":
+            return loss
+        loss = loss.sum()
+    if not weighted_mean or counted is None:
+        return loss
+    total = counted.sum() if weights is None else torch.where(counted, weights, 0).sum()
+    return loss / total if total.item() else loss  # no weight: the sum is 0, kept in the autograd graph
