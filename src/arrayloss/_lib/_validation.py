@@ -83,7 +83,7 @@ def in_compute_dtype(x: Array, xp: ModuleType) -> Array:
 
 
 def check_floating(name: str, x: Array, xp: ModuleType) -> None:
-    # The common dtypes first: NumPy's isdtype takes 0.85 us, a tenth of a small call's checks.
+    # The common dtypes first: isdtype is a Python call that costs more than this comparison.
     if x.dtype not in (xp.float32, xp.float64) and not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
