@@ -8,6 +8,7 @@ reduce it over batch and time; their gradient rules scale the cross entropies'.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -190,11 +191,12 @@ class Flags(NamedTuple):
         return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, ops)
 
 
-class SequenceCall(NamedTuple):
-    """A checked call of :func:`sequence_loss` (see :class:`~._autodiff.Call`)."""
+@dataclass(frozen=True)
+class StepsCall:
+    """A checked call of a sequence loss (see :class:`~._autodiff.Call`): its steps, and its
+    reduction in a subclass."""
 
     steps: Steps
-    flags: Flags
 
     @property
     def ops(self) -> Ops:
@@ -207,6 +209,13 @@ class SequenceCall(NamedTuple):
     @property
     def constants(self) -> tuple[Any, ...]:
         return (self.steps.weights, self.steps.targets)
+
+
+@dataclass(frozen=True)
+class SequenceCall(StepsCall):
+    """A checked call of :func:`sequence_loss`."""
+
+    flags: Flags
 
     @property
     def one_pass(self) -> bool:
@@ -348,24 +357,12 @@ def sequence_loss(
     return compute(SEQUENCE_RULE, call)
 
 
-class ByExampleCall(NamedTuple):
-    """A checked call of :func:`sequence_loss_by_example` (see :class:`~._autodiff.Call`)."""
+@dataclass(frozen=True)
+class ByExampleCall(StepsCall):
+    """A checked call of :func:`sequence_loss_by_example`."""
 
-    steps: Steps
     average_across_timesteps: bool
     listed: bool  # the logits came as a list of per-step arrays
-
-    @property
-    def ops(self) -> Ops:
-        return self.steps.ops
-
-    @property
-    def primals(self) -> tuple[Array, ...]:
-        return (self.steps.logits,)
-
-    @property
-    def constants(self) -> tuple[Any, ...]:
-        return (self.steps.weights, self.steps.targets)
 
     @property
     def one_pass(self) -> bool:  # no fused pass: the loss is not a scalar
