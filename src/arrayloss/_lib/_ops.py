@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from ._compat import Array, device, is_numpy_namespace, is_torch_namespace
+from ._compat import Array, device
 
 
 class Ops:
@@ -158,10 +158,16 @@ class NumpyOps(Ops):
 
 
 def ops_for(xp: ModuleType) -> Ops:
-    """The :class:`Ops` of the namespace ``xp``."""
-    if is_numpy_namespace(xp):
+    """The :class:`Ops` of the namespace ``xp``.
+
+    Known by the module's name, as ``array_api_compat.is_numpy_namespace`` and
+    ``is_torch_namespace`` do (the library itself, or array-api-compat's wrapper of it,
+    vendored or not), without their cached helpers, which ``torch.compile`` warns about.
+    """
+    family = xp.__name__.rpartition("array_api_compat.")[2]
+    if family == "numpy":
         return NumpyOps(xp)
-    if is_torch_namespace(xp):
+    if family == "torch":
         from .._torch import TorchOps  # torch is loaded: its namespace was handed in
 
         return TorchOps(xp)
