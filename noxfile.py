@@ -20,6 +20,8 @@ nox.options.error_on_missing_interpreters = True
 nox.options.tags = ["cpu"]  # plain `nox`: every CPU session; GPU sessions need `-t gpu`
 
 CONSTRAINTS = ("-c", "constraints-cpu.txt")
+RUFF = "ruff==0.17.6"  # pinned: a new release must not fail `lint` without a change here
+MYPY = "mypy==2.4.1"
 TEST_TOOLS = (".[test]",)
 
 # (id, backend module, --device value, extra requirements, tags)
@@ -90,7 +92,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(tags=["cpu"])
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -98,5 +100,5 @@ def lint(session: nox.Session) -> None:
 @nox.session(tags=["cpu"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on src, with torch installed so that its types are checked too."""
-    session.install(*CONSTRAINTS, "mypy", ".", "torch")
+    session.install(*CONSTRAINTS, MYPY, ".", "torch")
     session.run("mypy")
