@@ -1,4 +1,4 @@
-"""Where PyTorch's own cross entropy beats the array-API path: the rule of ``arrayloss._torch``.
+"""Where PyTorch's own cross entropy beats the array-API path: the rule of ``arrayloss._lib._torch``.
 
 Usage::
 

@@ -191,7 +191,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def torch_path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Which path small plain torch calls take (see ``arrayloss._torch``); ``default``: unchanged."""
+    """Which path small plain torch calls take (see ``arrayloss._lib._torch``); ``default``: unchanged."""
     path = getattr(request, "param", "default")
     changes = {} if path == "default" else {"delegate_to_torch": path == "delegated"}
     with arrayloss_settings(**changes):

@@ -544,7 +544,7 @@ def sparse_softmax_cross_entropy(
     ``class_weights`` of the logits' dtype, without label smoothing) are handed to
     ``torch.nn.functional.cross_entropy`` after arrayloss's own checks, with the same
     results (per-example ``weights`` multiply its losses of each example): there its one
-    C++ call beats about 25 array-API calls (the measured rule is in ``arrayloss._torch``).
+    C++ call beats about 25 array-API calls (the measured rule is in ``arrayloss._lib._torch``).
 
     References
     ----------

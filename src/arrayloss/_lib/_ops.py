@@ -1,12 +1,12 @@
 """The backend seam: the few steps that a backend can do faster than the standard calls.
 
 The losses call the standard through ``ops.xp`` and, for the steps below, through the
-:class:`Ops` of their namespace (:func:`ops_for`). :class:`Ops` writes each step with
+:class:`Ops` of their namespace (:func:`._backends.ops_for`). :class:`Ops` writes each step with
 standard calls only; a subclass for one family of backends overrides a step where it is
 measured to be faster (``benchmarks/RESULTS.md``) and gives the same numbers, which
 ``conformance/test_integrity.py`` checks against array-api-strict (the standard calls,
 computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
-:mod:`arrayloss._torch` (imported only once a torch namespace is seen).
+:mod:`._torch`; :func:`._backends.ops_for` picks one for a namespace.
 """
 
 from __future__ import annotations
@@ -155,20 +155,3 @@ class NumpyOps(Ops):
     def as_result(self, out: Array, dtype: object) -> Array:
         # NumPy turns 0-d results into scalars; indexing with an Ellipsis makes them arrays again.
         return super().as_result(out, dtype)[...]
-
-
-def ops_for(xp: ModuleType) -> Ops:
-    """The :class:`Ops` of the namespace ``xp``.
-
-    Known by the module's name, as ``array_api_compat.is_numpy_namespace`` and
-    ``is_torch_namespace`` do (the library itself, or array-api-compat's wrapper of it,
-    vendored or not), without their cached helpers, which ``torch.compile`` warns about.
-    """
-    family = xp.__name__.rpartition("array_api_compat.")[2]
-    if family == "numpy":
-        return NumpyOps(xp)
-    if family == "torch":
-        from .._torch import TorchOps  # torch is loaded: its namespace was handed in
-
-        return TorchOps(xp)
-    return Ops(xp)

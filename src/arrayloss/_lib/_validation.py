@@ -14,8 +14,9 @@ from types import ModuleType
 from typing import Any
 
 from . import _compat as compat
+from ._backends import ops_for
 from ._compat import Array as Array
-from ._ops import NumpyOps, Ops, ops_for
+from ._ops import NumpyOps, Ops
 
 REDUCTIONS = ("none", "sum", "mean")
 

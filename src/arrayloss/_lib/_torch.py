@@ -1,7 +1,7 @@
 """Everything specific to PyTorch: its backend ops, the autograd hook for the rules, the hand-off
 to ``F.cross_entropy``.
 
-Imported only once a torch namespace is seen (:func:`arrayloss._lib._ops.ops_for`), so
+Imported only once a torch namespace is seen (:func:`._backends.ops_for`), so
 ``import arrayloss`` imports no torch.
 
 **Ops.** Eager host tensors (CPU, outside ``torch.compile`` and ``torch.func``) can be
@@ -36,16 +36,13 @@ over no weight is 0, where PyTorch's is NaN.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ._lib._ops import Ops
-from ._lib._settings import current
-from ._lib._validation import Array
-
-if TYPE_CHECKING:
-    from ._sparse import SparseCall
+from ._compat import Array
+from ._ops import Ops
+from ._settings import current
 
 Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
 Backward = Callable[..., tuple[Array | None, ...]]
@@ -173,8 +170,8 @@ class AnalyticBackward(torch.autograd.Function):
         return (None, None, None, *ctx.rule_backward(primals, residuals, cotangent))
 
 
-def delegates(logits: Array, call: SparseCall) -> bool:
-    """Whether :func:`cross_entropy` computes this validated call of the sparse cross entropy."""
+def delegates(logits: Array, call: Any) -> bool:
+    """Whether :func:`cross_entropy` computes this checked call (``arrayloss._sparse.SparseCall``)."""
     settings, options = current(), call.options
     if not settings.delegate_to_torch or options.z_loss or options.chunk_size is not None:
         return False
@@ -192,10 +189,11 @@ def delegates(logits: Array, call: SparseCall) -> bool:
         return False
     limit = settings.delegate_gradient_bytes if call.ops.records_gradient((logits,)) else None
     limit = settings.delegate_forward_bytes if limit is None else limit
-    return logits.numel() * logits.element_size() <= limit and call.ops.is_eager(logits)
+    small: bool = logits.numel() * logits.element_size() <= limit
+    return small and call.ops.is_eager(logits)
 
 
-def cross_entropy(logits: Array, call: SparseCall) -> Array:
+def cross_entropy(logits: Array, call: Any) -> Array:
     """``F.cross_entropy`` for a call that :func:`delegates`.
 
     Examples that are ignored or of weight 0 (their class's, or their own) are handed to
