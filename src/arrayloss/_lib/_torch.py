@@ -187,8 +187,8 @@ def delegates(logits: Array, call: Any) -> bool:
         return False
     if weights is not None and tuple(weights.shape) not in ((), (1,), tuple(labels.shape)):
         return False
-    limit = settings.delegate_gradient_bytes if call.ops.records_gradient((logits,)) else None
-    limit = settings.delegate_forward_bytes if limit is None else limit
+    gradient = call.ops.records_gradient((logits,))
+    limit = settings.delegate_gradient_bytes if gradient else settings.delegate_forward_bytes
     small: bool = logits.numel() * logits.element_size() <= limit
     return small and call.ops.is_eager(logits)
 
