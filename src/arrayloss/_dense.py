@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block, scratch_block
-from ._lib._compat import device
 from ._lib._labels import check_weights
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, reduce_losses
@@ -165,7 +164,7 @@ def masked_dense_losses(z: Array, targets: Array, *, label_smoothing: float, ops
         targets = (1.0 - label_smoothing) * targets + label_smoothing / z.shape[-1]
     shift, log_sum = shifted_log_sum(z, ops)
     log_probs = (z - shift) - log_sum
-    zero = xp.asarray(0, dtype=z.dtype, device=device(z))
+    zero = xp.asarray(0, dtype=z.dtype, device=ops.device(z))
     # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN); a finite
     # log-probability is kept, so the derivative with respect to a target of 0 is still -log p.
     masked = (targets == 0) & ~xp.isfinite(log_probs)
@@ -261,7 +260,7 @@ def _fused(call: DenseCall, logits: Array) -> tuple[Array, tuple[Array]]:
     ops = call.ops
     xp = ops.xp
     z, t, w = _classes_last(call, logits)
-    ones = xp.ones((), dtype=z.dtype, device=device(z))
+    ones = xp.ones((), dtype=z.dtype, device=ops.device(z))
     scale = example_scale(ones, w, call.reduction, tuple(z.shape[:-1]), z.dtype, ops)
 
     def rows(z: Array, t: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:

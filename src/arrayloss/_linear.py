@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 from ._autodiff import Rule, bind, compute, differentiable
 from ._lib._blocks import map_row_blocks
-from ._lib._compat import device
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
@@ -180,7 +179,7 @@ def add_transposed_product(total: Array | None, g: Array, h: Array, ops: Ops) ->
         return part if total is None else total + part
     classes, features = g.shape[1], h.shape[1]
     if total is None:
-        total = xp.zeros((classes, features), dtype=g.dtype, device=device(g))
+        total = xp.zeros((classes, features), dtype=g.dtype, device=ops.device(g))
     step = max(1, current().block_bytes // (features * xp.finfo(g.dtype).bits // 8 or 1))
     for first in range(0, classes, step):
         last = min(first + step, classes)
@@ -203,7 +202,7 @@ def _value_and_gradients(
     shape = tuple(options.raw_labels.shape)
     if cotangent is None:
         cotangent = xp.ones(
-            shape if options.reduction == "none" else (), dtype=call.dtype, device=device(rows.hidden)
+            shape if options.reduction == "none" else (), dtype=call.dtype, device=ops.device(rows.hidden)
         )
     scale = example_scale(cotangent, w, options.reduction, shape, call.dtype, ops)
     scale = xp.reshape(poison(scale, options.labels.poisoned, ops), (-1,))  # out of range: NaN gradient
@@ -228,7 +227,7 @@ def _value_and_gradients(
             d_b = xp.sum(g, axis=0)
             d_bias = d_b if d_bias is None else d_bias + d_b
     if d_weight is None:  # no rows: zero gradients
-        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=device(rows.hidden)), primals)
+        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=ops.device(rows.hidden)), primals)
         return value, tuple(xp.zeros_like(a) for a in primals)
     grads = [xp.reshape(xp.concat(d_hidden, axis=0), tuple(primals[0].shape)), d_weight]
     if d_bias is not None:

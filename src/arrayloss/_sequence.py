@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 from ._autodiff import Rule, compute, differentiable
 from ._dense import dense_logits_vjp, dense_losses
-from ._lib._compat import device
 from ._lib._labels import Labels, checked_labels
 from ._lib._ops import Ops
 from ._lib._reduce import apply_weights, count_nonzero, poison, safe_divide
@@ -60,7 +59,7 @@ class Steps(NamedTuple):
         """The ``[batch, time]`` weights in ``dtype`` (ones when none were given), on ``like``'s device."""
         xp = self.ops.xp
         if self.weights is None:
-            return xp.ones(tuple(self.logits.shape[:2]), dtype=dtype, device=device(like))
+            return xp.ones(tuple(self.logits.shape[:2]), dtype=dtype, device=self.ops.device(like))
         return xp.astype(self.weights, dtype)
 
 
@@ -266,7 +265,7 @@ def _sequence_fused(call: SequenceCall, logits: Array) -> tuple[Array, tuple[Arr
     xp = ops.xp
     z = in_compute_dtype(logits, xp)
     w = steps.weights_in(z.dtype, logits)
-    scale = call.flags.scale(xp.ones((), dtype=z.dtype, device=device(z)), w, ops)
+    scale = call.flags.scale(xp.ones((), dtype=z.dtype, device=ops.device(z)), w, ops)
     assert steps.labels is not None  # one_pass: integer targets, checked eagerly (none is poisoned)
     grad, losses = sparse_gradient_and_losses(
         z, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops, chunk_size=None

@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block, scratch_block
-from ._lib._compat import device
 from ._lib._labels import (
     Labels,
     check_class_weights,
@@ -177,7 +176,7 @@ def losses_from_row_stats(
     as from :func:`~._lib._softmax.shifted_log_sum`) and in-range labels."""
     xp = ops.xp
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
-    loss = log_sum[..., 0] - (ops.pick(z, label_indices(safe_labels, xp)) - shift[..., 0])
+    loss = log_sum[..., 0] - (ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0])
     if label_smoothing:
         smooth = log_sum[..., 0] - xp.mean(z - shift, axis=-1)  # the mean of huge z would be rounded
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
@@ -250,14 +249,14 @@ def subtract_targets(
     num_classes = grad.shape[-1]
     uniform = scale * (label_smoothing / num_classes)
     at_label = scale * (1.0 - label_smoothing) + uniform
-    index = label_indices(safe_labels, xp)
+    index = label_indices(safe_labels, ops)
     if grad.ndim == 2 and ops.views:
         at_labels = xp.take_along_axis(grad, index[:, None], axis=-1)[:, 0] - at_label
         if label_smoothing:
             grad -= uniform[:, None]
-        grad[xp.arange(grad.shape[0], dtype=index.dtype, device=device(grad)), index] = at_labels
+        grad[xp.arange(grad.shape[0], dtype=index.dtype, device=ops.device(grad)), index] = at_labels
         return grad
-    classes = xp.arange(num_classes, dtype=index.dtype, device=device(grad))
+    classes = xp.arange(num_classes, dtype=index.dtype, device=ops.device(grad))
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
 
 
@@ -425,7 +424,7 @@ def _fused(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array]]:
     xp = ops.xp
     z = _classes_last(call, logits)
     shape = () if options.reduction != "none" else tuple(options.raw_labels.shape)
-    w, scale = _weights_and_scale(call, xp.ones(shape, dtype=z.dtype, device=device(z)), z)
+    w, scale = _weights_and_scale(call, xp.ones(shape, dtype=z.dtype, device=ops.device(z)), z)
     grad, loss = sparse_gradient_and_losses(
         z,
         options.labels.safe,

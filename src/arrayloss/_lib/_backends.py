@@ -6,9 +6,33 @@ no array library).
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 
+from ._compat import Array, array_namespace, is_array_api_obj
 from ._ops import NumpyOps, Ops
+
+
+def is_array(x: object) -> bool:
+    """Whether ``x`` is an array of an array-API library (``array_api_compat.is_array_api_obj``)."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(x, torch.Tensor)) or is_array_api_obj(x)
+
+
+def namespace_of(arrays: list[Array]) -> ModuleType:
+    """The array-API namespace of ``arrays`` (``array_api_compat.array_namespace``).
+
+    PyTorch tensors are known by ``isinstance``: array-api-compat's helpers are cached
+    with ``functools.lru_cache``, which ``torch.compile`` warns about at every call, and
+    the check costs a tenth as much. ``TypeError`` for arrays of several libraries.
+    """
+    torch = sys.modules.get("torch")
+    if arrays and torch is not None and all(isinstance(a, torch.Tensor) for a in arrays):
+        from ._torch import NAMESPACE  # imported once: torch.compile traces a module's import, not importlib
+
+        return NAMESPACE
+    namespace: ModuleType = array_namespace(*arrays)
+    return namespace
 
 
 def ops_for(xp: ModuleType) -> Ops:

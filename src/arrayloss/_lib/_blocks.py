@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._compat import device
 from ._ops import Ops
 from ._settings import current
 from ._validation import Array
@@ -56,7 +55,7 @@ def scratch_block(rows: Array, block: int | None, ops: Ops) -> Array:
     """
     count = rows.shape[0]
     shape = (count if block is None else min(block, count), rows.shape[-1])
-    return ops.xp.empty(shape, dtype=rows.dtype, device=device(rows))
+    return ops.xp.empty(shape, dtype=rows.dtype, device=ops.device(rows))
 
 
 def map_row_blocks(fn: Callable[..., Array], rows: tuple[Array, ...], block: int | None, ops: Ops) -> Array:
@@ -106,7 +105,7 @@ def in_row_blocks(
     lead = tuple(z.shape[:-1])
     rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
-    grad = xp.empty(rows[0].shape, dtype=z.dtype, device=device(z))
+    grad = xp.empty(rows[0].shape, dtype=z.dtype, device=ops.device(z))
     in_place = scratch and ops.views  # a block computed in the gradient's own rows: one copy fewer
     shared = None
     if scratch and ops.is_eager(z) and not in_place:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import NamedTuple
 
-from ._compat import device
 from ._ops import Ops
 from ._validation import (
     Array,
@@ -57,11 +55,12 @@ def checked_labels(
     return Labels(xp.where(in_range, labels, xp.zeros_like(labels)), counted, poisoned)
 
 
-def label_indices(labels: Array, xp: ModuleType) -> Array:
+def label_indices(labels: Array, ops: Ops) -> Array:
     """Integer ``labels`` in their device's indexing dtype, which every gather accepts (torch: not int8)."""
+    xp = ops.xp
     if labels.dtype == xp.int64:  # the indexing dtype of 64-bit platforms, without asking
         return labels
-    index_dtype = xp.__array_namespace_info__().default_dtypes(device=device(labels))["indexing"]
+    index_dtype = xp.__array_namespace_info__().default_dtypes(device=ops.device(labels))["indexing"]
     return xp.astype(labels, index_dtype, copy=False)
 
 
@@ -101,9 +100,9 @@ def example_weights(
         combined = xp.broadcast_to(xp.astype(weights, dtype), shape)
     if class_weights is not None:
         if math.prod(shape) == 0:  # no labels: Dask cannot flatten some empty shapes, e.g. (2, 0, 2)
-            picked = xp.zeros(shape, dtype=dtype, device=device(labels.safe))
+            picked = xp.zeros(shape, dtype=dtype, device=ops.device(labels.safe))
         else:
-            flat = xp.reshape(label_indices(labels.safe, xp), (-1,))
+            flat = xp.reshape(label_indices(labels.safe, ops), (-1,))
             picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), shape)
         combined = picked if combined is None else combined * picked
     if labels.counted is not None:

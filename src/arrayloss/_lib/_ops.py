@@ -108,8 +108,8 @@ class Ops:
             return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
         # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
         # (0 * -inf would be NaN).
-        classes = xp.arange(z.shape[-1], dtype=index.dtype, device=device(z))
-        zero = xp.asarray(0, dtype=z.dtype, device=device(z))
+        classes = xp.arange(z.shape[-1], dtype=index.dtype, device=self.device(z))
+        zero = xp.asarray(0, dtype=z.dtype, device=self.device(z))
         return xp.sum(xp.where(classes == index[..., None], z, zero), axis=-1)
 
     def as_result(self, out: Array, dtype: object) -> Array:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ._compat import device
 from ._ops import Ops
 from ._validation import Array
 
@@ -39,7 +38,7 @@ def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
     """
     xp = ops.xp
     if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
-        shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=device(z))
+        shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=ops.device(z))
         return ExpSums(shift, xp.exp(z), shift, shift)
     shift = ops.row_max(z)
     finite = ops.is_eager(z) and ops.all_true(xp.isfinite(shift))

@@ -35,14 +35,18 @@ over no weight is 0, where PyTorch's is NaN.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from ._compat import Array
+from ._compat import Array, array_namespace
 from ._ops import Ops
 from ._settings import current
+
+# array-api-compat's torch namespace, of the copy array_namespace comes from (maybe a host's vendored one).
+NAMESPACE = importlib.import_module(array_namespace.__module__.partition(".common")[0] + ".torch")
 
 Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
 Backward = Callable[..., tuple[Array | None, ...]]
@@ -54,11 +58,7 @@ class TorchOps(Ops):
     views = True
 
     def is_eager(self, x: Array) -> bool:
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
-            return False
-        # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
-        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-        return wrapped is None or not wrapped(x)
+        return _is_eager(x)
 
     def records_gradient(self, values: Iterable[Any]) -> bool:
         return torch.is_grad_enabled() and _requires_grad(values)
@@ -96,6 +96,14 @@ class TorchOps(Ops):
 
     def subtract_into(self, out: Array, x: Array, y: Array) -> Array:
         return torch.sub(x, y, out=out)
+
+
+def _is_eager(x: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is None or not wrapped(x)
 
 
 def _requires_grad(values: Iterable[Any]) -> bool:
@@ -163,7 +171,7 @@ class AnalyticBackward(torch.autograd.Function):
         primals, residuals = tuple(saved[: ctx.num_primals]), tuple(saved[ctx.num_primals :])
         gradients, ctx.fused_gradients = ctx.fused_gradients, ()
         if gradients:  # ours: scaled in place and handed over without a copy (a second pass recomputes)
-            if not bool(cotangent == 1):  # host tensors (fused runs on CPU only): no device sync
+            if not (_is_eager(cotangent) and bool(cotangent == 1)):  # read only where it costs no sync
                 for gradient in gradients:
                     gradient *= cotangent
             return (None, None, None, *gradients)

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from . import _compat as compat
-from ._backends import ops_for
+from ._backends import is_array, namespace_of, ops_for
 from ._compat import Array as Array
 from ._ops import NumpyOps, Ops
 
@@ -33,7 +32,7 @@ def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: t
     for name, a in named.items():
         if a is None and name in optional:
             continue
-        if not compat.is_array_api_obj(a):
+        if not is_array(a):
             raise TypeError(
                 f"{name} must be an array, got {type(a).__name__}; convert it with the "
                 f"namespace of your other arrays first, e.g. xp.asarray({name})"
@@ -41,7 +40,7 @@ def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: t
         present.append((name, a))
     if xp is None:
         try:
-            xp = compat.array_namespace(*[a for _, a in present])
+            xp = namespace_of([a for _, a in present])
         except TypeError:
             kinds = ", ".join(f"{name}: {type(a).__module__}.{type(a).__name__}" for name, a in present)
             raise TypeError(
@@ -134,7 +133,8 @@ def check_broadcastable(name: str, x: Array, shape: tuple[Any, ...], target: str
     """Raise unless ``x`` broadcasts to ``shape`` without changing it (``target`` names the shape)."""
     xs = tuple(x.shape)
     trailing = shape[len(shape) - len(xs) :]
-    ok = len(xs) <= len(shape) and all(a in (1, b) for a, b in zip(xs, trailing, strict=True))
+    # a == 1 or a == b, not a in (1, b): torch.compile evaluates `in` on a symbolic size as False
+    ok = len(xs) <= len(shape) and all(a == 1 or a == b for a, b in zip(xs, trailing, strict=True))
     if not ok:
         raise ValueError(
             f"{name} has shape {xs}, which does not broadcast to the {target} shape {tuple(shape)}"
