@@ -99,14 +99,14 @@ def check_steps(
     return Steps(ops, logits, targets, weights, labels, loss_function)
 
 
-def step_losses(steps: Steps) -> Array:
+def step_losses(steps: Steps, logits: Array) -> Array:
     """Cross entropy of every step, shape ``[batch, time]``, in the accumulation dtype.
 
     A custom loss function is called once, as ``f(labels=..., logits=...)`` on the
     flattened ``[batch * time, ...]`` arrays, and must return one loss per row. A target
     out of range on arrays that cannot be checked eagerly gives that step a NaN loss.
     """
-    ops, logits, targets = steps.ops, steps.logits, steps.targets
+    ops, targets = steps.ops, steps.targets
     xp = ops.xp
     batch, time, classes = logits.shape
     dtype = compute_dtype(logits.dtype, xp)
@@ -162,10 +162,9 @@ class Flags(NamedTuple):
         time = self.average_across_timesteps or self.sum_over_timesteps
         return (0,) * batch + (1,) * time
 
-    def denominator(self, w: Array, ops: Ops) -> Array:
-        """What the sums over :meth:`reduced_axes` are divided by: the summed weights ``w`` when
+    def denominator(self, w: Array, axes: tuple[int, ...], ops: Ops) -> Array:
+        """What the sums over the reduced ``axes`` are divided by: the summed weights ``w`` when
         averaging, their count of non-zeros for ``sum_over_*``."""
-        axes = self.reduced_axes()
         if self.average_across_batch or self.average_across_timesteps:
             return ops.xp.sum(w, axis=axes)
         return count_nonzero(w, axes, ops)
@@ -175,7 +174,7 @@ class Flags(NamedTuple):
         weighted = apply_weights(losses, w, ops)
         axes = self.reduced_axes()
         if axes:
-            weighted = safe_divide(ops.xp.sum(weighted, axis=axes), self.denominator(w, ops), ops)
+            weighted = safe_divide(ops.xp.sum(weighted, axis=axes), self.denominator(w, axes, ops), ops)
         return weighted
 
     def scale(self, cotangent: Array, w: Array, ops: Ops) -> Array:
@@ -184,7 +183,7 @@ class Flags(NamedTuple):
         scale = xp.astype(cotangent, w.dtype)
         axes = self.reduced_axes()
         if axes:
-            scale = safe_divide(scale, self.denominator(w, ops), ops)
+            scale = safe_divide(scale, self.denominator(w, axes, ops), ops)
             for axis in axes:
                 scale = xp.expand_dims(scale, axis=axis)
         return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, ops)
@@ -245,8 +244,8 @@ def check_sequence(
 
 
 def _sequence_forward(call: SequenceCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
-    steps = call.steps._replace(logits=logits)
-    losses = step_losses(steps)
+    steps = call.steps
+    losses = step_losses(steps, logits)
     w = steps.weights_in(losses.dtype, losses)
     return call.ops.as_result(call.flags.reduce(losses, w, call.ops), logits.dtype), ()
 
@@ -408,8 +407,8 @@ def check_by_example(
 def _by_example_forward(call: ByExampleCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     ops = call.ops
     xp = ops.xp
-    steps = call.steps._replace(logits=logits)
-    losses = step_losses(steps)
+    steps = call.steps
+    losses = step_losses(steps, logits)
     w = steps.weights_in(losses.dtype, losses)
     total = xp.sum(apply_weights(losses, w, ops), axis=1)
     if call.average_across_timesteps:

@@ -12,6 +12,18 @@ from types import ModuleType
 from ._compat import Array, array_namespace, is_array_api_obj
 from ._ops import NumpyOps, Ops
 
+_TORCH_MODULE = __name__.rpartition(".")[0] + "._torch"
+
+
+def _torch() -> ModuleType:
+    """:mod:`._torch`, imported on first use (it imports torch, which the caller has loaded)."""
+    loaded = sys.modules.get(_TORCH_MODULE)  # a dictionary lookup: an import statement costs ten
+    if loaded is not None:
+        return loaded
+    from . import _torch  # torch.compile traces an import statement, not importlib
+
+    return _torch
+
 
 def is_array(x: object) -> bool:
     """Whether ``x`` is an array of an array-API library (``array_api_compat.is_array_api_obj``)."""
@@ -28,11 +40,10 @@ def namespace_of(arrays: list[Array]) -> ModuleType:
     """
     torch = sys.modules.get("torch")
     if arrays and torch is not None and all(isinstance(a, torch.Tensor) for a in arrays):
-        from ._torch import NAMESPACE  # imported once: torch.compile traces a module's import, not importlib
-
-        return NAMESPACE
-    namespace: ModuleType = array_namespace(*arrays)
-    return namespace
+        namespace: ModuleType = _torch().NAMESPACE
+        return namespace
+    inferred: ModuleType = array_namespace(*arrays)
+    return inferred
 
 
 def ops_for(xp: ModuleType) -> Ops:
@@ -46,7 +57,6 @@ def ops_for(xp: ModuleType) -> Ops:
     if family == "numpy":
         return NumpyOps(xp)
     if family == "torch":
-        from ._torch import TorchOps  # torch is loaded: its namespace was handed in
-
-        return TorchOps(xp)
+        ops: Ops = _torch().TorchOps(xp)
+        return ops
     return Ops(xp)
