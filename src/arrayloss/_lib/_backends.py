@@ -56,6 +56,10 @@ def ops_for(xp: ModuleType) -> Ops:
     family = xp.__name__.rpartition("array_api_compat.")[2]
     if family == "numpy":
         return NumpyOps(xp)
+    if family == "jax.numpy":
+        from ._jax import JaxOps  # jax is loaded: its namespace was handed in
+
+        return JaxOps(xp)
     if family == "torch":
         ops: Ops = _torch().TorchOps(xp)
         return ops

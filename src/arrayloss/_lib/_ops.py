@@ -63,6 +63,14 @@ class Ops:
         faster and computes what arrayloss does; None (the array-API path) otherwise."""
         return None
 
+    def constant(self, x: Array) -> Array:
+        """``x``, as a constant for the library's autodiff (its gradient is not taken).
+
+        For values whose gradient cancels, such as the shift of a log-sum-exp: autodiff
+        through a row maximum costs a pass over the rows for a zero contribution.
+        """
+        return x
+
     def row_max(self, x: Array) -> Array:
         """``max(x)`` over the last axis, kept."""
         return self.xp.max(x, axis=-1, keepdims=True)

@@ -40,7 +40,7 @@ def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
     if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
         shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=ops.device(z))
         return ExpSums(shift, xp.exp(z), shift, shift)
-    shift = ops.row_max(z)
+    shift = ops.constant(ops.row_max(z))  # d lse / d shift = 0: autodiff need not go through the maximum
     finite = ops.is_eager(z) and ops.all_true(xp.isfinite(shift))
     if not finite:
         shift = xp.where(xp.isfinite(shift), shift, 0.0)
