@@ -31,7 +31,19 @@ from typing import Any
 
 import arrayloss as al
 
-CASES = ("forward", "forward_backward", "small", "sequence", "dense", "linear", "sweep", "gpu")
+CASES = (
+    "forward",
+    "forward_backward",
+    "small",
+    "sequence",
+    "dense",
+    "linear",
+    "sweep",
+    "gpu",
+    "jax",
+    "compile",
+)
+DEFAULT_CASES = tuple(case for case in CASES if case != "compile")  # compile: minutes of compilation
 
 
 @dataclass
@@ -483,13 +495,15 @@ def _gpu_torch(s: Sizes, dtype: str, backward: bool) -> Bench:
     peers: dict[str, Callable[[], Any]] = {
         "F.cross_entropy": _pass(lambda: torch_f.cross_entropy(logits, labels), backward)
     }
+    compiled = torch.compile(lambda z: torch_f.cross_entropy(z, labels), fullgraph=True)
+    peers["compiled F"] = _pass(lambda: compiled(logits), backward)
     if not backward:
         peers["sum"] = lambda: logits.sum(dtype=torch.float32)
     if _installed("liger_kernel"):
         liger = importlib.import_module("liger_kernel.transformers")
         liger_loss = liger.LigerCrossEntropyLoss()
         peers["liger"] = _pass(lambda: liger_loss(logits, labels), backward)
-    targets = {"F.cross_entropy": 1.0, "liger": 1.0} if backward else {"sum": 1 / 1.5}
+    targets = {"F.cross_entropy": 1.0, "liger": 1.0} if backward else {"sum": 1 / 1.5}  # issue 5, target 7
     return Bench(
         "forward_backward (gpu)" if backward else "forward (gpu)",
         "torch-cuda",
@@ -528,6 +542,140 @@ def _gpu_cupy(s: Sizes) -> Bench:
     )
 
 
+def jax_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """JAX under ``jit``: ``value_and_grad`` of the mean sparse cross entropy (plain and smoothed) and of
+    ``sequence_loss`` against optax, and per-example gradients ``vmap(grad)`` (issue 14's targets)."""
+    if not (_installed("jax") and _installed("optax")):
+        return
+
+    def make(name: str) -> Bench:
+        jax = importlib.import_module("jax")
+        jnp = importlib.import_module("jax.numpy")
+        optax = importlib.import_module("optax")
+        key_logits, key_labels = jax.random.split(jax.random.key(0))
+        if name == "vmap(grad)":
+            shape = (64, s.small_rows * 16, s.classes // 32)
+            logits = jax.random.normal(key_logits, shape, dtype=jnp.float32)
+            labels = jax.random.randint(key_labels, shape[:2], 0, shape[2])
+
+            def loss_ours(z: Any, y: Any) -> Any:
+                return al.sparse_softmax_cross_entropy(z, y, reduction="mean")
+
+            def loss_theirs(z: Any, y: Any) -> Any:
+                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, y))
+
+            ours = jax.jit(jax.vmap(jax.grad(loss_ours)))
+            theirs = jax.jit(jax.vmap(jax.grad(loss_theirs)))
+            return Bench(
+                "jax vmap(grad)",
+                "jax-cpu (jit)",
+                "x".join(map(str, shape)),
+                "float32",
+                lambda: ours(logits, labels).block_until_ready(),
+                {"optax": lambda: theirs(logits, labels).block_until_ready()},
+                {"optax": 0.8},
+                classes=shape[2],
+            )
+        sequence = name == "sequence_loss"
+        shape = (s.batch, s.time, s.classes) if sequence else (s.rows, s.classes)
+        logits = jax.random.normal(key_logits, shape, dtype=jnp.float32)
+        labels = jax.random.randint(key_labels, shape[:-1], 0, s.classes)
+        smoothing = 0.1 if name == "label_smoothing" else 0.0
+        weights = (jnp.arange(s.time) < s.time - 3).astype(jnp.float32) * jnp.ones((s.batch, 1))
+
+        def loss_ours(z: Any) -> Any:
+            if sequence:
+                return al.sequence_loss(z, labels, weights)
+            return al.sparse_softmax_cross_entropy(z, labels, label_smoothing=smoothing, reduction="mean")
+
+        def loss_theirs(z: Any) -> Any:
+            if sequence:
+                losses = optax.softmax_cross_entropy_with_integer_labels(z, labels)
+                return jnp.sum(losses * weights) / jnp.sum(weights)
+            if smoothing:
+                targets = optax.smooth_labels(jax.nn.one_hot(labels, s.classes), smoothing)
+                return jnp.mean(optax.softmax_cross_entropy(z, targets))
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels))
+
+        ours = jax.jit(jax.value_and_grad(loss_ours))
+        theirs = jax.jit(jax.value_and_grad(loss_theirs))
+        return Bench(
+            f"jax grad {name}",
+            "jax-cpu (jit)",
+            "x".join(map(str, shape)),
+            "float32",
+            lambda: jax.block_until_ready(ours(logits)),
+            {"optax": lambda: jax.block_until_ready(theirs(logits))},
+            {"optax": 1.0},
+            classes=s.classes,
+        )
+
+    for name in ("plain", "label_smoothing", "sequence_loss", "vmap(grad)"):
+        yield functools.partial(make, name)
+
+
+COMPILE_OPTIONS = ("plain", "label_smoothing", "ignore_index", "class_weights", "weights", "z_loss", "dense")
+
+
+def compile_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """``torch.compile`` forward + backward of every option against compiled ``F.cross_entropy`` (or its
+    plain-torch equivalent where F has no such option); issue 14's target: at least 1.0x."""
+    if not _installed("torch"):
+        return
+
+    def make(option: str) -> Bench:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        torch._dynamo.reset()
+        logits, labels = _torch_inputs(s.rows, s.classes)
+        logits.requires_grad_(True)
+        generator = torch.Generator().manual_seed(1)
+        class_weights = torch.rand(s.classes, generator=generator) + 0.5
+        weights = torch.rand(s.rows, generator=generator)
+        targets = torch.softmax(torch.roll(logits.detach(), 1, dims=0) * 2.0, dim=-1)
+        if option == "ignore_index":
+            labels[::7] = -100
+        ours_options: dict[str, Any] = {
+            "label_smoothing": {"label_smoothing": 0.1},
+            "ignore_index": {"ignore_index": -100},
+            "class_weights": {"class_weights": class_weights},
+            "weights": {"weights": weights},
+            "z_loss": {"z_loss": 1e-4},
+        }.get(option, {})
+
+        def ours(z: Any) -> Any:
+            if option == "dense":
+                return al.softmax_cross_entropy(z, targets, reduction="mean")
+            return al.sparse_softmax_cross_entropy(z, labels, reduction="mean", **ours_options)
+
+        def theirs(z: Any) -> Any:
+            if option == "dense":
+                return torch_f.cross_entropy(z, targets)
+            if option == "weights":
+                return (torch_f.cross_entropy(z, labels, reduction="none") * weights).sum() / weights.sum()
+            if option == "z_loss":
+                return torch_f.cross_entropy(z, labels) + 1e-4 * torch.logsumexp(z, dim=-1).square().mean()
+            theirs_options = {"class_weights": {"weight": class_weights}}.get(option, ours_options)
+            return torch_f.cross_entropy(z, labels, **theirs_options)
+
+        compiled_ours = torch.compile(ours, fullgraph=True)
+        compiled_theirs = torch.compile(theirs, fullgraph=True)
+        return Bench(
+            f"compile {option}",
+            "torch-cpu (compile)",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            lambda: compiled_ours(logits).backward(),
+            {"compiled F": lambda: compiled_theirs(logits).backward()},
+            {"compiled F": 1.0},
+            classes=s.classes,
+            reset=_dropping_grad(logits),
+        )
+
+    for option in COMPILE_OPTIONS:
+        yield functools.partial(make, option)
+
+
 SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "forward": forward_cases,
     "forward_backward": forward_backward_cases,
@@ -537,6 +685,8 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "linear": linear_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,
+    "jax": jax_cases,
+    "compile": compile_cases,
 }
 
 # ---------------------------------------------------------------------------------------- output
@@ -635,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="PyTorch intra-op threads (torch.set_num_threads); default: PyTorch's"
     )
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(DEFAULT_CASES), help="cases to run")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
