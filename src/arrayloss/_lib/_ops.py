@@ -22,8 +22,10 @@ from ._compat import Array, device
 class Ops:
     """The standard calls, for every namespace."""
 
-    views: bool = False
-    """Whether slices are views that writes go through, and integer-array assignment writes in place."""
+    @property
+    def views(self) -> bool:
+        """Whether slices are views that writes go through, and integer-array assignment writes in place."""
+        return False
 
     def __init__(self, xp: ModuleType) -> None:
         self.xp = xp
@@ -129,7 +131,9 @@ class NumpyOps(Ops):
     """NumPy: reductions by the ufuncs (``np.max``'s Python wrapper costs as much again on small
     arrays), ``out=`` where a step would allocate a block, integer-array indexing for gathers."""
 
-    views = True
+    @property
+    def views(self) -> bool:
+        return True
 
     def is_eager(self, x: Array) -> bool:
         return True

@@ -55,7 +55,11 @@ Backward = Callable[..., tuple[Array | None, ...]]
 class TorchOps(Ops):
     """PyTorch: in-place steps on our temporaries, the autograd hook, the probes of its transforms."""
 
-    views = True
+    @property
+    def views(self) -> bool:
+        # Not while torch.compile traces: it turns writes through views into copies, and fuses the
+        # standard formulation (a comparison with every class) into one kernel instead.
+        return not torch.compiler.is_compiling()
 
     def is_eager(self, x: Array) -> bool:
         return _is_eager(x)
