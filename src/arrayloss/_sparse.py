@@ -38,6 +38,7 @@ from ._lib._validation import (
     check_logits,
     check_reduction,
     class_axis_last,
+    compute_dtype,
     in_compute_dtype,
     ops_of,
 )
@@ -216,17 +217,26 @@ def sparse_losses(
     ops: Ops,
     chunk_size: int | None = None,
 ) -> tuple[Array, Array, Array]:
-    """:func:`losses_and_row_stats` of ``z`` (classes last), in blocks of rows (:func:`rows_per_block`)."""
+    """:func:`losses_and_row_stats` of ``z`` (classes last), in blocks of rows (:func:`rows_per_block`).
+
+    In the accumulation dtype; half precision is converted block by block.
+    """
+    xp = ops.xp
     block = rows_per_block(chunk_size, z, ops)
     if block is None or z.ndim < 2:
+        z = in_compute_dtype(z, xp)
         return losses_and_row_stats(z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, ops=ops)
-    xp = ops.xp
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
     scratch = scratch_block(rows[0], block, ops) if ops.is_eager(z) else None
 
     def stacked(z_rows: Array, label_rows: Array) -> Array:
         parts = losses_and_row_stats(
-            z_rows, label_rows, label_smoothing=label_smoothing, z_loss=z_loss, ops=ops, scratch=scratch
+            in_compute_dtype(z_rows, xp),
+            label_rows,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            ops=ops,
+            scratch=scratch,
         )
         return xp.stack(parts, axis=-1)
 
@@ -368,23 +378,26 @@ def sparse_gradient_and_losses(
     return grad, loss
 
 
-def _classes_last(call: SparseCall, logits: Array) -> Array:
+def _classes_last(call: SparseCall, logits: Array) -> tuple[Array, Any]:
+    """The logits with classes last, in their own dtype (the blocks convert half precision one
+    at a time), and the accumulation dtype."""
     xp = call.ops.xp
-    return in_compute_dtype(class_axis_last(logits, call.axis, xp), xp)
+    return class_axis_last(logits, call.axis, xp), compute_dtype(logits.dtype, xp)
 
 
-def _weights_and_scale(call: SparseCall, cotangent: Array, z: Array) -> tuple[Array | None, Array]:
-    """The combined example weights and each example's gradient factor (NaN for a poisoned label)."""
+def _weights_and_scale(call: SparseCall, cotangent: Array, dtype: Any) -> tuple[Array | None, Array]:
+    """The combined example weights and each example's gradient factor (NaN for a poisoned label),
+    in the accumulation ``dtype``."""
     options, ops = call.options, call.ops
-    w = options.example_weights(z.dtype, ops)
-    scale = example_scale(cotangent, w, options.reduction, tuple(options.raw_labels.shape), z.dtype, ops)
+    w = options.example_weights(dtype, ops)
+    scale = example_scale(cotangent, w, options.reduction, tuple(options.raw_labels.shape), dtype, ops)
     return w, poison(scale, options.labels.poisoned, ops)
 
 
 def _forward(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     """The loss, and the rows' ``(shift, log_sum)`` for the backward pass."""
     options, ops = call.options, call.ops
-    z = _classes_last(call, logits)
+    z, dtype = _classes_last(call, logits)
     loss, shift, log_sum = sparse_losses(
         z,
         options.labels.safe,
@@ -393,7 +406,7 @@ def _forward(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
         ops=ops,
         chunk_size=options.chunk_size,
     )
-    w = options.example_weights(z.dtype, ops)
+    w = options.example_weights(dtype, ops)
     out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
     return ops.as_result(out, logits.dtype), (shift, log_sum)
 
@@ -403,8 +416,8 @@ def _backward(
 ) -> tuple[Array]:
     (logits,) = primals
     options, ops = call.options, call.ops
-    z = _classes_last(call, logits)
-    w, scale = _weights_and_scale(call, cotangent, z)
+    z, dtype = _classes_last(call, logits)
+    w, scale = _weights_and_scale(call, cotangent, dtype)
     grad = sparse_logits_vjp(
         z,
         options.labels.safe,
@@ -422,9 +435,9 @@ def _fused(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array]]:
     """The loss and its gradient with respect to ``logits``, from one exponential of each block."""
     options, ops = call.options, call.ops
     xp = ops.xp
-    z = _classes_last(call, logits)
+    z, dtype = _classes_last(call, logits)
     shape = () if options.reduction != "none" else tuple(options.raw_labels.shape)
-    w, scale = _weights_and_scale(call, xp.ones(shape, dtype=z.dtype, device=ops.device(z)), z)
+    w, scale = _weights_and_scale(call, xp.ones(shape, dtype=dtype, device=ops.device(z)), dtype)
     grad, loss = sparse_gradient_and_losses(
         z,
         options.labels.safe,

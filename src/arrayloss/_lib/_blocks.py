@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from ._ops import Ops
 from ._settings import current
-from ._validation import Array
+from ._validation import Array, compute_dtype, in_compute_dtype
 
 
 def rows_per_block(chunk_size: int | None, z: Array, ops: Ops) -> int | None:
@@ -42,20 +42,21 @@ def rows_per_block(chunk_size: int | None, z: Array, ops: Ops) -> int | None:
         return None
     if z.ndim < 2 or not ops.is_eager(z) or ops.records_gradient((z,)):
         return None
-    row_bytes = z.shape[-1] * ops.xp.finfo(z.dtype).bits // 8
+    row_bytes = z.shape[-1] * ops.xp.finfo(compute_dtype(z.dtype, ops.xp)).bits // 8  # a block computed
     block = max(1, block_bytes // max(1, row_bytes))
     return block if block < math.prod(z.shape[:-1]) else None
 
 
 def scratch_block(rows: Array, block: int | None, ops: Ops) -> Array:
-    """A writable array for one block of the 2-d ``rows``: ``block`` rows (all of them for None).
+    """A writable array for one block of the 2-d ``rows``, ``block`` rows (all of them for None), in
+    their accumulation dtype.
 
     Shared by every block of a call, so that a loop over blocks allocates no block-sized
     array per block (see :func:`~._softmax.exp_sums`).
     """
     count = rows.shape[0]
     shape = (count if block is None else min(block, count), rows.shape[-1])
-    return ops.xp.empty(shape, dtype=rows.dtype, device=ops.device(rows))
+    return ops.xp.empty(shape, dtype=compute_dtype(rows.dtype, ops.xp), device=ops.device(rows))
 
 
 def map_row_blocks(fn: Callable[..., Array], rows: tuple[Array, ...], block: int | None, ops: Ops) -> Array:
@@ -85,11 +86,14 @@ def in_row_blocks(
 ) -> tuple[Array, ...]:
     """``row_gradient(z, *per_row)``, computed in blocks of rows on eager host arrays.
 
-    ``row_gradient`` maps rows of ``z`` (classes last) and of the ``per_row`` arrays
+    ``row_gradient`` maps rows of ``z`` (classes last, given in the accumulation dtype of
+    ``z``, block by block: half precision is converted one cached block at a time) and of
+    the ``per_row`` arrays
     (the leading shape of ``z``, maybe with trailing axes of their own) to a tuple:
-    gradient rows of ``z``'s shape and dtype, then any number of arrays of one value
-    per row (such as the rows' losses), which are concatenated. The blocks follow
-    :func:`rows_per_block` (``chunk_size`` if given): a block stays in the CPU cache
+    gradient rows of ``z``'s shape in the accumulation dtype, then any number of arrays of
+    one value per row (such as the rows' losses), which are concatenated. The gradient
+    comes back in ``z``'s own dtype when computed in blocks, else in the accumulation
+    dtype. The blocks follow :func:`rows_per_block` (``chunk_size`` if given): a block stays in the CPU cache
     through the several elementwise steps of the gradient, and each finished block is
     written into the gradient, so that no other logits-sized array is ever alive
     (eager host arrays are writable). Other arrays get one call. With ``scratch``,
@@ -99,14 +103,15 @@ def in_row_blocks(
     views (``Ops.views``), one shared array elsewhere.
     """
     block = rows_per_block(chunk_size, z, ops)
-    if block is None:
-        return row_gradient(z, *per_row)
     xp = ops.xp
+    if block is None:
+        return row_gradient(in_compute_dtype(z, xp), *per_row)
     lead = tuple(z.shape[:-1])
     rows = tuple(xp.reshape(a, (-1, *a.shape[len(lead) :])) for a in (z, *per_row))
     count = rows[0].shape[0]
     grad = xp.empty(rows[0].shape, dtype=z.dtype, device=ops.device(z))
-    in_place = scratch and ops.views  # a block computed in the gradient's own rows: one copy fewer
+    # A block computed in the gradient's own rows (one copy fewer), unless they hold half precision.
+    in_place = scratch and ops.views and grad.dtype == compute_dtype(grad.dtype, xp)
     shared = None
     if scratch and ops.is_eager(z) and not in_place:
         shared = scratch_block(rows[0], block, ops)
@@ -115,7 +120,8 @@ def in_row_blocks(
         stop = min(start + block, count)  # the standard leaves out-of-bounds slice stops unspecified
         target = grad[start:stop, ...] if in_place else shared
         work = {} if target is None else {"scratch": target}
-        grad_rows, *row_values = row_gradient(*(a[start:stop, ...] for a in rows), **work)
+        z_rows, *rest = (a[start:stop, ...] for a in rows)
+        grad_rows, *row_values = row_gradient(in_compute_dtype(z_rows, xp), *rest, **work)
         if not (in_place and grad_rows is target):  # not already written in place
             grad[start:stop, ...] = grad_rows
         values.append(row_values)
