@@ -16,6 +16,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"  # a second `nox` reuses the environments: only changed requirements install
 nox.options.error_on_missing_interpreters = True
 nox.options.tags = ["cpu"]  # plain `nox`: every CPU session; GPU sessions need `-t gpu`
 
@@ -44,7 +45,8 @@ def has_gpu() -> bool:
 def run_pytest(session: nox.Session, *args: str) -> None:
     """Run pytest and fail the session if no test actually ran (all skipped or none collected)."""
     report = Path(session.create_tmp()) / "junit.xml"
-    session.run("pytest", f"--junitxml={report}", *args, *session.posargs)
+    # -rs: the reasons of the skipped tests, counted, in the summary
+    session.run("pytest", "-rs", f"--junitxml={report}", *args, *session.posargs)
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     ran = int(suite.get("tests", 0)) - int(suite.get("skipped", 0))

@@ -124,6 +124,10 @@ def no_other_device(b: Any) -> str | None:
     return None if other_device(b) is not None else f"{b.name} has a single device here"
 
 
+def no_complex(b: Any) -> str | None:
+    return None if hasattr(b.xp, "complex64") else f"{b.name} has no complex dtype"
+
+
 def on_other_device(b: Any, x: Any) -> Any:
     device = other_device(b)
     if b.name == "torch":
@@ -237,6 +241,7 @@ CASES: list[BadInput] = [
         TypeError,
         "weights must have a real or boolean dtype",
         "weights",
+        applies=no_complex,
     ),
     # --- values (eager host arrays only)
     BadInput(

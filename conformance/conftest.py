@@ -96,6 +96,8 @@ class Backend:
             return x.numpy()
         if self.name == "cupy":
             x = x.get()
+        if self.name == "ndonnx":  # eager ndonnx arrays hold their NumPy values
+            x = x.unwrap_numpy()
         if self.name == "array_api_strict":
             cpu = self.module.Device("CPU_DEVICE")
             x = self.xp.asarray(x.to_device(cpu), copy=True)
@@ -159,7 +161,7 @@ def _make_backend(name: str, device_name: str) -> Backend:
     if name == "torch" and device.type == "cuda" and not module.cuda.is_available():
         raise pytest.UsageError("--device=cuda but torch sees no CUDA device")
 
-    dtypes = info.dtypes(device=device)
+    dtypes = info.dtypes(device=device, kind=None)  # ndonnx requires the keyword
     floats = [d for d in ("float32", "float64") if d in dtypes]
     # Half precision is not in the standard, so namespace info never lists it: every library
     # but array-api-strict has float16.

@@ -25,6 +25,7 @@ from ._lib._softmax import (
 from ._lib._validation import (
     Array,
     as_layout_of,
+    broadcast_like,
     check_floating,
     check_fraction,
     check_logits,
@@ -32,6 +33,7 @@ from ._lib._validation import (
     class_axis_last,
     compute_dtype,
     ops_of,
+    same_shape,
 )
 
 
@@ -76,7 +78,7 @@ def check_dense(
     check_reduction(reduction)
     check_fraction("label_smoothing", label_smoothing)
     check_floating("targets", targets, xp)
-    if tuple(targets.shape) != tuple(logits.shape):
+    if not same_shape(tuple(targets.shape), tuple(logits.shape)):
         raise ValueError(
             f"targets has shape {tuple(targets.shape)} but logits has shape {tuple(logits.shape)}; "
             "they must match"
@@ -234,7 +236,7 @@ def _classes_last(call: DenseCall, logits: Array) -> tuple[Array, Array, Array |
     z = xp.astype(class_axis_last(logits, call.axis, xp), dtype, copy=False)
     t = xp.astype(class_axis_last(call.targets, call.axis, xp), dtype, copy=False)
     w = call.weights
-    w = None if w is None else xp.broadcast_to(xp.astype(w, dtype), tuple(z.shape[:-1]))
+    w = None if w is None else broadcast_like(xp.astype(w, dtype), z[..., 0], xp)
     return z, t, w
 
 
@@ -250,7 +252,7 @@ def _backward(
     (logits,) = primals
     ops = call.ops
     z, t, w = _classes_last(call, logits)
-    scale = example_scale(cotangent, w, call.reduction, tuple(z.shape[:-1]), z.dtype, ops)
+    scale = example_scale(cotangent, w, call.reduction, z[..., 0], z.dtype, ops)
     grad = dense_logits_vjp(z, t, scale, label_smoothing=call.label_smoothing, masked=w is not None, ops=ops)
     return (as_layout_of(grad, logits, call.axis, ops.xp),)
 
@@ -261,7 +263,7 @@ def _fused(call: DenseCall, logits: Array) -> tuple[Array, tuple[Array]]:
     xp = ops.xp
     z, t, w = _classes_last(call, logits)
     ones = xp.ones((), dtype=z.dtype, device=ops.device(z))
-    scale = example_scale(ones, w, call.reduction, tuple(z.shape[:-1]), z.dtype, ops)
+    scale = example_scale(ones, w, call.reduction, z[..., 0], z.dtype, ops)
 
     def rows(z: Array, t: Array, scale: Array, scratch: Array | None = None) -> tuple[Array, Array]:
         return _gradient_rows_and_losses(

@@ -11,23 +11,23 @@ against the array API.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
 from ._autodiff import Rule, bind, compute, differentiable
-from ._lib._blocks import map_row_blocks
+from ._lib._blocks import block_bounds, map_row_blocks
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
-from ._lib._validation import Array, check_floating, compute_dtype, ops_of
+from ._lib._validation import Array, check_floating, compute_dtype, ops_of, reshape_target, size_of
 from ._sparse import LabelOptions, check_label_options, gradient_rows_and_losses, losses_and_row_stats
 
 
 class LinearCall(NamedTuple):
     """A checked call of :func:`linear_cross_entropy` (see :class:`~._autodiff.Call`).
 
-    ``dtype`` is the accumulation dtype, ``chunk`` the rows per chunk.
+    ``dtype`` is the accumulation dtype, ``chunk`` the rows per chunk (None: one chunk, where the
+    number of rows is unknown).
     """
 
     ops: Ops
@@ -36,7 +36,7 @@ class LinearCall(NamedTuple):
     bias: Array | None
     options: LabelOptions
     dtype: Any
-    chunk: int
+    chunk: int | None
 
     @property
     def primals(self) -> tuple[Array, ...]:
@@ -107,8 +107,10 @@ def check_linear(
         chunk_size=chunk_size,
     )
     dtype = compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
-    rows = math.prod(labels.shape)
-    if chunk_size is None:  # chunks of logits of about linear_chunk_bytes
+    rows = size_of(tuple(labels.shape))
+    if rows is None:  # an unknown number of rows: no loop over chunks
+        chunk_size = None
+    elif chunk_size is None:  # chunks of logits of about linear_chunk_bytes
         row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
         chunk_size = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
     return LinearCall(ops, hidden, weight, bias, options, dtype, chunk_size)
@@ -126,6 +128,8 @@ class _Rows(NamedTuple):
     def logits(self, hidden_rows: Array, ops: Ops) -> Array:
         xp = ops.xp
         z = xp.matmul(xp.astype(hidden_rows, self.weight.dtype, copy=False), xp.matrix_transpose(self.weight))
+        if z.shape[-1] is None:  # a lazy product of rows of unknown number (ndonnx): the classes are known
+            z = xp.reshape(z, (-1, self.weight.shape[0]))
         return z if self.bias is None else z + self.bias
 
 
@@ -134,20 +138,26 @@ def _rows(call: LinearCall, primals: tuple[Array, ...]) -> _Rows:
     hidden, weight = primals[0], primals[1]
     bias = primals[2] if len(primals) > 2 else None
     labels = call.options.labels.safe
-    rows = math.prod(labels.shape)
-    return _Rows(
-        xp.reshape(hidden, (rows, hidden.shape[-1])),
+    return _Rows(  # rows already: no reshape (Dask cannot reshape rows of unknown number)
+        hidden if hidden.ndim == 2 else xp.reshape(hidden, (-1, hidden.shape[-1])),
         xp.astype(weight, call.dtype, copy=False),
         None if bias is None else xp.astype(bias, call.dtype, copy=False),
-        xp.reshape(labels, (rows,)),
+        labels if labels.ndim == 1 else xp.reshape(labels, (-1,)),
     )
+
+
+def _rows_as(rows: Array, like: Array, xp: ModuleType) -> Array:
+    """``rows`` (flattened to rows, as :func:`_rows` does) in the shape of ``like`` again."""
+    if rows.ndim == like.ndim:  # no reshape: Dask cannot reshape rows of unknown number
+        return rows
+    return xp.reshape(rows, reshape_target(tuple(like.shape)))
 
 
 def _reduce(call: LinearCall, loss_rows: Array, primals: tuple[Array, ...]) -> Array:
     """The weighted and reduced loss from the per-row losses, in the dtype of ``hidden @ weight.T``."""
     options, ops = call.options, call.ops
     xp = ops.xp
-    loss = xp.reshape(loss_rows, tuple(options.raw_labels.shape))
+    loss = _rows_as(loss_rows, options.raw_labels, xp)
     w = options.example_weights(call.dtype, ops)
     out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
     return ops.as_result(out, xp.result_type(primals[0].dtype, primals[1].dtype))
@@ -199,22 +209,26 @@ def _value_and_gradients(
     xp = ops.xp
     rows = _rows(call, primals)
     w = options.example_weights(call.dtype, ops)
-    shape = tuple(options.raw_labels.shape)
-    if cotangent is None:
-        cotangent = xp.ones(
-            shape if options.reduction == "none" else (), dtype=call.dtype, device=ops.device(rows.hidden)
-        )
-    scale = example_scale(cotangent, w, options.reduction, shape, call.dtype, ops)
-    scale = xp.reshape(poison(scale, options.labels.poisoned, ops), (-1,))  # out of range: NaN gradient
+    labels = options.raw_labels
+    if cotangent is None and options.reduction == "none":
+        cotangent = xp.ones_like(labels, dtype=call.dtype)
+    elif cotangent is None:
+        cotangent = xp.ones((), dtype=call.dtype, device=ops.device(rows.hidden))
+    scale = example_scale(cotangent, w, options.reduction, labels, call.dtype, ops)
+    scale = poison(scale, options.labels.poisoned, ops)  # a label out of range: NaN gradient
+    scale = scale if scale.ndim == 1 else xp.reshape(scale, (-1,))
     losses, d_hidden, d_weight, d_bias = [], [], None, None
-    count = rows.hidden.shape[0]
-    for start in range(0, count, call.chunk):
-        stop = min(start + call.chunk, count)
-        h = xp.astype(rows.hidden[start:stop, ...], call.dtype, copy=False)
+    if call.chunk is None:  # one chunk of an unknown number of rows, not sliced (Dask cannot)
+        chunks = [(rows.hidden, rows.labels, scale)]
+    else:
+        bounds = block_bounds(rows.hidden.shape[0], call.chunk)
+        chunks = [(rows.hidden[a:b, ...], rows.labels[a:b], scale[a:b]) for a, b in bounds]
+    for hidden_rows, label_rows, scale_rows in chunks:
+        h = xp.astype(hidden_rows, call.dtype, copy=False)
         g, loss = gradient_rows_and_losses(
             rows.logits(h, ops),
-            rows.labels[start:stop],
-            scale[start:stop],
+            label_rows,
+            scale_rows,
             label_smoothing=options.label_smoothing,
             z_loss=options.z_loss,
             masked=w is not None,
@@ -229,7 +243,7 @@ def _value_and_gradients(
     if d_weight is None:  # no rows: zero gradients
         value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=ops.device(rows.hidden)), primals)
         return value, tuple(xp.zeros_like(a) for a in primals)
-    grads = [xp.reshape(xp.concat(d_hidden, axis=0), tuple(primals[0].shape)), d_weight]
+    grads = [_rows_as(xp.concat(d_hidden, axis=0), primals[0], xp), d_weight]
     if d_bias is not None:
         grads.append(d_bias)
     value = _reduce(call, xp.concat(losses, axis=0), primals)

@@ -19,6 +19,7 @@ from ._lib._ops import Ops
 from ._lib._reduce import apply_weights, count_nonzero, poison, safe_divide
 from ._lib._validation import (
     Array,
+    broadcast_like,
     check_floating,
     check_labels,
     check_logits,
@@ -28,6 +29,8 @@ from ._lib._validation import (
     compute_dtype,
     in_compute_dtype,
     ops_of,
+    reshape_target,
+    same_shape,
 )
 from ._sparse import sparse_gradient_and_losses, sparse_logits_vjp, sparse_losses
 
@@ -59,7 +62,7 @@ class Steps(NamedTuple):
         """The ``[batch, time]`` weights in ``dtype`` (ones when none were given), on ``like``'s device."""
         xp = self.ops.xp
         if self.weights is None:
-            return xp.ones(tuple(self.logits.shape[:2]), dtype=dtype, device=self.ops.device(like))
+            return xp.ones_like(like[..., 0] if like.ndim == 3 else like, dtype=dtype)
         return xp.astype(self.weights, dtype)
 
 
@@ -80,7 +83,7 @@ def check_steps(
     labels = None
     if loss_function is None and targets.ndim == 3:
         check_floating("targets", targets, xp)
-        if tuple(targets.shape) != tuple(logits.shape):
+        if not same_shape(tuple(targets.shape), tuple(logits.shape)):
             raise ValueError(
                 f"dense targets have shape {tuple(targets.shape)} but logits have shape "
                 f"{tuple(logits.shape)}; they must match"
@@ -90,7 +93,7 @@ def check_steps(
         labels = checked_labels(targets, classes, None, ops, "targets")
     if weights is not None:
         check_real("weights", weights, xp)
-        if tuple(weights.shape) != (batch, time):
+        if not same_shape(tuple(weights.shape), (batch, time)):
             raise ValueError(
                 f"weights has shape {tuple(weights.shape)} but must be [batch, time] = {(batch, time)}"
             )
@@ -112,10 +115,10 @@ def step_losses(steps: Steps, logits: Array) -> Array:
     dtype = compute_dtype(logits.dtype, xp)
     if steps.loss_function is not None:
         flat = steps.loss_function(
-            labels=xp.reshape(targets, (batch * time, *targets.shape[2:])),
-            logits=xp.reshape(logits, (batch * time, classes)),
+            labels=xp.reshape(targets, (-1, *targets.shape[2:])),
+            logits=xp.reshape(logits, (-1, classes)),
         )
-        return xp.astype(xp.reshape(flat, (batch, time)), dtype)
+        return xp.astype(xp.reshape(flat, reshape_target((batch, time))), dtype)
     z = xp.astype(logits, dtype, copy=False)
     if steps.labels is None:
         return dense_losses(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, ops=ops)
@@ -184,9 +187,9 @@ class Flags(NamedTuple):
         axes = self.reduced_axes()
         if axes:
             scale = safe_divide(scale, self.denominator(w, axes, ops), ops)
-            for axis in axes:
-                scale = xp.expand_dims(scale, axis=axis)
-        return apply_weights(xp.broadcast_to(scale, tuple(w.shape)), w, ops)
+            for axis in axes:  # by indexing: Dask cannot expand_dims rows of unknown number
+                scale = scale[None, ...] if axis == 0 else scale[..., None]
+        return apply_weights(broadcast_like(scale, w, xp), w, ops)
 
 
 @dataclass(frozen=True)
@@ -426,7 +429,7 @@ def _by_example_backward(
     scale = xp.astype(cotangent, w.dtype)
     if call.average_across_timesteps:
         scale = scale / (xp.sum(w, axis=1) + 1e-12)
-    scale = apply_weights(xp.broadcast_to(scale[:, None], tuple(w.shape)), w, ops)
+    scale = apply_weights(broadcast_like(scale[:, None], w, xp), w, ops)
     return (step_vjp(call.steps, logits, scale),)
 
 

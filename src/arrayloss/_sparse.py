@@ -390,7 +390,7 @@ def _weights_and_scale(call: SparseCall, cotangent: Array, dtype: Any) -> tuple[
     in the accumulation ``dtype``."""
     options, ops = call.options, call.ops
     w = options.example_weights(dtype, ops)
-    scale = example_scale(cotangent, w, options.reduction, tuple(options.raw_labels.shape), dtype, ops)
+    scale = example_scale(cotangent, w, options.reduction, options.raw_labels, dtype, ops)
     return w, poison(scale, options.labels.poisoned, ops)
 
 

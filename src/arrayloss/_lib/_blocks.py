@@ -24,21 +24,24 @@ from collections.abc import Callable
 
 from ._ops import Ops
 from ._settings import current
-from ._validation import Array, compute_dtype, in_compute_dtype
+from ._validation import Array, compute_dtype, in_compute_dtype, size_of
 
 
 def rows_per_block(chunk_size: int | None, z: Array, ops: Ops) -> int | None:
     """Rows per block for the ``[..., C]`` array ``z``, or ``None`` for the plain one-shot path.
 
-    An explicit ``chunk_size`` is returned as is. Otherwise eager host arrays get
+    An explicit ``chunk_size`` is returned as is, where the number of rows is known (a
+    loop over blocks needs it; an unknown dimension gives the one-shot path). Otherwise
+    eager host arrays get
     blocks of about ``block_bytes`` when there is more than one such block, except
     tensors that autograd records: the backward pass of every slice would build a zero
     gradient of the whole array (quadratic time and memory).
     """
-    if chunk_size is not None:
-        return chunk_size
+    size = size_of(tuple(z.shape))
+    if chunk_size is not None or size is None:
+        return None if size is None else chunk_size
     block_bytes = current().block_bytes
-    if math.prod(z.shape) <= block_bytes // 8:  # one block even of float64: skip the checks below
+    if size <= block_bytes // 8:  # one block even of float64: skip the checks below
         return None
     if z.ndim < 2 or not ops.is_eager(z) or ops.records_gradient((z,)):
         return None
@@ -59,6 +62,14 @@ def scratch_block(rows: Array, block: int | None, ops: Ops) -> Array:
     return ops.xp.empty(shape, dtype=compute_dtype(rows.dtype, ops.xp), device=ops.device(rows))
 
 
+def block_bounds(count: int, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive blocks of ``block`` rows out of ``count``.
+
+    Stops are clamped to the rows: the standard leaves out-of-bounds slice stops unspecified.
+    """
+    return [(start, min(start + block, count)) for start in range(0, count, block)]
+
+
 def map_row_blocks(fn: Callable[..., Array], rows: tuple[Array, ...], block: int | None, ops: Ops) -> Array:
     """``fn(*rows)`` computed ``block`` rows at a time and concatenated along the first axis.
 
@@ -68,10 +79,7 @@ def map_row_blocks(fn: Callable[..., Array], rows: tuple[Array, ...], block: int
     count = rows[0].shape[0]
     if block is None or block >= count:
         return fn(*rows)
-    # Stops clamped to the rows: the standard leaves out-of-bounds slice stops unspecified.
-    parts = [
-        fn(*(a[start : min(start + block, count), ...] for a in rows)) for start in range(0, count, block)
-    ]
+    parts = [fn(*(a[start:stop, ...] for a in rows)) for start, stop in block_bounds(count, block)]
     return ops.xp.concat(parts, axis=0)
 
 
@@ -116,8 +124,7 @@ def in_row_blocks(
     if scratch and ops.is_eager(z) and not in_place:
         shared = scratch_block(rows[0], block, ops)
     values: list[list[Array]] = []
-    for start in range(0, count, block):
-        stop = min(start + block, count)  # the standard leaves out-of-bounds slice stops unspecified
+    for start, stop in block_bounds(count, block):
         target = grad[start:stop, ...] if in_place else shared
         work = {} if target is None else {"scratch": target}
         z_rows, *rest = (a[start:stop, ...] for a in rows)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 from ._ops import Ops
 from ._validation import (
     Array,
+    broadcast_like,
     check_broadcastable,
     check_labels_in_range,
     check_real,
     check_weights_valid,
+    reshape_target,
+    size_of,
 )
 
 
@@ -97,13 +99,14 @@ def example_weights(
     shape = tuple(labels.safe.shape)
     combined = None
     if weights is not None:
-        combined = xp.broadcast_to(xp.astype(weights, dtype), shape)
+        combined = broadcast_like(xp.astype(weights, dtype), labels.safe, xp)
     if class_weights is not None:
-        if math.prod(shape) == 0:  # no labels: Dask cannot flatten some empty shapes, e.g. (2, 0, 2)
+        if size_of(shape) == 0:  # no labels: Dask cannot flatten some empty shapes, e.g. (2, 0, 2)
             picked = xp.zeros(shape, dtype=dtype, device=ops.device(labels.safe))
         else:
             flat = xp.reshape(label_indices(labels.safe, ops), (-1,))
-            picked = xp.reshape(xp.take(xp.astype(class_weights, dtype), flat, axis=0), shape)
+            picked = xp.take(xp.astype(class_weights, dtype), flat, axis=0)
+            picked = xp.reshape(picked, reshape_target(shape))
         combined = picked if combined is None else combined * picked
     if labels.counted is not None:
         if combined is None:

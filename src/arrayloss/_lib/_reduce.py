@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ._ops import Ops
-from ._validation import Array
+from ._validation import Array, broadcast_like, size_of
 
 
 def apply_weights(loss: Array, weights: Array | None, ops: Ops) -> Array:
@@ -62,7 +62,9 @@ def reduce_losses(
     if reduction == "sum":
         return total
     if weights is None:  # the plain mean: the count is known without looking at values
-        count = math.prod(loss.shape)
+        count = size_of(tuple(loss.shape))
+        if count is None:  # an unknown dimension: counted by the array library
+            return safe_divide(total, ops.total_sum(ops.xp.ones_like(loss)), ops)
         return total / float(count) if count else ops.xp.zeros_like(total)
     return safe_divide(total, ops.total_sum(weights), ops)
 
@@ -71,20 +73,23 @@ def example_scale(
     cotangent: Array,
     weights: Array | None,
     reduction: str,
-    shape: tuple[int, ...],
+    like: Array,
     dtype: Any,
     ops: Ops,
 ) -> Array:
     """The derivative of :func:`reduce_losses` with respect to each example's loss, times the cotangent.
 
     ``weights`` are the combined example weights (None: all ones); an example of
-    weight 0 gets exactly 0. Shape ``shape`` (the per-example losses), in ``dtype``.
+    weight 0 gets exactly 0. The shape of the array ``like`` (one entry per example), in ``dtype``.
     """
     xp = ops.xp
     scale = xp.astype(cotangent, dtype)
     if reduction == "mean":
-        if weights is None:
-            scale = scale / float(max(math.prod(shape), 1))
-        else:
+        count = size_of(tuple(like.shape))
+        if weights is not None:
             scale = safe_divide(scale, xp.sum(weights), ops)
-    return apply_weights(xp.broadcast_to(scale, shape), weights, ops)
+        elif count is None:
+            scale = safe_divide(scale, xp.sum(xp.ones_like(like, dtype=dtype)), ops)
+        else:
+            scale = scale / float(max(count, 1))
+    return apply_weights(broadcast_like(scale, like, xp), weights, ops)

@@ -6,7 +6,7 @@ import math
 from typing import NamedTuple
 
 from ._ops import Ops
-from ._validation import Array
+from ._validation import Array, size_of
 
 
 class ExpSums(NamedTuple):
@@ -37,7 +37,7 @@ def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
     (the same numbers, fewer steps).
     """
     xp = ops.xp
-    if math.prod(z.shape[:-1]) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
+    if size_of(tuple(z.shape[:-1])) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
         shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=ops.device(z))
         return ExpSums(shift, xp.exp(z), shift, shift)
     shift = ops.constant(ops.row_max(z))  # d lse / d shift = 0: autodiff need not go through the maximum

@@ -122,7 +122,7 @@ def check_labels(
 ) -> None:
     if labels.dtype != xp.int64 and not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
-    if tuple(labels.shape) != tuple(expected_shape):
+    if not same_shape(tuple(labels.shape), tuple(expected_shape)):
         raise ValueError(
             f"{name} has shape {tuple(labels.shape)} but logits without its class axis has shape "
             f"{tuple(expected_shape)}; they must match"
@@ -134,7 +134,9 @@ def check_broadcastable(name: str, x: Array, shape: tuple[Any, ...], target: str
     xs = tuple(x.shape)
     trailing = shape[len(shape) - len(xs) :]
     # a == 1 or a == b, not a in (1, b): torch.compile evaluates `in` on a symbolic size as False
-    ok = len(xs) <= len(shape) and all(a == 1 or a == b for a, b in zip(xs, trailing, strict=True))
+    ok = len(xs) <= len(shape) and all(
+        a == 1 or a == b or unknown(a) or unknown(b) for a, b in zip(xs, trailing, strict=True)
+    )
     if not ok:
         raise ValueError(
             f"{name} has shape {xs}, which does not broadcast to the {target} shape {tuple(shape)}"
@@ -203,3 +205,38 @@ def as_layout_of(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
     """A classes-last gradient back in the layout (class ``axis``) and dtype of the input ``like``."""
     grad = grad if axis == like.ndim - 1 else xp.moveaxis(grad, -1, axis)
     return xp.astype(grad, like.dtype, copy=False)
+
+
+def unknown(dimension: Any) -> bool:
+    """Whether a dimension of a shape is unknown: the standard's None, or Dask's NaN."""
+    return dimension is None or dimension != dimension
+
+
+def same_shape(first: tuple[Any, ...], second: tuple[Any, ...]) -> bool:
+    """Whether two shapes can be the same: equal where both dimensions are known."""
+    return len(first) == len(second) and all(
+        a == b or unknown(a) or unknown(b) for a, b in zip(first, second, strict=True)
+    )
+
+
+def size_of(shape: tuple[Any, ...]) -> int | None:
+    """The number of elements of ``shape``; None where a dimension is unknown (the standard's None,
+    Dask's NaN), so that the caller takes a path that needs no size."""
+    total = 1
+    for dimension in shape:
+        if unknown(dimension):
+            return None
+        total *= dimension
+    return total
+
+
+def broadcast_like(x: Array, like: Array, xp: ModuleType) -> Array:
+    """``x`` broadcast to the shape of the array ``like``, which may hold unknown dimensions."""
+    if size_of(tuple(like.shape)) is not None:
+        return xp.broadcast_to(x, tuple(like.shape))
+    return x * xp.ones_like(like, dtype=x.dtype)
+
+
+def reshape_target(shape: tuple[Any, ...]) -> tuple[int, ...]:
+    """``shape`` for ``xp.reshape``: an unknown dimension (one at most) as -1."""
+    return tuple(-1 if unknown(dimension) else dimension for dimension in shape)
