@@ -33,6 +33,8 @@ MATRIX = [
     ("torch-cpu", "torch", "cpu", ("torch",), ["cpu"]),
     ("jax-cpu", "jax", "cpu", ("jax", "optax"), ["cpu"]),
     ("dask", "dask", "default", ("dask[array]",), ["cpu"]),
+    # ONNX-backed arrays, eager here; test_unknown_shapes.py also builds lazy graphs of unknown batch size.
+    ("ndonnx", "ndonnx", "default", ("ndonnx", "onnxruntime"), ["cpu"]),
     ("torch-cuda", "torch", "cuda", ("torch",), ["gpu"]),
     ("cupy", "cupy", "default", ("cupy-cuda12x",), ["gpu"]),
 ]
