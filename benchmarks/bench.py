@@ -40,6 +40,7 @@ CASES = (
     "linear",
     "sweep",
     "gpu",
+    "half",
     "jax",
     "compile",
 )
@@ -542,6 +543,32 @@ def _gpu_cupy(s: Sizes) -> Bench:
     )
 
 
+def half_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """bfloat16 and float16 logits on torch CPU, forward + backward, against F.cross_entropy in the same
+    dtype (both accumulate in float32); issue 14's target: at least 1.0x."""
+    if not _installed("torch"):
+        return
+
+    def make(dtype: str) -> Bench:
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, labels = _torch_inputs(s.rows, s.classes, dtype)
+        logits.requires_grad_(True)
+        return Bench(
+            "half fwd+bwd",
+            "torch-cpu",
+            f"{s.rows}x{s.classes}",
+            dtype,
+            lambda: al.sparse_softmax_cross_entropy(logits, labels, reduction="mean").backward(),
+            {"F.cross_entropy": lambda: torch_f.cross_entropy(logits, labels).backward()},
+            {"F.cross_entropy": 1.0},
+            classes=s.classes,
+            reset=_dropping_grad(logits),
+        )
+
+    for dtype in ("bfloat16", "float16"):
+        yield functools.partial(make, dtype)
+
+
 def jax_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     """JAX under ``jit``: ``value_and_grad`` of the mean sparse cross entropy (plain and smoothed) and of
     ``sequence_loss`` against optax, and per-example gradients ``vmap(grad)`` (issue 14's targets)."""
@@ -685,6 +712,7 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "linear": linear_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,
+    "half": half_cases,
     "jax": jax_cases,
     "compile": compile_cases,
 }

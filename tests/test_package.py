@@ -30,6 +30,20 @@ def test_import_pulls_in_no_array_library():
     assert not {m for m in loaded if m.split(".")[0] in HEAVY}
 
 
+def test_compat_modules_by_attribute_access_import_no_array_library():
+    """``arrayloss.compat.tf`` after a plain ``import arrayloss``, as users write it."""
+    code = (
+        "import sys, arrayloss; f = arrayloss.compat.tf.sequence_loss_by_example; "
+        "print(f.__module__); print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    module, loaded = out.splitlines()
+    assert module == "arrayloss.compat.tf"
+    assert not {m for m in loaded.split() if m.split(".")[0] in HEAVY}
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        al.compat.missing  # noqa: B018
+
+
 @pytest.mark.parametrize("function", LOSSES, ids=lambda f: f.__name__)
 def test_signature_arrays_positional_options_keyword_xp_last(function):
     params = list(inspect.signature(function).parameters.values())
@@ -56,4 +70,4 @@ def test_py_typed_marker_ships():
 
 def test_public_names():
     assert set(al.__all__) >= {f.__name__ for f in LOSSES}
-    assert all(callable(getattr(al, name)) for name in al.__all__)
+    assert all(callable(getattr(al, name)) for name in al.__all__ if name != "compat")

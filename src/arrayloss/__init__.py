@@ -5,6 +5,11 @@ the same library back, on the same device. No array library is imported until
 you hand one in.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 from ._autodiff import value_and_grad
 from ._dense import softmax_cross_entropy
 from ._linear import linear_cross_entropy
@@ -13,6 +18,7 @@ from ._sequence import sequence_loss, sequence_loss_by_example
 from ._sparse import sparse_softmax_cross_entropy
 
 __all__ = [
+    "compat",
     "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
@@ -23,3 +29,10 @@ __all__ = [
     "value_and_grad",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``arrayloss.compat`` on first access: no ``import arrayloss.compat`` needed."""
+    if name == "compat":
+        return importlib.import_module(f"{__name__}.compat")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
