@@ -1,8 +1,8 @@
-"""JAX's steps of the backend seam (imported only once a JAX namespace is seen)."""
+"""JAX's steps of the backend seam, chosen once a JAX namespace is seen (so jax is loaded)."""
 
 from __future__ import annotations
 
-import jax
+import sys
 
 from ._compat import Array
 from ._ops import Ops
@@ -12,4 +12,4 @@ class JaxOps(Ops):
     """JAX: constants of differentiation by ``lax.stop_gradient``."""
 
     def constant(self, x: Array) -> Array:
-        return jax.lax.stop_gradient(x)
+        return sys.modules["jax"].lax.stop_gradient(x)
