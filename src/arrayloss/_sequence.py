@@ -27,7 +27,6 @@ from ._lib._validation import (
     check_same_length,
     check_weights_valid,
     compute_dtype,
-    in_compute_dtype,
     ops_of,
     reshape_target,
     same_shape,
@@ -119,10 +118,11 @@ def step_losses(steps: Steps, logits: Array) -> Array:
             logits=xp.reshape(logits, (-1, classes)),
         )
         return xp.astype(xp.reshape(flat, reshape_target((batch, time))), dtype)
-    z = xp.astype(logits, dtype, copy=False)
     if steps.labels is None:
-        return dense_losses(z, xp.astype(targets, dtype, copy=False), label_smoothing=0.0, ops=ops)
-    loss = sparse_losses(z, steps.labels.safe, label_smoothing=0.0, z_loss=0.0, ops=ops)[0]
+        z, t = (xp.astype(a, dtype, copy=False) for a in (logits, targets))
+        return dense_losses(z, t, label_smoothing=0.0, ops=ops)
+    # Half precision is converted to the accumulation dtype block by block.
+    loss = sparse_losses(logits, steps.labels.safe, label_smoothing=0.0, z_loss=0.0, ops=ops)[0]
     return poison(loss, steps.labels.poisoned, ops)
 
 
@@ -130,14 +130,13 @@ def step_vjp(steps: Steps, logits: Array, scale: Array) -> Array:
     """Gradient w.r.t. ``[batch, time, classes]`` logits of the steps' losses weighted by ``scale``."""
     ops = steps.ops
     xp = ops.xp
-    z = xp.astype(logits, scale.dtype, copy=False)
     if steps.labels is None:
-        targets = xp.astype(steps.targets, scale.dtype)
+        z, targets = (xp.astype(a, scale.dtype, copy=False) for a in (logits, steps.targets))
         grad = dense_logits_vjp(z, targets, scale, label_smoothing=0.0, masked=True, ops=ops)
-    else:
+    else:  # half precision converted block by block
         scale = poison(scale, steps.labels.poisoned, ops)
         grad = sparse_logits_vjp(
-            z, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops
+            logits, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops
         )
     return xp.astype(grad, logits.dtype, copy=False)
 
@@ -265,12 +264,19 @@ def _sequence_fused(call: SequenceCall, logits: Array) -> tuple[Array, tuple[Arr
     """A scalar loss of integer targets and its gradient, from one exponential of each block."""
     ops, steps = call.ops, call.steps
     xp = ops.xp
-    z = in_compute_dtype(logits, xp)
-    w = steps.weights_in(z.dtype, logits)
-    scale = call.flags.scale(xp.ones((), dtype=z.dtype, device=ops.device(z)), w, ops)
+    dtype = compute_dtype(logits.dtype, xp)  # half precision is converted block by block
+    w = steps.weights_in(dtype, logits)
+    scale = call.flags.scale(xp.ones((), dtype=dtype, device=ops.device(logits)), w, ops)
     assert steps.labels is not None  # one_pass: integer targets, checked eagerly (none is poisoned)
     grad, losses = sparse_gradient_and_losses(
-        z, steps.labels.safe, scale, label_smoothing=0.0, z_loss=0.0, masked=True, ops=ops, chunk_size=None
+        logits,
+        steps.labels.safe,
+        scale,
+        label_smoothing=0.0,
+        z_loss=0.0,
+        masked=True,
+        ops=ops,
+        chunk_size=None,
     )
     value = ops.as_result(call.flags.reduce(losses, w, ops), logits.dtype)
     return value, (xp.astype(grad, logits.dtype, copy=False),)

@@ -8,6 +8,7 @@ public entry, and compute from what the checks return.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from types import ModuleType
@@ -214,20 +215,20 @@ def unknown(dimension: Any) -> bool:
 
 def same_shape(first: tuple[Any, ...], second: tuple[Any, ...]) -> bool:
     """Whether two shapes can be the same: equal where both dimensions are known."""
-    return len(first) == len(second) and all(
-        a == b or unknown(a) or unknown(b) for a, b in zip(first, second, strict=True)
+    return first == second or (
+        len(first) == len(second)
+        and all(a == b or unknown(a) or unknown(b) for a, b in zip(first, second, strict=True))
     )
 
 
 def size_of(shape: tuple[Any, ...]) -> int | None:
     """The number of elements of ``shape``; None where a dimension is unknown (the standard's None,
     Dask's NaN), so that the caller takes a path that needs no size."""
-    total = 1
-    for dimension in shape:
-        if unknown(dimension):
-            return None
-        total *= dimension
-    return total
+    try:
+        total = math.prod(shape)
+    except TypeError:  # None
+        return None
+    return None if total != total else total  # NaN
 
 
 def broadcast_like(x: Array, like: Array, xp: ModuleType) -> Array:
