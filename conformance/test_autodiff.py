@@ -526,6 +526,47 @@ def test_jax_gradient_reaches_weights_and_targets(backend, name, position):
     backend.assert_close(got, with_respect_to(case, position, values), dtype="float64", scale=1e4)
 
 
+FORWARD_MODE_CASES = [
+    "sparse-everything-mean",
+    "sparse-everything-none",
+    "dense-label_smoothing-mean",
+    "sequence-dense_targets",
+]
+
+
+@pytest.mark.parametrize("name", FORWARD_MODE_CASES)
+def test_jax_forward_mode_and_second_order(backend, name):
+    """``jax.jvp`` and ``jax.jacfwd`` (forward mode) against the reverse-mode gradient of the reference,
+    and ``grad`` of ``grad`` (a Hessian-vector product) against finite differences of that gradient."""
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    case = CASES[name]
+    logits, args, options = on_backend(backend, case, "float64")
+
+    def total(z):
+        return jnp.sum(case.loss(z, *args, **options))
+
+    direction = np.random.default_rng(5).normal(size=case.logits.shape)
+    expected_grad = finite_difference_grad(case)
+    value, tangent = jax.jvp(total, (logits,), (backend.asarray(direction),))
+    backend.assert_close(value, np.sum(reference_value(case, case.logits)), dtype="float64")
+    np.testing.assert_allclose(float(tangent), np.sum(expected_grad * direction), rtol=1e-6, atol=1e-8)
+    backend.assert_close(jax.jacfwd(total)(logits), expected_grad, dtype="float64", scale=1e4)
+
+    def directional_grad(z):  # d/dt of grad(total)(z + t * direction) at t = 0
+        return jax.jvp(jax.grad(total), (z,), (backend.asarray(direction),))[1]
+
+    step = 1e-4
+    up = jax.grad(total)(backend.asarray(case.logits + step * direction))
+    down = jax.grad(total)(backend.asarray(case.logits - step * direction))
+    expected_hvp = (backend.to_numpy(up) - backend.to_numpy(down)) / (2 * step)
+    tangent_dot = backend.asarray(direction)
+    reverse_over_reverse = jax.grad(lambda z: jnp.vdot(jax.grad(total)(z), tangent_dot))(logits)
+    for got in (directional_grad(logits), reverse_over_reverse):
+        np.testing.assert_allclose(backend.to_numpy(got), expected_hvp, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_jax_jit_grad_vmap(backend, name):
     only(backend, "jax")
