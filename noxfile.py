@@ -75,7 +75,7 @@ def conformance(session: nox.Session, backend: str, device: str, extra: tuple[st
 @nox.session(tags=["cpu"])
 def tests(session: nox.Session) -> None:
     """Package-level tests, doctests of the sources and of the README."""
-    session.install(*CONSTRAINTS, *TEST_TOOLS, "torch")
+    session.install(*CONSTRAINTS, *TEST_TOOLS, "torch", MYPY)  # mypy: tests/test_typing.py
     run_pytest(session, "tests", "README.md", "--pyargs", "arrayloss")
 
 

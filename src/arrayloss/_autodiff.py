@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from ._lib._ops import Ops
 from ._lib._validation import Array
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
 
 
 class Call(Protocol):
@@ -121,7 +122,7 @@ def bind(loss: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     return dict(bound.arguments)
 
 
-def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, Any]]:
+def value_and_grad(loss: Callable[P, Array], /) -> Callable[P, tuple[Array, Any]]:
     """A function computing a loss and its analytic gradient with respect to the logits.
 
     Meant for array libraries without automatic differentiation (NumPy, CuPy, Dask,
@@ -175,7 +176,7 @@ def value_and_grad(loss: Callable[..., Array], /) -> Callable[..., tuple[Array, 
         supported = ", ".join(sorted(f.__name__ for f in _RULES))
         raise TypeError(f"value_and_grad has no analytic gradient for {name}; it supports {supported}")
 
-    def loss_value_and_grad(*arrays: Any, **options: Any) -> tuple[Array, Any]:
+    def loss_value_and_grad(*arrays: P.args, **options: P.kwargs) -> tuple[Array, Any]:
         call = rule.check(**bind(loss, arrays, options))
         refusal = rule.covers(call)
         if refusal is not None:

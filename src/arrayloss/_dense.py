@@ -24,6 +24,7 @@ from ._lib._softmax import (
 )
 from ._lib._validation import (
     Array,
+    Reduction,
     as_layout_of,
     broadcast_like,
     check_floating,
@@ -46,7 +47,7 @@ class DenseCall(NamedTuple):
     axis: int
     weights: Array | None
     label_smoothing: float
-    reduction: str
+    reduction: Reduction
 
     @property
     def primals(self) -> tuple[Array, ...]:
@@ -68,7 +69,7 @@ def check_dense(
     axis: int,
     weights: Array | None,
     label_smoothing: float,
-    reduction: str,
+    reduction: Reduction,
     xp: ModuleType | None,
 ) -> DenseCall:
     """Check the arguments of :func:`softmax_cross_entropy` once; return the call's record."""
@@ -287,7 +288,7 @@ def softmax_cross_entropy(
     axis: int = -1,
     weights: Array | None = None,
     label_smoothing: float = 0.0,
-    reduction: str = "none",
+    reduction: Reduction = "none",
     xp: ModuleType | None = None,
 ) -> Array:
     r"""Softmax cross entropy between ``logits`` and dense probability ``targets``.

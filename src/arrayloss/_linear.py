@@ -19,7 +19,15 @@ from ._lib._blocks import block_bounds, map_row_blocks
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
-from ._lib._validation import Array, check_floating, compute_dtype, ops_of, reshape_target, size_of
+from ._lib._validation import (
+    Array,
+    Reduction,
+    check_floating,
+    compute_dtype,
+    ops_of,
+    reshape_target,
+    size_of,
+)
 from ._sparse import LabelOptions, check_label_options, gradient_rows_and_losses, losses_and_row_stats
 
 
@@ -64,7 +72,7 @@ def check_linear(
     ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
-    reduction: str,
+    reduction: Reduction,
     chunk_size: int | None,
     xp: ModuleType | None,
 ) -> LinearCall:
@@ -276,7 +284,7 @@ def linear_cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-    reduction: str = "none",
+    reduction: Reduction = "none",
     chunk_size: int | None = None,
     xp: ModuleType | None = None,
 ) -> Array:

@@ -30,6 +30,7 @@ from ._lib._softmax import (
 )
 from ._lib._validation import (
     Array,
+    Reduction,
     as_index,
     as_layout_of,
     check_chunk_size,
@@ -54,7 +55,7 @@ class LabelOptions(NamedTuple):
     ignore_index: int | None
     label_smoothing: float
     z_loss: float
-    reduction: str
+    reduction: Reduction
     chunk_size: int | None
 
     def example_weights(self, dtype: object, ops: Ops) -> Array | None:
@@ -73,7 +74,7 @@ def check_label_options(
     ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
-    reduction: str,
+    reduction: Reduction,
     chunk_size: int | None,
 ) -> LabelOptions:
     """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them."""
@@ -135,7 +136,7 @@ def check_sparse(
     ignore_index: int | None,
     label_smoothing: float,
     z_loss: float,
-    reduction: str,
+    reduction: Reduction,
     chunk_size: int | None,
     xp: ModuleType | None,
 ) -> SparseCall:
@@ -467,7 +468,7 @@ def sparse_softmax_cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-    reduction: str = "none",
+    reduction: Reduction = "none",
     chunk_size: int | None = None,
     xp: ModuleType | None = None,
 ) -> Array:

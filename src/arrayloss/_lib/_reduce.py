@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from ._ops import Ops
-from ._validation import Array, broadcast_like, size_of
+from ._validation import Array, Reduction, broadcast_like, size_of
 
 
 def apply_weights(loss: Array, weights: Array | None, ops: Ops) -> Array:
@@ -47,7 +47,7 @@ def poison(x: Array, poisoned: Array | None, ops: Ops) -> Array:
 
 
 def reduce_losses(
-    loss: Array, weights: Array | None, reduction: str, ops: Ops, *, poisoned: Array | None = None
+    loss: Array, weights: Array | None, reduction: Reduction, ops: Ops, *, poisoned: Array | None = None
 ) -> Array:
     """Weight the per-example ``loss`` and reduce it.
 

@@ -12,13 +12,16 @@ import math
 import operator
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ._backends import is_array, namespace_of, ops_for
 from ._compat import Array as Array
 from ._ops import NumpyOps, Ops
 
-REDUCTIONS = ("none", "sum", "mean")
+Reduction = Literal["none", "sum", "mean"]
+"""The ``reduction`` option of the losses: mypy rejects any other string."""
+
+REDUCTIONS: tuple[Reduction, ...] = get_args(Reduction)
 
 
 def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: tuple[str, ...] = ()) -> Ops:
