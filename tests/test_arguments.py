@@ -51,3 +51,19 @@ def test_sequence_steps_of_different_shapes():
 def test_sequence_empty_lists():
     with pytest.raises(ValueError, match="at least one step"):
         al.sequence_loss_by_example([], [], [])
+
+
+class EagerTensor:
+    """Stands for an array of a library array-api-compat does not know (here, by its module: TensorFlow)."""
+
+    __module__ = "tensorflow.python.framework.ops"
+    shape = (2, 3)
+    dtype = "float32"
+
+
+def test_an_array_of_an_unsupported_library_is_named():
+    expected = r"logits is a tensorflow\.python\.framework\.ops\.EagerTensor"
+    with pytest.raises(TypeError, match=expected) as raised:
+        al.sparse_softmax_cross_entropy(EagerTensor(), np.zeros(2, dtype=np.int64))
+    message = str(raised.value)
+    assert "an array of tensorflow" in message and "numpy.asarray(logits)" in message

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from arrayloss.compat import tf
+from arrayloss.compat import tf, tfa
 
 LOGITS = [
     np.array([[1.5, 1.5, 1.5], [0.7, 0.9, 0.2]]),
@@ -65,3 +65,14 @@ def test_sequence_loss_by_example_weights_and_custom_loss():
 
     out = tf.sequence_loss_by_example(LOGITS, LABELS, WEIGHTS, softmax_loss_function=constant)
     np.testing.assert_allclose(out, [2.0, 2.0], rtol=1e-12)
+
+
+def test_tfa_sequence_loss_takes_tfa_positional_flags_and_name():
+    """``compat.tfa.sequence_loss`` with both averages off gives TensorFlow's per-step losses; by default
+    their mean (every weight is 1); the legacy ``compat.tf.sequence_loss`` averages per sequence first."""
+    logits, labels, weights = (np.stack(steps, axis=1) for steps in (LOGITS, LABELS, WEIGHTS))
+    per_step = tfa.sequence_loss(logits, labels, weights, False, False, name="loss")
+    np.testing.assert_allclose(per_step, np.transpose(STEP_LOSSES), atol=1e-8)
+    np.testing.assert_allclose(tfa.sequence_loss(logits, labels, weights), np.mean(STEP_LOSSES), atol=1e-8)
+    with pytest.raises(ValueError, match="average_across_timesteps and sum_over_timesteps"):
+        tfa.sequence_loss(logits, labels, weights, True, False, True)

@@ -37,10 +37,7 @@ def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: t
         if a is None and name in optional:
             continue
         if not is_array(a):
-            raise TypeError(
-                f"{name} must be an array, got {type(a).__name__}; convert it with the "
-                f"namespace of your other arrays first, e.g. xp.asarray({name})"
-            )
+            raise TypeError(_not_an_array(name, a))
         present.append((name, a))
     if xp is None:
         try:
@@ -55,6 +52,23 @@ def ops_of(named: dict[str, Array | None], xp: ModuleType | None, *, optional: t
     if not isinstance(ops, NumpyOps):  # NumPy has one device
         _check_one_device(present, ops)
     return ops
+
+
+def _not_an_array(name: str, value: Any) -> str:
+    """Why ``value`` cannot be used as the array ``name``, and what to do."""
+    kind = type(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # another library's array
+        library = kind.__module__.partition(".")[0]
+        return (
+            f"{name} is a {kind.__module__}.{kind.__name__}, an array of {library}, which array-api-compat "
+            "gives no array API namespace for (NumPy, CuPy, PyTorch, JAX, Dask, ndonnx, array-api-strict "
+            "and libraries whose arrays have __array_namespace__ work); convert it to one of those, e.g. "
+            f"with numpy.asarray({name}) or the other library's from_dlpack"
+        )
+    return (
+        f"{name} must be an array, got {kind.__name__}; convert it with the "
+        f"namespace of your other arrays first, e.g. xp.asarray({name})"
+    )
 
 
 def _check_one_device(named: list[tuple[str, Array]], ops: Ops) -> None:

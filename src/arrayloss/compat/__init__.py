@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["tf"]
+__all__ = ["tf", "tfa"]
 
 
 def __getattr__(name: str) -> ModuleType:
