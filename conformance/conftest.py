@@ -179,6 +179,24 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backend(*names): a test of these backends only, deselected (not skipped) on the others"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests marked for other backends: they are not this run's, not skipped ones of it."""
+    backend = config.getoption("--backend")
+    kept, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("backend")
+        (deselected if marker is not None and backend not in marker.args else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """On torch, run every test twice: small plain calls delegated to PyTorch, and never delegated.
 

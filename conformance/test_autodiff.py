@@ -5,7 +5,7 @@ PyTorch: ``backward()`` against ``torch.nn.functional.cross_entropy``, ``torch.f
 ``arrayloss._autodiff`` (default) and the plain composition of array-API operations
 (the setting ``analytic_backward=False``). JAX: ``jit``, ``grad``, ``vmap`` and optax. Gradients with
 respect to weights and soft targets against finite differences of the reference.
-Each test skips on the other backends.
+Each test is marked with its backend and deselected on the others (conftest.py).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def torch_problem(backend, option: str, dtype: str) -> tuple[Any, Any, dict[str,
     return logits, torch.asarray(labels, device=backend.device), ours, theirs
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("blocks", ["default", "one_row"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(TORCH_OPTIONS))
@@ -121,6 +122,7 @@ def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, 
     backend.assert_close(z1.grad, backend.to_numpy(z2.grad), dtype=dtype, scale=10)
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("loss", ["sparse", "linear"])
 def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
     """A scalar loss's gradient (computed in the forward pass) scaled by the cotangent, twice in one graph."""
@@ -151,6 +153,7 @@ def test_torch_scaled_cotangent_and_second_backward(backend, path, loss):
         backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("option", list(TORCH_OPTIONS))
@@ -180,6 +183,7 @@ def test_torch_delegation_rule(backend, option, reduction, grad, configure):
             backend.assert_close(x.grad, expected_grad, dtype="float64", scale=1e4)
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("grad", [False, True])
 def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, configure):
     """All examples ignored, or all of a class of weight 0: a mean of 0 with a zero gradient.
@@ -205,6 +209,7 @@ def test_torch_delegated_mean_of_nothing_is_zero(backend, grad, configure):
             logits.grad = None
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", ["per-example", "scalar", "one", "bool"])
@@ -259,6 +264,7 @@ def test_torch_delegated_example_weights(backend, shape, reduction, grad, config
             backend.assert_close(w.grad, grad_w, dtype="float64", scale=1e4)
 
 
+@pytest.mark.backend("torch")
 def test_torch_delegated_labels_are_checked(backend, configure):
     """Out-of-range labels raise arrayloss's ValueError on the delegated path too, PyTorch's -100 included."""
     torch = only(backend, "torch")
@@ -272,6 +278,7 @@ def test_torch_delegated_labels_are_checked(backend, configure):
             al.sparse_softmax_cross_entropy(logits, labels, reduction="mean")
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("option", ["plain", "weights_and_ignore", "smoothing_and_ignore"])
 def test_torch_func_grad(backend, path, option):
     torch = only(backend, "torch")
@@ -286,6 +293,7 @@ def test_torch_func_grad(backend, path, option):
     backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 @pytest.mark.parametrize("option", ["plain", "smoothing_and_ignore"])
 def test_torch_compile_fullgraph(backend, path, option):
@@ -318,6 +326,7 @@ COMPILED_CASES = [
 ]
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 @pytest.mark.parametrize("name", COMPILED_CASES)
 def test_torch_compile_fullgraph_every_loss(backend, path, name):
@@ -332,6 +341,7 @@ def test_torch_compile_fullgraph_every_loss(backend, path, name):
     backend.assert_close(z.grad, finite_difference_grad(case), dtype="float64", scale=1e4)
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_torch_compile_fullgraph_linear_cross_entropy(backend, path, reduction):
@@ -354,6 +364,7 @@ def test_torch_compile_fullgraph_linear_cross_entropy(backend, path, reduction):
         backend.assert_close(got.grad, backend.to_numpy(want.grad), dtype="float64")
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 def test_torch_compile_fullgraph_logsumexp_and_log_softmax(backend):
     torch = compiling(backend)
@@ -364,6 +375,7 @@ def test_torch_compile_fullgraph_logsumexp_and_log_softmax(backend):
     backend.assert_close(log_probs, backend.to_numpy(torch.log_softmax(x, dim=-1)), dtype="float64")
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 def test_torch_compile_out_of_range_label_is_nan_while_eager_raises(backend):
     torch = compiling(backend)
@@ -380,6 +392,7 @@ def test_torch_compile_out_of_range_label_is_nan_while_eager_raises(backend):
     np.testing.assert_allclose(got[keep], ref.sparse_ce(z[keep], np.array([0, 2, 1])), rtol=1e-10)
 
 
+@pytest.mark.backend("torch")
 def test_torch_func_vmap(backend):
     """Inside ``torch.func.vmap`` values are not read: no eager label check; a label out of range is NaN."""
     torch = only(backend, "torch")
@@ -400,6 +413,7 @@ def test_torch_func_vmap(backend):
     assert np.isnan(got[2]) and np.all(np.isfinite(got[:2]))
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("order", ["vmap_of_grad", "grad_of_vmap"])
 def test_torch_func_per_example_gradients(backend, path, order):
     """``vmap(grad(loss))`` (per-example gradients, as in DP-SGD) and ``grad(vmap(loss))`` against PyTorch.
@@ -428,6 +442,7 @@ def test_torch_func_per_example_gradients(backend, path, order):
     np.testing.assert_allclose(got, backend.to_numpy(transform(theirs)), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_autograd_matches_value_and_grad(backend, path, name):
     torch = only(backend, "torch")
@@ -446,6 +461,7 @@ def test_torch_autograd_matches_value_and_grad(backend, path, name):
     np.testing.assert_allclose(got, expected, rtol=AUTODIFF_RTOL, atol=1e-12)
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_torch_half_precision_backward(backend, path, dtype):
     torch = only(backend, "torch")
@@ -487,6 +503,7 @@ SIDE_INPUTS = [
 ]
 
 
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize(("name", "position"), SIDE_INPUTS)
 def test_torch_gradient_reaches_weights_and_targets(backend, path, name, position):
     only(backend, "torch")
@@ -506,6 +523,7 @@ def test_torch_gradient_reaches_weights_and_targets(backend, path, name, positio
     backend.assert_close(z.grad, finite_difference_grad(case), dtype="float64", scale=1e4)
 
 
+@pytest.mark.backend("jax")
 @pytest.mark.parametrize(("name", "position"), SIDE_INPUTS)
 def test_jax_gradient_reaches_weights_and_targets(backend, name, position):
     only(backend, "jax")
@@ -534,6 +552,7 @@ FORWARD_MODE_CASES = [
 ]
 
 
+@pytest.mark.backend("jax")
 @pytest.mark.parametrize("name", FORWARD_MODE_CASES)
 def test_jax_forward_mode_and_second_order(backend, name):
     """``jax.jvp`` and ``jax.jacfwd`` (forward mode) against the reverse-mode gradient of the reference,
@@ -567,6 +586,7 @@ def test_jax_forward_mode_and_second_order(backend, name):
         np.testing.assert_allclose(backend.to_numpy(got), expected_hvp, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.backend("jax")
 @pytest.mark.parametrize("name", list(CASES))
 def test_jax_jit_grad_vmap(backend, name):
     only(backend, "jax")
@@ -611,6 +631,7 @@ def optax_problem(backend, seed: int):
     return backend.asarray(z), labels, weights, safe
 
 
+@pytest.mark.backend("jax")
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_jax_matches_optax_integer_labels(backend, label_smoothing):
     only(backend, "jax")
@@ -643,6 +664,7 @@ def test_jax_matches_optax_integer_labels(backend, label_smoothing):
     backend.assert_close(grad, expected, dtype="float64", scale=1e2)
 
 
+@pytest.mark.backend("jax")
 def test_jax_matches_optax_dense_targets(backend):
     only(backend, "jax")
     jax = importlib.import_module("jax")
@@ -663,6 +685,7 @@ def test_jax_matches_optax_dense_targets(backend):
     backend.assert_close(got, expected, dtype="float64", scale=1e2)
 
 
+@pytest.mark.backend("jax")
 def test_jax_jit_out_of_range_label_is_nan(backend):
     only(backend, "jax")
     jax = importlib.import_module("jax")
@@ -676,6 +699,7 @@ def test_jax_jit_out_of_range_label_is_nan(backend):
     np.testing.assert_allclose(got[keep], ref.sparse_ce(z[keep], np.array([0, 2, 1])), rtol=1e-10)
 
 
+@pytest.mark.backend("dask")
 def test_dask_raising_scheduler_catches_a_compute(backend):
     only(backend, "dask")
     x = backend.asarray(np.ones((4, 3)))
@@ -683,6 +707,7 @@ def test_dask_raising_scheduler_catches_a_compute(backend):
         backend.module.sum(x).compute()
 
 
+@pytest.mark.backend("dask")
 @pytest.mark.parametrize("name", list(CASES))
 def test_dask_losses_are_lazy(backend, name):
     da = only(backend, "dask")
@@ -699,6 +724,7 @@ def test_dask_losses_are_lazy(backend, name):
     backend.assert_close(log_probs, first - ref.logsumexp(first)[..., None], dtype="float64")
 
 
+@pytest.mark.backend("torch")
 def test_torch_composition_is_not_chunked_under_autograd(backend, configure):
     """Autograd through row blocks would build a whole-array zero gradient per block (quadratic)."""
     torch = only(backend, "torch")
