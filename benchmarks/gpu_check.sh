@@ -13,18 +13,19 @@
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl array-api-compat==1.16.0 array-api-strict==2.6.1
 #
 # then, with the device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590).
-# Results go to $OUT (the device tool's folder that comes back), else to ./gpu-check.
+# Results go to $OUT (the device tool's folder that comes back), else to ./gpu-check (git ignores it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu-check}
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 
-if ! nvidia-smi >"$out/nvidia-smi.txt" 2>&1; then
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
     echo "gpu_check.sh: no NVIDIA GPU here (nvidia-smi failed)" >&2
     exit 1
 fi
+out=${OUT:-gpu-check}
+mkdir -p "$out"
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 head -n 12 "$out/nvidia-smi.txt"
 
 site=$(mktemp -d)
