@@ -161,12 +161,12 @@ def _rows_as(rows: Array, like: Array, xp: ModuleType) -> Array:
     return xp.reshape(rows, reshape_target(tuple(like.shape)))
 
 
-def _reduce(call: LinearCall, loss_rows: Array, primals: tuple[Array, ...]) -> Array:
-    """The weighted and reduced loss from the per-row losses, in the dtype of ``hidden @ weight.T``."""
+def _reduce(call: LinearCall, loss_rows: Array, w: Array | None, primals: tuple[Array, ...]) -> Array:
+    """The loss reduced from the per-row losses and the example weights ``w``, in the dtype of
+    ``hidden @ weight.T``."""
     options, ops = call.options, call.ops
     xp = ops.xp
     loss = _rows_as(loss_rows, options.raw_labels, xp)
-    w = options.example_weights(call.dtype, ops)
     out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
     return ops.as_result(out, xp.result_type(primals[0].dtype, primals[1].dtype))
 
@@ -181,7 +181,8 @@ def _forward(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...
             z, label_rows, label_smoothing=options.label_smoothing, z_loss=options.z_loss, ops=ops
         )[0]
 
-    return _reduce(call, map_row_blocks(losses, (rows.hidden, rows.labels), call.chunk, ops), primals), ()
+    loss_rows = map_row_blocks(losses, (rows.hidden, rows.labels), call.chunk, ops)
+    return _reduce(call, loss_rows, options.example_weights(call.dtype, ops), primals), ()
 
 
 def add_transposed_product(total: Array | None, g: Array, h: Array, ops: Ops) -> Array:
@@ -249,12 +250,12 @@ def _value_and_gradients(
             d_b = xp.sum(g, axis=0)
             d_bias = d_b if d_bias is None else d_bias + d_b
     if d_weight is None:  # no rows: zero gradients
-        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=ops.device(rows.hidden)), primals)
+        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=ops.device(rows.hidden)), w, primals)
         return value, tuple(xp.zeros_like(a) for a in primals)
     grads = [_rows_as(xp.concat(d_hidden, axis=0), primals[0], xp), d_weight]
     if d_bias is not None:
         grads.append(d_bias)
-    value = _reduce(call, xp.concat(losses, axis=0), primals)
+    value = _reduce(call, xp.concat(losses, axis=0), w, primals)
     return value, tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
 
 
