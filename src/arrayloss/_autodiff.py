@@ -92,7 +92,7 @@ def rule_of(loss: Callable[..., Any]) -> Rule | None:
     return _RULES.get(loss)
 
 
-def compute(rule: Rule, call: Any) -> Array:
+def compute(rule: Rule, call: Call) -> Array:
     """The value of a validated ``call``; with the rule's backward where the library records gradients."""
     ops = call.ops
     if rule.covers(call) is None and ops.takes_analytic_backward(call.primals, call.constants):
