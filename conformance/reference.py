@@ -22,8 +22,11 @@ import numpy as np
 __all__ = [
     "TFA_FORBIDDEN",
     "dense_ce",
+    "kl_divergence",
     "legacy_sequence_loss_by_example",
     "logsumexp",
+    "sigmoid_bce",
+    "sigmoid_focal",
     "sparse_ce",
     "tfa_flag_combinations",
     "tfa_reduce",
@@ -158,6 +161,82 @@ def dense_ce(
     if weights is not None:
         w = np.broadcast_to(np.asarray(weights, dtype=np.float64), loss.shape)
     return _reduce(loss, w, reduction)
+
+
+def _softplus(x: float) -> float:
+    """log(1 + e^x), without overflow."""
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _broadcast(values: np.ndarray | None, shape: tuple[int, ...], default: float) -> np.ndarray:
+    if values is None:
+        return np.full(shape, default)
+    return np.broadcast_to(np.asarray(values, dtype=np.float64), shape)
+
+
+def sigmoid_bce(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    pos_weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "none",
+) -> np.ndarray:
+    """-(pw t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))) per element, t smoothed towards 1/2."""
+    z = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64) * (1.0 - label_smoothing) + label_smoothing / 2
+    pw = _broadcast(pos_weight, z.shape, 1.0)
+    loss = np.zeros(z.shape)
+    for i in np.ndindex(z.shape):
+        # -log sigmoid(z) = softplus(-z), -log(1 - sigmoid(z)) = softplus(z)
+        loss[i] = pw[i] * t[i] * _softplus(-z[i]) + (1.0 - t[i]) * _softplus(z[i])
+    return _reduce(loss, None if weights is None else _broadcast(weights, z.shape, 1.0), reduction)
+
+
+def sigmoid_focal(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    *,
+    alpha: float | None = None,
+    gamma: float = 2.0,
+    weights: np.ndarray | None = None,
+    reduction: str = "none",
+) -> np.ndarray:
+    """alpha_t (1 - p_t)^gamma BCE per element (Lin et al. 2017), p = sigmoid(z)."""
+    z = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    bce = sigmoid_bce(z, t)
+    loss = np.zeros(z.shape)
+    for i in np.ndindex(z.shape):
+        p = 1.0 / (1.0 + math.exp(-z[i])) if z[i] >= 0 else math.exp(z[i]) / (1.0 + math.exp(z[i]))
+        p_t = p * t[i] + (1.0 - p) * (1.0 - t[i])
+        alpha_t = 1.0 if alpha is None else alpha * t[i] + (1.0 - alpha) * (1.0 - t[i])
+        loss[i] = alpha_t * (1.0 - p_t) ** gamma * bce[i]
+    return _reduce(loss, None if weights is None else _broadcast(weights, z.shape, 1.0), reduction)
+
+
+def kl_divergence(
+    log_predictions: np.ndarray,
+    targets: np.ndarray,
+    *,
+    axis: int = -1,
+    log_targets: bool = False,
+    weights: np.ndarray | None = None,
+    reduction: str = "none",
+) -> np.ndarray:
+    """sum_c t_c (log t_c - log p_c) per example; a term with t_c = 0 is 0."""
+    log_p = np.moveaxis(np.asarray(log_predictions, dtype=np.float64), axis, -1)
+    given = np.moveaxis(np.asarray(targets, dtype=np.float64), axis, -1)
+    loss = np.zeros(log_p.shape[:-1])
+    for index in np.ndindex(loss.shape):
+        total = 0.0
+        for lp, g in zip(log_p[index].tolist(), given[index].tolist(), strict=True):
+            t = math.exp(g) if log_targets else g
+            if t != 0:
+                total += t * ((g if log_targets else math.log(t)) - lp)
+        loss[index] = total
+    return _reduce(loss, None if weights is None else _broadcast(weights, loss.shape, 1.0), reduction)
 
 
 # Pairs of flags that TensorFlow Addons rejects together (the last two: ambiguous order).

@@ -111,6 +111,53 @@ def _by_example(average: bool, steps: bool) -> Case:
     )
 
 
+def _binary(name: str, reduction: str) -> Case:
+    rng = np.random.default_rng(400 + len(name) + 7 * len(reduction))
+    logits = rng.normal(size=(4, 3)) * 3
+    targets = rng.uniform(size=(4, 3))
+    targets[0] = [0.0, 1.0, 1.0]  # exact 0 and 1
+    options: dict[str, Any] = {"reduction": reduction}
+    if name in ("weights", "everything"):
+        options["weights"] = np.array([[1.0], [0.0], [2.0], [0.5]])  # broadcast over the labels
+    if name in ("pos_weight", "everything"):
+        options["pos_weight"] = np.array([2.0, 0.5, 1.0])
+    if name in ("label_smoothing", "everything"):
+        options["label_smoothing"] = 0.2
+    return Case(al.sigmoid_binary_cross_entropy, ref.sigmoid_bce, logits, [targets], options)
+
+
+def _focal(name: str, reduction: str) -> Case:
+    rng = np.random.default_rng(500 + len(name) + 7 * len(reduction))
+    logits = rng.normal(size=(5, 3)) * 3
+    targets = (rng.uniform(size=(5, 3)) > 0.5).astype(np.float64)
+    targets[4] = [0.3, 0.9, 0.5]  # soft targets too
+    options: dict[str, Any] = {"reduction": reduction}
+    if name == "alpha":
+        options["alpha"] = 0.25
+    if name == "gamma_below_one":
+        options["gamma"] = 0.5
+    if name == "weights":
+        options |= {"weights": np.array([1.0, 0.0, 2.0, 0.5, 1.0])[:, None], "gamma": 1.5}
+    return Case(al.sigmoid_focal_loss, ref.sigmoid_focal, logits, [targets], options)
+
+
+def _kl(name: str, reduction: str) -> Case:
+    rng = np.random.default_rng(600 + len(name) + 7 * len(reduction))
+    log_p = np.log(rng.dirichlet(np.ones(4), size=5))
+    targets = rng.dirichlet(np.ones(4), size=5)
+    targets[1] = [0.0, 1.0, 0.0, 0.0]  # terms of t = 0
+    options: dict[str, Any] = {"reduction": reduction}
+    if name == "log_targets":
+        targets = np.log(rng.dirichlet(np.ones(4), size=5))
+        options["log_targets"] = True
+    if name == "weights":
+        options["weights"] = np.array([1.0, 0.0, 2.0, 0.5, 1.0])
+    if name == "axis":
+        log_p, targets = log_p.T.copy(), targets.T.copy()
+        options["axis"] = 0
+    return Case(al.kl_divergence, ref.kl_divergence, log_p, [targets], options)
+
+
 SPARSE_NAMES = [
     "plain",
     "weights",
@@ -140,6 +187,21 @@ CASES: dict[str, Case] = {
         f"by_example-{'steps' if s else 'stacked'}-{'average' if a else 'total'}": _by_example(a, s)
         for a in (True, False)
         for s in (True, False)
+    },
+    **{
+        f"binary-{n}-{r}": _binary(n, r)
+        for n in ("plain", "weights", "pos_weight", "label_smoothing", "everything")
+        for r in ("none", "sum", "mean")
+    },
+    **{
+        f"focal-{n}-{r}": _focal(n, r)
+        for n in ("plain", "alpha", "gamma_below_one", "weights")
+        for r in ("none", "mean")
+    },
+    **{
+        f"kl-{n}-{r}": _kl(n, r)
+        for n in ("plain", "log_targets", "weights", "axis")
+        for r in ("none", "sum", "mean")
     },
 }
 

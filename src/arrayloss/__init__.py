@@ -1,4 +1,4 @@
-"""arrayloss: cross-entropy and sequence losses written once against the Python array API.
+"""arrayloss: cross-entropy, sequence, binary and divergence losses written once against the Python array API.
 
 Pass NumPy, PyTorch, CuPy, JAX, Dask or array-api-strict arrays and get arrays of
 the same library back, on the same device. No array library is imported until
@@ -11,7 +11,9 @@ import importlib
 from types import ModuleType
 
 from ._autodiff import value_and_grad
+from ._binary import sigmoid_binary_cross_entropy, sigmoid_focal_loss
 from ._dense import softmax_cross_entropy
+from ._divergence import kl_divergence
 from ._linear import linear_cross_entropy
 from ._logsumexp import log_softmax, logsumexp
 from ._sequence import sequence_loss, sequence_loss_by_example
@@ -19,11 +21,14 @@ from ._sparse import sparse_softmax_cross_entropy
 
 __all__ = [
     "compat",
+    "kl_divergence",
     "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "sequence_loss",
     "sequence_loss_by_example",
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",
     "value_and_grad",

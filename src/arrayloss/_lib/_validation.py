@@ -124,14 +124,15 @@ def class_axis_last(x: Array, axis: int, xp: ModuleType) -> Array:
     return x if axis == x.ndim - 1 else xp.moveaxis(x, axis, -1)
 
 
-def check_logits(logits: Array, axis: int, xp: ModuleType) -> int:
-    """Check dtype and shape of ``logits``; return ``axis`` normalized to be non-negative."""
-    check_floating("logits", logits, xp)
+def check_logits(logits: Array, axis: int, xp: ModuleType, name: str = "logits") -> int:
+    """Check dtype and shape of the array ``logits`` (called ``name``); return ``axis`` normalized to
+    be non-negative."""
+    check_floating(name, logits, xp)
     if logits.ndim == 0:
-        raise ValueError("logits must have at least one dimension (the classes), got a 0-d array")
-    axis = normalize_axis(axis, logits.ndim)
+        raise ValueError(f"{name} must have at least one dimension (the classes), got a 0-d array")
+    axis = normalize_axis(axis, logits.ndim, name)
     if logits.shape[axis] == 0:
-        raise ValueError(f"logits has no classes: its axis {axis} has size 0 (shape {logits.shape})")
+        raise ValueError(f"{name} has no classes: its axis {axis} has size 0 (shape {logits.shape})")
     return axis
 
 

@@ -1,0 +1,350 @@
+"""Sigmoid (binary, multi-label) cross entropy and the focal loss: checks, forward pass, gradient rule.
+
+Both losses are elementwise: each logit is an independent binary classifier. Both are
+written from one exponential per element, :math:`e = \\exp(-|z|)`, which gives the
+softplus terms and both sigmoids without overflow or cancellation at any logit:
+
+.. math:: \\log(1 + e^{z}) = \\max(z, 0) + \\log(1 + e), \\qquad
+          \\sigma(z) = \\frac{[z \\ge 0] + [z < 0]\\,e}{1 + e}, \\qquad
+          1 - \\sigma(z) = \\frac{[z \\ge 0]\\,e + [z < 0]}{1 + e}
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from ._autodiff import Rule, compute, differentiable
+from ._lib._labels import check_weights
+from ._lib._ops import Ops
+from ._lib._reduce import example_scale, reduce_losses
+from ._lib._validation import (
+    Array,
+    Reduction,
+    broadcast_like,
+    check_broadcastable,
+    check_floating,
+    check_fraction,
+    check_reduction,
+    compute_dtype,
+    ops_of,
+    same_shape,
+)
+
+
+class BinaryCall(NamedTuple):
+    """A checked call of :func:`sigmoid_binary_cross_entropy` or :func:`sigmoid_focal_loss`
+    (see :class:`~._autodiff.Call`); ``gamma`` is None for the plain cross entropy."""
+
+    ops: Ops
+    logits: Array
+    targets: Array
+    weights: Array | None
+    pos_weight: Array | None
+    label_smoothing: float
+    alpha: float | None
+    gamma: float | None
+    reduction: Reduction
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.logits,)
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return (self.targets, self.weights, self.pos_weight)
+
+    @property
+    def one_pass(self) -> bool:  # the gradient is a few elementwise steps more than the value
+        return self.reduction != "none"
+
+
+def check_binary(
+    *,
+    logits: Array,
+    targets: Array,
+    weights: Array | None,
+    pos_weight: Array | None = None,
+    label_smoothing: float = 0.0,
+    alpha: float | None = None,
+    gamma: float | None = None,
+    reduction: Reduction,
+    xp: ModuleType | None,
+) -> BinaryCall:
+    """Check the arguments of the two losses once; return the call's record."""
+    named = {"logits": logits, "targets": targets, "weights": weights, "pos_weight": pos_weight}
+    ops = ops_of(named, xp, optional=("weights", "pos_weight"))
+    xp = ops.xp
+    check_floating("logits", logits, xp)
+    check_reduction(reduction)
+    check_fraction("label_smoothing", label_smoothing)
+    shape = tuple(logits.shape)
+    if not same_shape(tuple(targets.shape), shape):
+        raise ValueError(
+            f"targets has shape {tuple(targets.shape)} but logits has shape {shape}; they must match"
+        )
+    if not xp.isdtype(targets.dtype, ("real floating", "integral", "bool")):
+        raise TypeError(f"targets must have a real floating, integer or boolean dtype, got {targets.dtype}")
+    if ops.is_eager(targets) and targets.dtype != xp.bool:
+        _check_targets(targets, xp)
+    if weights is not None:
+        check_weights("weights", weights, shape, "logits", ops)
+    if pos_weight is not None:
+        check_floating("pos_weight", pos_weight, xp)
+        check_broadcastable("pos_weight", pos_weight, shape, "logits")
+    if alpha is not None:
+        check_fraction("alpha", alpha)
+    if gamma is not None and not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
+        raise ValueError(f"gamma must be a non-negative finite number, got {gamma!r}")
+    return BinaryCall(ops, logits, targets, weights, pos_weight, label_smoothing, alpha, gamma, reduction)
+
+
+def _check_targets(targets: Array, xp: ModuleType) -> None:
+    """Raise ``ValueError`` for targets outside [0, 1] (or not 0/1 for integers; eager arrays only)."""
+    if xp.isdtype(targets.dtype, "integral"):
+        if not bool(xp.all((targets == 0) | (targets == 1))):
+            raise ValueError("targets of an integer dtype must be 0 or 1; it contains other values")
+    elif not bool(xp.all((targets >= 0) & (targets <= 1))):  # NaN fails too
+        raise ValueError("targets must be probabilities in [0, 1]; it contains values outside it or NaN")
+
+
+class _Elements(NamedTuple):
+    """The elementwise parts of a call in the accumulation dtype: per-element loss and its derivative
+    with respect to the logit (None where only the loss was asked for)."""
+
+    loss: Array
+    derivative: Array | None
+
+
+def _elements(call: BinaryCall, logits: Array, *, derivative: bool) -> tuple[_Elements, Array | None]:
+    """The loss of every element (and its derivative), and the weights broadcast to the logits."""
+    ops = call.ops
+    xp = ops.xp
+    dtype = compute_dtype(logits.dtype, xp)
+    z = xp.astype(logits, dtype, copy=False)
+    t = xp.astype(call.targets, dtype)
+    if call.label_smoothing:
+        t = t * (1.0 - call.label_smoothing) + call.label_smoothing / 2
+    w = None if call.weights is None else broadcast_like(xp.astype(call.weights, dtype), z, xp)
+    if w is not None:  # an element of weight 0 counts as absent, whatever its logit: no inf - inf
+        z = xp.where((w == 0) & ~xp.isfinite(z), xp.zeros_like(z), z)
+    e = xp.exp(-xp.abs(z))
+    softplus_tail = xp.log1p(e)
+    zero = xp.zeros_like(z)
+    minus_log_q = xp.maximum(z, zero) + softplus_tail  # -log(1 - sigmoid(z)) = softplus(z)
+    minus_log_p = xp.maximum(-z, zero) + softplus_tail  # -log sigmoid(z) = softplus(-z)
+    positive = t if call.pos_weight is None else t * xp.astype(call.pos_weight, dtype)
+    loss = (1.0 - t) * minus_log_q + positive * minus_log_p
+    if not derivative and call.gamma is None:
+        return _Elements(loss, None), w
+    one = xp.ones_like(z)
+    nonnegative = z >= 0
+    p = xp.where(nonnegative, one, e) / (1.0 + e)
+    q = xp.where(nonnegative, e, one) / (1.0 + e)
+    d_loss = p - t if call.pos_weight is None else (1.0 - t) * p - positive * q
+    if call.gamma is not None:
+        loss, d_loss = _focal(loss, d_loss, p, q, t, call.gamma, xp)
+        if call.alpha is not None:
+            alpha_t = call.alpha * t + (1.0 - call.alpha) * (1.0 - t)
+            loss, d_loss = alpha_t * loss, alpha_t * d_loss
+    return _Elements(loss, d_loss if derivative else None), w
+
+
+def _focal(
+    ce: Array, d_ce: Array, p: Array, q: Array, t: Array, gamma: float, xp: ModuleType
+) -> tuple[Array, Array]:
+    r"""The focal loss :math:`m^\gamma\,\ell` and its derivative, from the cross entropy :math:`\ell`.
+
+    :math:`m = 1 - p_t = p(1-t) + qt` (no cancellation: :math:`q = 1 - p` is computed
+    directly), :math:`dm/dz = pq(1-2t)`, so
+
+    .. math:: \frac{d}{dz} m^\gamma \ell = m^\gamma \Big(\ell' + \gamma\,\ell\,(1 - 2t)\,\frac{pq}{m}\Big)
+
+    where :math:`pq/m \le 2` is bounded, 0 where :math:`m = 0`: exact for any
+    :math:`\gamma \ge 0`, also below 1 where :math:`m^{\gamma-1}` is unbounded.
+    """
+    if gamma == 0:
+        return ce, d_ce
+    m = p * (1.0 - t) + q * t
+    modulating = m * m if gamma == 2 else m**gamma
+    ratio = p * q / xp.where(m > 0, m, xp.ones_like(m))
+    return modulating * ce, modulating * (d_ce + (gamma * ce) * (1.0 - 2.0 * t) * ratio)
+
+
+def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    parts, w = _elements(call, logits, derivative=False)
+    return call.ops.as_result(reduce_losses(parts.loss, w, call.reduction, call.ops), logits.dtype), ()
+
+
+def _value_and_gradient(call: BinaryCall, logits: Array, cotangent: Array | None) -> tuple[Array, Array]:
+    """The value, and the gradient of ``sum(cotangent * value)`` (``None``: ones) for the logits."""
+    ops = call.ops
+    xp = ops.xp
+    parts, w = _elements(call, logits, derivative=True)
+    if cotangent is None:
+        cotangent = xp.ones((), dtype=parts.loss.dtype, device=ops.device(parts.loss))
+    scale = example_scale(cotangent, w, call.reduction, parts.loss, parts.loss.dtype, ops)
+    grad = scale * parts.derivative
+    if w is not None:  # exactly 0 where the weight is, also for a non-finite logit
+        grad = xp.where(scale == 0, xp.zeros_like(grad), grad)
+    value = ops.as_result(reduce_losses(parts.loss, w, call.reduction, ops), logits.dtype)
+    return value, xp.astype(grad, logits.dtype, copy=False)
+
+
+def _backward(
+    call: BinaryCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array]:
+    return (_value_and_gradient(call, primals[0], cotangent)[1],)
+
+
+def _fused(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array]]:
+    value, grad = _value_and_gradient(call, logits, None)
+    return value, (grad,)
+
+
+RULE = Rule(check_binary, _forward, _backward, _fused)  # both losses: check_binary takes either's options
+
+
+@differentiable(RULE)
+def sigmoid_binary_cross_entropy(
+    logits: Array,
+    targets: Array,
+    /,
+    *,
+    weights: Array | None = None,
+    pos_weight: Array | None = None,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "none",
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""Sigmoid cross entropy of each logit against a binary (or soft) target: multi-label loss.
+
+    .. math:: \ell = -\big(w_+\, t \log \sigma(z) + (1 - t) \log(1 - \sigma(z))\big),
+              \qquad t \leftarrow (1 - \varepsilon)\,t + \varepsilon / 2
+
+    computed as :math:`w_+ t\,\operatorname{softplus}(-z) + (1-t)\operatorname{softplus}(z)`:
+    no logarithm of 0 and no overflow at any logit (also :math:`|z| = 10^4` in float32).
+
+    Parameters
+    ----------
+    logits : array
+        Real floating logits, any shape; float16 and bfloat16 are accumulated in float32.
+    targets : array
+        The shape of ``logits``: probabilities in [0, 1] (real floating), or 0/1
+        (integer or boolean). Checked on eager host arrays.
+    weights : array, optional
+        Non-negative weights of the elements, broadcastable to ``logits``. An element
+        of weight 0 counts as absent, even where its logit is not finite.
+    pos_weight : array, optional
+        :math:`w_+`, the weight of the positive term, broadcastable to ``logits``
+        (PyTorch's ``pos_weight``: one per class for a ``(..., C)`` multi-label
+        problem).
+    label_smoothing : float in [0, 1], optional
+        :math:`\varepsilon` above (Keras' ``label_smoothing``).
+    reduction : {"none", "sum", "mean"}, optional
+        ``"none"`` keeps the shape of ``logits``; ``"mean"`` is ``sum(weights * loss) /
+        sum(weights)`` over the elements (0 when the weights sum to 0), the plain mean
+        without weights.
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        In the namespace, on the device, and with the dtype of ``logits``.
+
+    Notes
+    -----
+    PyTorch's ``F.binary_cross_entropy_with_logits`` with ``weight=`` divides its mean
+    by the number of elements, not by the sum of the weights; optax's
+    ``sigmoid_binary_cross_entropy`` is ``reduction="none"`` without weights.
+
+    References
+    ----------
+    .. [1] PyTorch, ``torch.nn.BCEWithLogitsLoss``.
+    .. [2] optax, ``optax.losses.sigmoid_binary_cross_entropy``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> logits = np.asarray([[2.0, -1.0], [0.0, 1e4]])
+    >>> targets = np.asarray([[1.0, 0.0], [1.0, 0.0]])
+    >>> al.sigmoid_binary_cross_entropy(logits, targets)
+    array([[1.26928011e-01, 3.13261688e-01],
+           [6.93147181e-01, 1.00000000e+04]])
+    """
+    call = check_binary(
+        logits=logits,
+        targets=targets,
+        weights=weights,
+        pos_weight=pos_weight,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        xp=xp,
+    )
+    return compute(RULE, call)
+
+
+@differentiable(RULE)
+def sigmoid_focal_loss(
+    logits: Array,
+    targets: Array,
+    /,
+    *,
+    alpha: float | None = None,
+    gamma: float = 2.0,
+    weights: Array | None = None,
+    reduction: Reduction = "none",
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""The focal loss of Lin et al.: the sigmoid cross entropy, down-weighted where it is small.
+
+    .. math:: \ell = \alpha_t\,(1 - p_t)^\gamma\,\mathrm{BCE}(z, t), \qquad
+              p_t = p\,t + (1 - p)(1 - t), \quad \alpha_t = \alpha t + (1 - \alpha)(1 - t)
+
+    with :math:`p = \sigma(z)` and :math:`\alpha_t = 1` when ``alpha`` is None, as
+    optax's ``sigmoid_focal_loss`` and torchvision's ``sigmoid_focal_loss``. The
+    gradient is exact for every :math:`\gamma \ge 0`, also :math:`\gamma < 1` where
+    :math:`p_t \to 1` (no NaN).
+
+    Parameters
+    ----------
+    logits, targets, weights, reduction, xp
+        As in :func:`sigmoid_binary_cross_entropy`.
+    alpha : float in [0, 1], optional
+        The weight of the positive class; None: no class weighting.
+    gamma : float, optional
+        The focusing exponent, non-negative. 0 gives the (alpha-weighted) sigmoid
+        cross entropy.
+
+    Returns
+    -------
+    array
+        In the namespace, on the device, and with the dtype of ``logits``.
+
+    References
+    ----------
+    .. [1] T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollár, "Focal Loss for Dense
+           Object Detection", ICCV 2017. https://arxiv.org/abs/1708.02002
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> logits = np.asarray([3.0, -1.0, 0.0])
+    >>> targets = np.asarray([1.0, 1.0, 0.0])
+    >>> al.sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0)
+    array([2.73208311e-05, 1.75467076e-01, 1.29965096e-01])
+    """
+    call = check_binary(
+        logits=logits,
+        targets=targets,
+        weights=weights,
+        alpha=alpha,
+        gamma=gamma,
+        reduction=reduction,
+        xp=xp,
+    )
+    return compute(RULE, call)
