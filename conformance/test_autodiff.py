@@ -323,6 +323,12 @@ COMPILED_CASES = [
     "sequence-average_across_batch",
     "sequence-dense_targets",
     "by_example-stacked-average",
+    "binary-everything-mean",
+    "binary-weights-none",
+    "focal-alpha-none",
+    "focal-weights-mean",
+    "kl-log_targets-mean",
+    "kl-axis-none",
 ]
 
 
@@ -500,6 +506,12 @@ SIDE_INPUTS = [
     ("dense-label_smoothing-none", 0),
     ("sequence-average_across_timesteps-average_across_batch", 1),
     ("by_example-stacked-total", 1),  # averaged, a row of zero weights has derivatives of 1e12
+    ("binary-everything-mean", 0),
+    ("binary-everything-mean", "weights"),
+    ("binary-everything-sum", "pos_weight"),
+    ("focal-weights-mean", 0),
+    ("kl-log_targets-none", 0),
+    ("kl-weights-mean", "weights"),
 ]
 
 
@@ -549,6 +561,9 @@ FORWARD_MODE_CASES = [
     "sparse-everything-none",
     "dense-label_smoothing-mean",
     "sequence-dense_targets",
+    "binary-everything-mean",
+    "focal-gamma_below_one-none",
+    "kl-log_targets-mean",
 ]
 
 

@@ -184,3 +184,32 @@ def test_logsumexp_and_log_softmax(unknown):
     z = unknown.array("z", LOGITS)
     got = unknown.values(lse=al.logsumexp(z), log_probs=al.log_softmax(z))
     check(got, lse=ref.logsumexp(LOGITS), log_probs=LOGITS - ref.logsumexp(LOGITS)[:, None])
+
+
+BINARY_TARGETS = (RNG.uniform(size=(N, C)) > 0.5).astype(np.float64)
+
+
+@pytest.mark.parametrize("name", ["bce", "focal", "kl"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_binary_and_divergence_losses(unknown, name, reduction):
+    function, reference, targets, options = {
+        "bce": (al.sigmoid_binary_cross_entropy, ref.sigmoid_bce, BINARY_TARGETS, {"label_smoothing": 0.1}),
+        "focal": (al.sigmoid_focal_loss, ref.sigmoid_focal, BINARY_TARGETS, {"alpha": 0.25}),
+        "kl": (al.kl_divergence, ref.kl_divergence, TARGETS, {}),
+    }[name]
+    inputs = LOGITS - ref.logsumexp(LOGITS)[:, None] if name == "kl" else LOGITS
+    z, t = unknown.array("z", inputs), unknown.array("t", targets)
+    weights = WEIGHTS if name == "kl" else WEIGHTS[:, None]
+    w = unknown.array("w", weights)
+    out = function(z, t, weights=w, reduction=reduction, **options)
+    value, grad = al.value_and_grad(function)(z, t, reduction=reduction, **options)
+    assert unknown_dimension(out) == (reduction == "none")
+
+    def reference_value(x: np.ndarray) -> np.ndarray:
+        return reference(x, targets, reduction=reduction, **options)
+
+    expected_grad = ref.numeric_gradient(lambda x: reference_value(x).sum(), inputs, 1e-6)
+    got = unknown.values(out=out, value=value, grad=grad)
+    expected = reference(inputs, targets, weights=weights, reduction=reduction, **options)
+    check(got, out=expected, value=reference_value(inputs))
+    np.testing.assert_allclose(got["grad"], expected_grad, rtol=1e-6, atol=1e-8)
