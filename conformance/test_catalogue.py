@@ -289,3 +289,24 @@ def test_bce_is_the_two_class_softmax_cross_entropy(backend, z, positive):
     pairs = backend.asarray(np.stack([np.zeros_like(logits), logits], axis=-1), dtype)
     two_class = al.sparse_softmax_cross_entropy(pairs, backend.asarray(labels, "int32"))
     backend.assert_close(binary, backend.to_numpy(two_class), dtype=dtype)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("loss", ["bce", "focal"])
+def test_values_in_blocks_of_one_row(backend, loss, reduction, configure):
+    """Eager host arrays compute in cache-sized blocks of rows: force one row per block."""
+    configure(block_bytes=1)
+    logits, targets = binary_problem(7, shape=(3, 4, 5))
+    weights = np.array([[1.0], [0.0], [2.0], [0.5]])
+    function, reference = {
+        "bce": (al.sigmoid_binary_cross_entropy, ref.sigmoid_bce),
+        "focal": (al.sigmoid_focal_loss, ref.sigmoid_focal),
+    }[loss]
+    dtype = "float64" if "float64" in backend.float_dtypes else "float32"
+    out = function(
+        backend.asarray(logits, dtype),
+        backend.asarray(targets, dtype),
+        weights=backend.asarray(weights, dtype),
+        reduction=reduction,
+    )
+    backend.assert_close(out, reference(logits, targets, weights=weights, reduction=reduction), dtype=dtype)

@@ -432,6 +432,9 @@ def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction)
         "dense-label_smoothing-none",
         "sequence-average_across_timesteps-average_across_batch",
         "by_example-steps-average",
+        "binary-everything-mean",
+        "binary-everything-none",
+        "focal-weights-mean",
     ],
 )
 def test_gradient_in_blocks_of_one_row(backend, name, configure):

@@ -16,9 +16,10 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ._autodiff import Rule, compute, differentiable
+from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block
 from ._lib._labels import check_weights
 from ._lib._ops import Ops
-from ._lib._reduce import example_scale, reduce_losses
+from ._lib._reduce import safe_divide
 from ._lib._validation import (
     Array,
     Reduction,
@@ -28,8 +29,10 @@ from ._lib._validation import (
     check_fraction,
     check_reduction,
     compute_dtype,
+    in_compute_dtype,
     ops_of,
     same_shape,
+    size_of,
 )
 
 
@@ -109,46 +112,40 @@ def _check_targets(targets: Array, xp: ModuleType) -> None:
         raise ValueError("targets must be probabilities in [0, 1]; it contains values outside it or NaN")
 
 
-class _Elements(NamedTuple):
-    """The elementwise parts of a call in the accumulation dtype: per-element loss and its derivative
-    with respect to the logit (None where only the loss was asked for)."""
+def _element_terms(
+    call: BinaryCall, z: Array, t: Array, pos_weight: Array | None, *, derivative: bool
+) -> tuple[Array, Array | None]:
+    """The loss of each element of ``z`` (in its accumulation dtype) before weights, and its derivative
+    with respect to ``z`` (None unless asked for).
 
-    loss: Array
-    derivative: Array | None
-
-
-def _elements(call: BinaryCall, logits: Array, *, derivative: bool) -> tuple[_Elements, Array | None]:
-    """The loss of every element (and its derivative), and the weights broadcast to the logits."""
-    ops = call.ops
-    xp = ops.xp
-    dtype = compute_dtype(logits.dtype, xp)
-    z = xp.astype(logits, dtype, copy=False)
-    t = xp.astype(call.targets, dtype)
+    ``softplus(z) - t z`` is summed as ``(max(z, 0) - t z) + log(1 + e)``: exact for targets of 0
+    and 1 at every logit (no cancellation of a large ``z`` against itself).
+    """
+    xp = call.ops.xp
+    t = xp.astype(t, z.dtype, copy=False)
     if call.label_smoothing:
         t = t * (1.0 - call.label_smoothing) + call.label_smoothing / 2
-    w = None if call.weights is None else broadcast_like(xp.astype(call.weights, dtype), z, xp)
-    if w is not None:  # an element of weight 0 counts as absent, whatever its logit: no inf - inf
-        z = xp.where((w == 0) & ~xp.isfinite(z), xp.zeros_like(z), z)
-    e = xp.exp(-xp.abs(z))
-    softplus_tail = xp.log1p(e)
-    zero = xp.zeros_like(z)
-    minus_log_q = xp.maximum(z, zero) + softplus_tail  # -log(1 - sigmoid(z)) = softplus(z)
-    minus_log_p = xp.maximum(-z, zero) + softplus_tail  # -log sigmoid(z) = softplus(-z)
-    positive = t if call.pos_weight is None else t * xp.astype(call.pos_weight, dtype)
-    loss = (1.0 - t) * minus_log_q + positive * minus_log_p
+    tail = xp.log1p(xp.exp(-xp.abs(z)))
+    relu = xp.maximum(z, xp.zeros((), dtype=z.dtype, device=call.ops.device(z)))
+    loss = (relu - t * z) + tail
+    minus_log_p = None  # softplus(-z) = -log sigmoid(z)
+    if pos_weight is not None:
+        extra = (xp.astype(pos_weight, z.dtype, copy=False) - 1.0) * t
+        minus_log_p = (relu - z) + tail
+        loss = loss + extra * minus_log_p
     if not derivative and call.gamma is None:
-        return _Elements(loss, None), w
-    one = xp.ones_like(z)
-    nonnegative = z >= 0
-    p = xp.where(nonnegative, one, e) / (1.0 + e)
-    q = xp.where(nonnegative, e, one) / (1.0 + e)
-    d_loss = p - t if call.pos_weight is None else (1.0 - t) * p - positive * q
+        return loss, None
+    p = xp.exp(-((relu - z) + tail) if minus_log_p is None else -minus_log_p)
+    d_loss = p - t
+    if pos_weight is not None:  # (1 - t) p - pw t (1 - p)
+        d_loss = d_loss - extra * (1.0 - p)
     if call.gamma is not None:
+        q = xp.exp(-(relu + tail))  # 1 - p, without cancellation
         loss, d_loss = _focal(loss, d_loss, p, q, t, call.gamma, xp)
         if call.alpha is not None:
             alpha_t = call.alpha * t + (1.0 - call.alpha) * (1.0 - t)
             loss, d_loss = alpha_t * loss, alpha_t * d_loss
-    return _Elements(loss, d_loss if derivative else None), w
+    return loss, d_loss if derivative else None
 
 
 def _focal(
@@ -172,23 +169,119 @@ def _focal(
     return modulating * ce, modulating * (d_ce + (gamma * ce) * (1.0 - 2.0 * t) * ratio)
 
 
-def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
-    parts, w = _elements(call, logits, derivative=False)
-    return call.ops.as_result(reduce_losses(parts.loss, w, call.reduction, call.ops), logits.dtype), ()
+class _Inputs(NamedTuple):
+    """The arrays of a call, the side inputs broadcast to the logits (views where the library has them),
+    and the denominator of the mean."""
+
+    logits: Array
+    side: tuple[Array, ...]  # targets, then weights and pos_weight where given
+    weighted: bool
+    has_pos_weight: bool
+    denominator: Array | None  # of the mean
 
 
-def _value_and_gradient(call: BinaryCall, logits: Array, cotangent: Array | None) -> tuple[Array, Array]:
-    """The value, and the gradient of ``sum(cotangent * value)`` (``None``: ones) for the logits."""
+def _inputs(call: BinaryCall, logits: Array) -> _Inputs:
     ops = call.ops
     xp = ops.xp
-    parts, w = _elements(call, logits, derivative=True)
-    if cotangent is None:
-        cotangent = xp.ones((), dtype=parts.loss.dtype, device=ops.device(parts.loss))
-    scale = example_scale(cotangent, w, call.reduction, parts.loss, parts.loss.dtype, ops)
-    grad = scale * parts.derivative
-    if w is not None:  # exactly 0 where the weight is, also for a non-finite logit
-        grad = xp.where(scale == 0, xp.zeros_like(grad), grad)
-    value = ops.as_result(reduce_losses(parts.loss, w, call.reduction, ops), logits.dtype)
+    dtype = compute_dtype(logits.dtype, xp)
+    z = logits
+    side = [call.targets]
+    denominator = None
+    if call.weights is not None:
+        w = broadcast_like(xp.astype(call.weights, dtype, copy=False), logits, xp)
+        # An element of weight 0 counts as absent, whatever its logit: no inf - inf, no NaN.
+        z = xp.where((w == 0) & ~xp.isfinite(logits), xp.zeros_like(logits), logits)
+        side.append(w)
+        if call.reduction == "mean":
+            denominator = xp.sum(w)
+    elif call.reduction == "mean":
+        size = size_of(tuple(logits.shape))
+        if size is None:  # an unknown dimension: counted by the array library
+            denominator = ops.total_sum(xp.ones_like(logits, dtype=dtype))
+        else:
+            denominator = xp.asarray(float(size), dtype=dtype, device=ops.device(logits))
+    if call.pos_weight is not None:
+        side.append(broadcast_like(xp.astype(call.pos_weight, dtype, copy=False), logits, xp))
+    return _Inputs(z, tuple(side), call.weights is not None, call.pos_weight is not None, denominator)
+
+
+def _unpack(inputs: _Inputs, side: tuple[Array, ...]) -> tuple[Array, Array | None, Array | None]:
+    """Targets, weights and pos_weight out of ``side`` (rows of :attr:`_Inputs.side`)."""
+    t, rest = side[0], list(side[1:])
+    w = rest.pop(0) if inputs.weighted else None
+    pw = rest.pop(0) if inputs.has_pos_weight else None
+    return t, w, pw
+
+
+def _in_blocks(inputs: _Inputs, ops: Ops) -> tuple[int | None, tuple[Array, ...]]:
+    """Rows per block (None: one piece) and the arrays as rows, for :func:`map_row_blocks`."""
+    z = inputs.logits
+    block = rows_per_block(None, z, ops)
+    arrays = (z, *inputs.side)
+    if block is None:
+        return None, arrays
+    xp = ops.xp
+    return block, tuple(xp.reshape(a, (-1, z.shape[-1])) for a in arrays)
+
+
+def _total(call: BinaryCall, inputs: _Inputs, weighted_sums: Array) -> Array:
+    """The scalar loss from the sums of the weighted losses."""
+    ops = call.ops
+    total = ops.total_sum(weighted_sums)
+    if call.reduction == "sum":
+        return total
+    return safe_divide(total, inputs.denominator, ops)
+
+
+def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    ops = call.ops
+    xp = ops.xp
+    inputs = _inputs(call, logits)
+
+    def weighted_losses(z: Array, *side: Array) -> tuple[Array]:
+        t, w, pw = _unpack(inputs, side)
+        loss = _element_terms(call, z, t, pw, derivative=False)[0]
+        return (loss if w is None else loss * w,)
+
+    if call.reduction == "none":
+        loss = in_row_blocks(weighted_losses, inputs.logits, inputs.side, ops)[0]
+        return xp.astype(loss, logits.dtype, copy=False), ()
+    block, arrays = _in_blocks(inputs, ops)
+
+    def row_sums(z: Array, *side: Array) -> Array:
+        return xp.sum(weighted_losses(in_compute_dtype(z, xp), *side)[0], axis=-1)
+
+    sums = map_row_blocks(row_sums, arrays, block, ops)
+    return ops.as_result(_total(call, inputs, sums), logits.dtype), ()
+
+
+def _value_and_gradient(
+    call: BinaryCall, logits: Array, cotangent: Array | None
+) -> tuple[Array | None, Array]:
+    """The gradient of ``sum(cotangent * value)`` for the logits, and with ``cotangent=None`` (ones, for
+    a scalar reduction) the value computed in the same pass (else None)."""
+    ops = call.ops
+    xp = ops.xp
+    inputs = _inputs(call, logits)
+    dtype = compute_dtype(logits.dtype, xp)
+    scale = xp.ones((), dtype=dtype, device=ops.device(logits)) if cotangent is None else cotangent
+    scale = xp.astype(scale, dtype, copy=False)
+    if inputs.denominator is not None:
+        scale = safe_divide(scale, inputs.denominator, ops)
+    per_element = call.reduction == "none"  # a cotangent of the logits' shape, in blocks with them
+
+    def gradient_rows(z: Array, *rows: Array) -> tuple[Array, ...]:
+        factor = rows[-1] if per_element else scale
+        t, w, pw = _unpack(inputs, rows[:-1] if per_element else rows)
+        loss, d_loss = _element_terms(call, z, t, pw, derivative=True)
+        grad = (factor if w is None else factor * w) * d_loss
+        if cotangent is not None:
+            return (grad,)
+        return grad, xp.sum(loss if w is None else loss * w, axis=-1)
+
+    side = (*inputs.side, scale) if per_element else inputs.side
+    grad, *sums = in_row_blocks(gradient_rows, inputs.logits, side, ops)
+    value = ops.as_result(_total(call, inputs, sums[0]), logits.dtype) if sums else None
     return value, xp.astype(grad, logits.dtype, copy=False)
 
 
@@ -200,6 +293,7 @@ def _backward(
 
 def _fused(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array]]:
     value, grad = _value_and_gradient(call, logits, None)
+    assert value is not None  # a scalar reduction
     return value, (grad,)
 
 
