@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["tf", "tfa"]
+__all__ = ["optax", "tf", "tfa", "torch"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -1,0 +1,219 @@
+"""PyTorch's ``torch.nn.functional`` losses, with its names, argument order, defaults and conventions,
+on any array library.
+
+Code written against ``F.cross_entropy`` runs on NumPy, CuPy, JAX, Dask or any array-API
+library by importing these instead; on torch tensors the numbers are PyTorch's. The
+conventions are PyTorch's, not the package's own:
+
+- the class axis is 1 (0 for an unbatched ``(C,)`` input);
+- ``reduction="mean"`` divides by the sum of the class weights of the counted targets
+  (:func:`cross_entropy`, :func:`nll_loss`), by the number of elements
+  (:func:`binary_cross_entropy_with_logits`, :func:`kl_div`), and a mean over no
+  target is NaN (the package's own functions give 0);
+- with class weights and label smoothing, the smoothing term is weighted by class
+  (PyTorch's own formula: ``(1 - eps) * nll + eps / C * sum_c w_c * -log p_c``).
+
+Where they differ from PyTorch, they are stricter: labels out of range, negative
+weights and targets outside [0, 1] raise on eager host arrays, and an element of
+weight 0 is 0 even where its input is not finite (PyTorch: NaN).
+
+>>> import numpy as np
+>>> from arrayloss.compat import torch as F
+>>> F.cross_entropy(np.asarray([[2.0, 0.0, -1.0]]), np.asarray([0]))
+array(0.16984602)
+"""
+
+from __future__ import annotations
+
+from .._binary import sigmoid_binary_cross_entropy
+from .._dense import softmax_cross_entropy
+from .._divergence import kl_divergence
+from .._lib._labels import Labels, checked_labels
+from .._lib._ops import Ops
+from .._lib._validation import (
+    Array,
+    check_floating,
+    check_labels,
+    check_reduction,
+    class_axis_last,
+    compute_dtype,
+    ops_of,
+    reshape_target,
+    size_of,
+)
+from .._sparse import sparse_softmax_cross_entropy
+
+__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "kl_div", "nll_loss"]
+
+
+def _class_axis(input: Array) -> int:
+    return 1 if input.ndim > 1 else 0
+
+
+def _count(x: Array, ops: Ops) -> Array:
+    """The number of elements of ``x``, as a 0-d array of its (accumulation) dtype."""
+    xp = ops.xp
+    dtype = compute_dtype(x.dtype, xp)
+    size = size_of(tuple(x.shape))
+    if size is None:
+        return ops.total_sum(xp.ones_like(x, dtype=dtype))
+    return xp.asarray(float(size), dtype=dtype, device=ops.device(x))
+
+
+def _reduce(losses: Array, total: Array, denominator: Array, reduction: str, ops: Ops) -> Array:
+    """PyTorch's reduction: ``losses`` as they are, their ``total``, or ``total / denominator`` (NaN
+    for 0 / 0, computed without a floating-point warning)."""
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return ops.as_result(total, losses.dtype)
+    xp = ops.xp
+    empty = denominator == 0
+    nan = xp.full_like(total, float("nan"))
+    mean = xp.where(empty, nan, total / xp.where(empty, xp.ones_like(denominator), denominator))
+    return ops.as_result(mean, losses.dtype)
+
+
+def _class_view(weight: Array, input: Array, axis: int, ops: Ops) -> Array:
+    """``weight`` ``(C,)`` shaped to broadcast along the class ``axis`` of ``input``."""
+    shape = [1] * input.ndim
+    shape[axis] = weight.shape[0]
+    return ops.xp.reshape(weight, tuple(shape))
+
+
+def _target_weights(labels: Labels, weight: Array | None, dtype: object, ops: Ops) -> Array:
+    """The weight of each target: ``weight[target]`` (1 without ``weight``), 0 where it is ignored."""
+    xp = ops.xp
+    if weight is None:
+        scale = xp.ones_like(labels.safe, dtype=dtype)
+    else:
+        per_target = xp.take(xp.astype(weight, dtype), xp.reshape(labels.safe, (-1,)))
+        scale = xp.reshape(per_target, reshape_target(tuple(labels.safe.shape)))
+    if labels.counted is None:
+        return scale
+    return xp.where(labels.counted, scale, xp.zeros_like(scale))
+
+
+def cross_entropy(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Array:
+    """``torch.nn.functional.cross_entropy``: class indices or class probabilities as ``target``.
+
+    ``input`` ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``; ``target`` integer class indices
+    ``(N, d1, ...)`` (or ``()``), or floating probabilities of the shape of ``input``.
+    ``weight`` ``(C,)`` weights the classes; ``ignore_index`` applies to class indices.
+    """
+    ops = ops_of({"input": input, "target": target, "weight": weight}, None, optional=("weight",))
+    xp = ops.xp
+    check_reduction(reduction)
+    axis = _class_axis(input)
+    check_floating("input", input, xp)
+    num_classes = input.shape[axis]
+    if xp.isdtype(target.dtype, "real floating"):  # probabilities: every element counts once
+        t = target
+        if label_smoothing:
+            t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
+        if weight is not None:
+            t = t * _class_view(weight, input, axis, ops)
+        losses = softmax_cross_entropy(input, t, axis=axis)
+        return _reduce(losses, xp.sum(losses), _count(losses, ops), reduction, ops)
+    check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
+    if weight is not None and label_smoothing:  # PyTorch weights the smoothing term by class
+        nll = sparse_softmax_cross_entropy(
+            input, target, axis=axis, class_weights=weight, ignore_index=ignore_index
+        )
+        classes = xp.broadcast_to(_class_view(weight, input, axis, ops), tuple(input.shape))
+        counted = xp.astype(target != ignore_index, nll.dtype)
+        smooth = softmax_cross_entropy(input, classes, axis=axis, weights=counted)
+        losses = (1.0 - label_smoothing) * nll + (label_smoothing / num_classes) * smooth
+    else:
+        losses = sparse_softmax_cross_entropy(
+            input,
+            target,
+            axis=axis,
+            class_weights=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
+    if reduction == "none":
+        return losses
+    labels = checked_labels(target, num_classes, ignore_index, ops, name="target")
+    denominator = xp.sum(_target_weights(labels, weight, losses.dtype, ops))
+    return _reduce(losses, xp.sum(losses), denominator, reduction, ops)
+
+
+def nll_loss(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Array:
+    """``torch.nn.functional.nll_loss``: ``-weight[y] * input[y]`` of log-probabilities ``input``
+    (class axis 1, or 0 for ``(C,)``), 0 where ``target == ignore_index``."""
+    ops = ops_of({"input": input, "target": target, "weight": weight}, None, optional=("weight",))
+    xp = ops.xp
+    check_reduction(reduction)
+    check_floating("input", input, xp)
+    axis = _class_axis(input)
+    num_classes = input.shape[axis]
+    check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
+    labels = checked_labels(target, num_classes, ignore_index, ops, name="target")
+    picked = ops.pick(class_axis_last(input, axis, xp), labels.safe)
+    scale = _target_weights(labels, weight, picked.dtype, ops)
+    # An ignored target is 0 whatever its input (no 0 * -inf); out of range unchecked: NaN.
+    losses = -(scale * xp.where(scale == 0, xp.zeros_like(picked), picked))
+    if labels.poisoned is not None:
+        losses = xp.where(labels.poisoned, xp.full_like(losses, float("nan")), losses)
+    return _reduce(losses, xp.sum(losses), xp.sum(scale), reduction, ops)
+
+
+def binary_cross_entropy_with_logits(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    pos_weight: Array | None = None,
+) -> Array:
+    """``torch.nn.functional.binary_cross_entropy_with_logits``; ``"mean"`` over the elements, whatever
+    ``weight`` is."""
+    check_reduction(reduction)
+    loss = sigmoid_binary_cross_entropy(
+        input,
+        target,
+        weights=weight,
+        pos_weight=pos_weight,
+        reduction="none" if reduction == "none" else "sum",
+    )
+    if reduction != "mean":
+        return loss
+    ops = ops_of({"input": input}, None)
+    return _reduce(loss, loss, _count(input, ops), reduction, ops)
+
+
+def kl_div(input: Array, target: Array, reduction: str = "mean", log_target: bool = False) -> Array:
+    """``torch.nn.functional.kl_div``: elementwise ``target * (log target - input)`` of log-probabilities
+    ``input``; ``"batchmean"`` divides the sum by ``input.shape[0]``, ``"mean"`` by the number of
+    elements."""
+    if reduction not in ("none", "sum", "mean", "batchmean"):
+        raise ValueError(f"reduction must be one of ('none', 'sum', 'mean', 'batchmean'), got {reduction!r}")
+    ops = ops_of({"input": input, "target": target}, None)
+    xp = ops.xp
+    # Each element its own distribution of one class: the divergence's terms, elementwise.
+    terms = kl_divergence(
+        xp.expand_dims(input, axis=-1),
+        xp.expand_dims(target, axis=-1),
+        log_targets=log_target,
+        reduction="none" if reduction == "none" else "sum",
+    )
+    if reduction in ("none", "sum"):
+        return terms
+    if reduction == "mean":
+        return _reduce(terms, terms, _count(input, ops), reduction, ops)
+    batch = input.shape[0] if input.ndim else 1
+    return ops.as_result(terms / batch, terms.dtype)
