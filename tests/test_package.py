@@ -17,6 +17,9 @@ LOSSES = [
     al.sequence_loss_by_example,
     al.logsumexp,
     al.log_softmax,
+    al.sigmoid_binary_cross_entropy,
+    al.sigmoid_focal_loss,
+    al.kl_divergence,
 ]
 
 
@@ -30,15 +33,24 @@ def test_import_pulls_in_no_array_library():
     assert not {m for m in loaded if m.split(".")[0] in HEAVY}
 
 
-def test_compat_modules_by_attribute_access_import_no_array_library():
-    """``arrayloss.compat.tf`` after a plain ``import arrayloss``, as users write it."""
+@pytest.mark.parametrize(
+    ("module", "function"),
+    [
+        ("tf", "sequence_loss_by_example"),
+        ("tfa", "sequence_loss"),
+        ("torch", "cross_entropy"),
+        ("optax", "softmax_cross_entropy_with_integer_labels"),
+    ],
+)
+def test_compat_modules_by_attribute_access_import_no_array_library(module, function):
+    """``arrayloss.compat.tf`` (or ``.torch``, ...) after a plain ``import arrayloss``, as users write it."""
     code = (
-        "import sys, arrayloss; f = arrayloss.compat.tf.sequence_loss_by_example; "
+        f"import sys, arrayloss; f = arrayloss.compat.{module}.{function}; "
         "print(f.__module__); print(' '.join(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    module, loaded = out.splitlines()
-    assert module == "arrayloss.compat.tf"
+    loaded_from, loaded = out.splitlines()
+    assert loaded_from == f"arrayloss.compat.{module}"
     assert not {m for m in loaded.split() if m.split(".")[0] in HEAVY}
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         al.compat.missing  # noqa: B018
