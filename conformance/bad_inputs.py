@@ -847,6 +847,24 @@ CASES: list[BadInput] = [
         "chunk_size must be an int or None, got float",
         "chunk_size",
     ),
+    BadInput(
+        "ce-softcap-zero",
+        CE,
+        "softcap=0",
+        sparse(softcap=0.0),
+        ValueError,
+        "softcap must be None or a positive finite number, got 0.0",
+        "softcap",
+    ),
+    BadInput(
+        "linear-softcap-negative",
+        al.linear_cross_entropy,
+        "softcap=-1",
+        lambda b: ((ones(b, (4, 2)), ones(b, (3, 2)), labels(b)), {"softcap": -1.0}),
+        ValueError,
+        "softcap must be None or a positive finite number, got -1.0",
+        "softcap",
+    ),
     # --- sigmoid_binary_cross_entropy, sigmoid_focal_loss, kl_divergence
     BadInput(
         "bce-targets-shape",

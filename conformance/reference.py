@@ -117,12 +117,16 @@ def sparse_ce(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     reduction: str = "none",
+    softcap: float | None = None,
 ) -> np.ndarray:
     """Softmax cross entropy with integer labels; ``logits`` has the classes on ``axis``.
 
-    The weight of example i is ``weights_i * class_weights[y_i] * [y_i != ignore_index]``.
+    The weight of example i is ``weights_i * class_weights[y_i] * [y_i != ignore_index]``;
+    with ``softcap`` the logits are first replaced by ``softcap * tanh(logits / softcap)``.
     """
     z = np.moveaxis(np.asarray(logits, dtype=np.float64), axis, -1)
+    if softcap is not None:
+        z = softcap * np.tanh(z / softcap)
     labels = np.asarray(labels)
     assert labels.shape == z.shape[:-1], (labels.shape, z.shape)
     loss = np.zeros(labels.shape, dtype=np.float64)

@@ -60,6 +60,8 @@ def _sparse(name: str, reduction: str) -> Case:
         options["label_smoothing"] = 0.15
     if name in ("z_loss", "everything"):
         options["z_loss"] = 0.02
+    if name == "softcap":
+        options["softcap"] = 1.5
     if name == "all_ignored":
         labels[:] = IGNORED
         options["ignore_index"] = IGNORED
@@ -166,6 +168,7 @@ SPARSE_NAMES = [
     "label_smoothing",
     "z_loss",
     "everything",
+    "softcap",
 ]
 CASES: dict[str, Case] = {
     **{f"sparse-{n}-{r}": _sparse(n, r) for n in SPARSE_NAMES for r in ("none", "sum", "mean")},
@@ -343,18 +346,19 @@ def test_sequence_masked_steps_have_zero_gradient(backend, garbage):
     np.testing.assert_allclose(got[kept], expected[kept], rtol=1e-7, atol=1e-9)
 
 
-def test_zero_weight_rows_have_zero_gradient_even_if_not_finite(backend):
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_zero_weight_rows_have_zero_gradient_even_if_not_finite(backend, softcap):
     logits = np.array([[1.0, 2.0, 0.5], [np.nan, np.inf, 0.0], [0.3, -np.inf, 0.1], [np.inf, 1.0, 2.0]])
     labels = np.array([0, 1, 2, 1])
     weights = np.array([1.0, 0.0, 2.0, 0.0])
     for options in ({"weights": backend.asarray(weights)}, {"ignore_index": 1}):
         with no_compute(backend):
             value, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(
-                backend.asarray(logits), backend.asarray(labels), reduction="mean", **options
+                backend.asarray(logits), backend.asarray(labels), reduction="mean", softcap=softcap, **options
             )
         w = weights if "weights" in options else (labels != 1).astype(float)
         case = Case(al.sparse_softmax_cross_entropy, ref.sparse_ce, logits, [labels], {"weights": w})
-        case.options["reduction"] = "mean"
+        case.options |= {"reduction": "mean", "softcap": softcap}
         with np.errstate(invalid="ignore"):  # the reference's masked rows compute inf - inf, then drop it
             backend.assert_close(value, reference_value(case, logits), dtype="float64")
             expected = finite_difference_grad(case)
@@ -400,12 +404,13 @@ def test_custom_softmax_loss_function_is_an_error(backend, loss):
     assert np.all(np.isfinite(backend.to_numpy(value)))
 
 
+@pytest.mark.parametrize("softcap", [None, 2.0])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction):
+def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction, softcap):
     rng = np.random.default_rng(17)
-    hidden, weight = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    hidden, weight = rng.normal(size=(5, 3)) * 2, rng.normal(size=(4, 3))
     labels = np.array([0, 3, IGNORED, 1, 2])
-    options = {"ignore_index": IGNORED, "label_smoothing": 0.1, "reduction": reduction}
+    options = {"ignore_index": IGNORED, "label_smoothing": 0.1, "reduction": reduction, "softcap": softcap}
 
     def total(h: np.ndarray, w: np.ndarray) -> float:
         return float(np.sum(ref.sparse_ce(h @ w.T, labels, **options)))
@@ -435,6 +440,8 @@ def test_linear_cross_entropy_gradients_of_hidden_and_weight(backend, reduction)
         "binary-everything-mean",
         "binary-everything-none",
         "focal-weights-mean",
+        "sparse-softcap-mean",
+        "sparse-softcap-none",
     ],
 )
 def test_gradient_in_blocks_of_one_row(backend, name, configure):

@@ -74,6 +74,7 @@ def check_linear(
     z_loss: float,
     reduction: Reduction,
     chunk_size: int | None,
+    softcap: float | None,
     xp: ModuleType | None,
 ) -> LinearCall:
     """Check the arguments of :func:`linear_cross_entropy` once; return the call's record."""
@@ -113,6 +114,7 @@ def check_linear(
         z_loss=z_loss,
         reduction=reduction,
         chunk_size=chunk_size,
+        softcap=softcap,
     )
     dtype = compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
     rows = size_of(tuple(labels.shape))
@@ -178,7 +180,12 @@ def _forward(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...
     def losses(hidden_rows: Array, label_rows: Array) -> Array:
         z = rows.logits(hidden_rows, ops)
         return losses_and_row_stats(
-            z, label_rows, label_smoothing=options.label_smoothing, z_loss=options.z_loss, ops=ops
+            z,
+            label_rows,
+            label_smoothing=options.label_smoothing,
+            z_loss=options.z_loss,
+            ops=ops,
+            softcap=options.softcap,
         )[0]
 
     loss_rows = map_row_blocks(losses, (rows.hidden, rows.labels), call.chunk, ops)
@@ -242,6 +249,7 @@ def _value_and_gradients(
             z_loss=options.z_loss,
             masked=w is not None,
             ops=ops,
+            softcap=options.softcap,
         )
         losses.append(loss)
         d_hidden.append(xp.matmul(g, rows.weight))
@@ -287,6 +295,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     reduction: Reduction = "none",
     chunk_size: int | None = None,
+    softcap: float | None = None,
     xp: ModuleType | None = None,
 ) -> Array:
     r"""Softmax cross entropy of the logits ``hidden @ weight.T + bias``, computed without holding them.
@@ -310,7 +319,7 @@ def linear_cross_entropy(
         Values in ``[0, C)`` or ``ignore_index``.
     bias : array, shape ``(C,)``, optional
         Added to the logits.
-    weights, class_weights, ignore_index, label_smoothing, z_loss, reduction
+    weights, class_weights, ignore_index, label_smoothing, z_loss, reduction, softcap
         As in :func:`sparse_softmax_cross_entropy`.
     chunk_size : int, optional
         Rows (examples) per chunk. Default: chunks of logits of about 32 MiB.
@@ -350,6 +359,7 @@ def linear_cross_entropy(
         z_loss=z_loss,
         reduction=reduction,
         chunk_size=chunk_size,
+        softcap=softcap,
         xp=xp,
     )
     return compute(RULE, call)

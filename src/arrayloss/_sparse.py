@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -57,6 +58,7 @@ class LabelOptions(NamedTuple):
     z_loss: float
     reduction: Reduction
     chunk_size: int | None
+    softcap: float | None
 
     def example_weights(self, dtype: object, ops: Ops) -> Array | None:
         """The combined weight of each example (None: all 1), see :func:`~._lib._labels.example_weights`."""
@@ -76,9 +78,12 @@ def check_label_options(
     z_loss: float,
     reduction: Reduction,
     chunk_size: int | None,
+    softcap: float | None,
 ) -> LabelOptions:
     """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them."""
     check_reduction(reduction)
+    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < math.inf):
+        raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
     check_fraction("label_smoothing", label_smoothing)
     check_chunk_size(chunk_size)
     if ignore_index is not None:
@@ -100,6 +105,7 @@ def check_label_options(
         z_loss,
         reduction,
         chunk_size,
+        None if softcap is None else float(softcap),
     )
 
 
@@ -138,6 +144,7 @@ def check_sparse(
     z_loss: float,
     reduction: Reduction,
     chunk_size: int | None,
+    softcap: float | None,
     xp: ModuleType | None,
 ) -> SparseCall:
     """Check the arguments of :func:`sparse_softmax_cross_entropy` once; return the call's record."""
@@ -160,8 +167,37 @@ def check_sparse(
         z_loss=z_loss,
         reduction=reduction,
         chunk_size=chunk_size,
+        softcap=softcap,
     )
     return SparseCall(ops, logits, axis, options)
+
+
+class Capped(NamedTuple):
+    """Logits after :func:`capped`, and the derivative of the cap (None without one)."""
+
+    z: Array
+    slope: Array | None
+
+    def gradient(self, grad: Array, scale: Array, masked: bool, ops: Ops) -> Array:
+        """``grad`` (rows of the gradient for the capped logits) for the logits themselves; with
+        ``masked``, rows of ``scale`` 0 stay exactly 0 whatever their logits."""
+        if self.slope is None:
+            return grad
+        slope = self.slope
+        if masked:
+            xp = ops.xp
+            slope = xp.where(scale[..., None] == 0, xp.zeros_like(slope), slope)
+        grad *= slope  # our temporary: in place where the library allows it
+        return grad
+
+
+def capped(z: Array, softcap: float | None, ops: Ops) -> Capped:
+    r"""Gemma 2's logit soft-capping, :math:`c 	anh(z / c)`, and its slope :math:`1 - 	anh^2(z/c)`."""
+    if softcap is None:
+        return Capped(z, None)
+    xp = ops.xp
+    t = xp.tanh(z / softcap)
+    return Capped(t * softcap, 1.0 - t * t)
 
 
 def losses_from_row_stats(
@@ -195,13 +231,15 @@ def losses_and_row_stats(
     label_smoothing: float,
     z_loss: float,
     ops: Ops,
+    softcap: float | None = None,
     scratch: Array | None = None,
 ) -> tuple[Array, Array, Array]:
-    """``(loss, shift, log_sum)`` of the rows ``z``, each of their leading shape.
+    """``(loss, shift, log_sum)`` of the rows ``z`` (capped at ``softcap``), each of their leading shape.
 
     The backward pass builds the softmax from ``shift`` and ``log_sum`` without reducing
     the rows again. ``scratch`` as in :func:`~._lib._softmax.exp_sums`.
     """
+    z = capped(z, softcap, ops).z
     shift, log_sum = shifted_log_sum(z, ops, scratch=scratch)
     loss = losses_from_row_stats(
         z, safe_labels, shift, log_sum, label_smoothing=label_smoothing, z_loss=z_loss, ops=ops
@@ -217,6 +255,7 @@ def sparse_losses(
     z_loss: float,
     ops: Ops,
     chunk_size: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[Array, Array, Array]:
     """:func:`losses_and_row_stats` of ``z`` (classes last), in blocks of rows (:func:`rows_per_block`).
 
@@ -226,7 +265,9 @@ def sparse_losses(
     block = rows_per_block(chunk_size, z, ops)
     if block is None or z.ndim < 2:
         z = in_compute_dtype(z, xp)
-        return losses_and_row_stats(z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, ops=ops)
+        return losses_and_row_stats(
+            z, safe_labels, label_smoothing=label_smoothing, z_loss=z_loss, ops=ops, softcap=softcap
+        )
     rows = (xp.reshape(z, (-1, z.shape[-1])), xp.reshape(safe_labels, (-1,)))
     scratch = scratch_block(rows[0], block, ops) if ops.is_eager(z) else None
 
@@ -237,6 +278,7 @@ def sparse_losses(
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             ops=ops,
+            softcap=softcap,
             scratch=scratch,
         )
         return xp.stack(parts, axis=-1)
@@ -281,6 +323,7 @@ def sparse_logits_vjp(
     masked: bool,
     ops: Ops,
     row_stats: tuple[Array, Array] | None = None,
+    softcap: float | None = None,
 ) -> Array:
     r"""Gradient of :math:`\sum_i s_i \ell_i` with respect to ``z`` (classes last, accumulation dtype).
 
@@ -293,18 +336,21 @@ def sparse_logits_vjp(
     ``masked``, rows of scale 0 are exactly 0 even where their logits are not finite.
     ``row_stats`` are the rows' ``(shift, log_sum)`` from the forward pass
     (:func:`losses_and_row_stats`), which spare the reduction of every row; None
-    computes them. Computed in blocks of rows (:func:`~._lib._blocks.in_row_blocks`).
+    computes them. With ``softcap``, the loss of the capped logits (:func:`capped`).
+    Computed in blocks of rows (:func:`~._lib._blocks.in_row_blocks`).
     """
 
     def rows(
         z: Array, safe_labels: Array, scale: Array, *stats: Array, scratch: Array | None = None
     ) -> tuple[Array]:
-        softmax, lse = softmax_and_lse(z, scale, stats, masked, ops, scratch)
+        cap = capped(z, softcap, ops)
+        softmax, lse = softmax_and_lse(cap.z, scale, stats, masked, ops, scratch)
         coefficient = scale[..., None]
         if z_loss:
             coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
         softmax *= coefficient  # our temporary: in place where the library allows it
-        return (subtract_targets(softmax, safe_labels, scale, label_smoothing, ops),)
+        grad = subtract_targets(softmax, safe_labels, scale, label_smoothing, ops)
+        return (cap.gradient(grad, scale, masked, ops),)
 
     return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), ops, scratch=True)[0]
 
@@ -318,6 +364,7 @@ def gradient_rows_and_losses(
     z_loss: float,
     masked: bool,
     ops: Ops,
+    softcap: float | None = None,
     scratch: Array | None = None,
 ) -> tuple[Array, Array]:
     """The gradient rows of :func:`sparse_logits_vjp` and the rows' losses, from one exponential of ``z``.
@@ -328,6 +375,8 @@ def gradient_rows_and_losses(
     rows may be written into ``scratch`` (see :func:`~._lib._softmax.exp_sums`).
     """
     eager = ops.is_eager(z)
+    cap = capped(z, softcap, ops)
+    z = cap.z
     if masked and not eager:  # values are not read: rows of scale 0 are zeroed
         z = zero_dropped_rows(z, scale, ops)
     shift, exps, total, log_sum = exp_sums(z, ops, scratch=scratch)
@@ -343,7 +392,8 @@ def gradient_rows_and_losses(
     if z_loss:
         coefficient = coefficient * (1.0 + 2.0 * z_loss * (shift + log_sum))
     exps *= coefficient  # in place: one block-sized temporary fewer per block
-    return subtract_targets(exps, safe_labels, scale, label_smoothing, ops), loss
+    grad = subtract_targets(exps, safe_labels, scale, label_smoothing, ops)
+    return cap.gradient(grad, scale, masked, ops), loss
 
 
 def sparse_gradient_and_losses(
@@ -356,6 +406,7 @@ def sparse_gradient_and_losses(
     masked: bool,
     ops: Ops,
     chunk_size: int | None,
+    softcap: float | None = None,
 ) -> tuple[Array, Array]:
     """The gradient of :func:`sparse_logits_vjp` and the rows' unweighted losses, block by block.
 
@@ -372,6 +423,7 @@ def sparse_gradient_and_losses(
             z_loss=z_loss,
             masked=masked,
             ops=ops,
+            softcap=softcap,
             scratch=scratch,
         )
 
@@ -406,6 +458,7 @@ def _forward(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
         z_loss=options.z_loss,
         ops=ops,
         chunk_size=options.chunk_size,
+        softcap=options.softcap,
     )
     w = options.example_weights(dtype, ops)
     out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
@@ -428,6 +481,7 @@ def _backward(
         masked=w is not None,
         ops=ops,
         row_stats=(residuals[0], residuals[1]) if residuals else None,
+        softcap=options.softcap,
     )
     return (as_layout_of(grad, logits, call.axis, ops.xp),)
 
@@ -448,6 +502,7 @@ def _fused(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array]]:
         masked=w is not None,
         ops=ops,
         chunk_size=options.chunk_size,
+        softcap=options.softcap,
     )
     value = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
     return ops.as_result(value, logits.dtype), (as_layout_of(grad, logits, call.axis, xp),)
@@ -470,6 +525,7 @@ def sparse_softmax_cross_entropy(
     z_loss: float = 0.0,
     reduction: Reduction = "none",
     chunk_size: int | None = None,
+    softcap: float | None = None,
     xp: ModuleType | None = None,
 ) -> Array:
     r"""Softmax cross entropy between ``logits`` and integer class ``labels``.
@@ -523,6 +579,9 @@ def sparse_softmax_cross_entropy(
         same. By default eager arrays on the host (NumPy, array-api-strict, torch
         on CPU) are processed in cache-sized blocks of rows, which is faster, and
         other arrays (GPU, JAX, Dask) in one piece.
+    softcap : float, optional
+        Cap the logits smoothly at :math:`\pm c`: :math:`z \leftarrow c \tanh(z / c)`
+        before the loss (Gemma 2's final-logit soft-capping), with its gradient.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
@@ -563,7 +622,8 @@ def sparse_softmax_cross_entropy(
     ----------
     Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (label
     smoothing), 2016. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways"
-    (z-loss), 2022.
+    (z-loss), 2022. Gemma Team, "Gemma 2: Improving Open Language Models at a Practical
+    Size" (logit soft-capping), 2024.
 
     Examples
     --------
@@ -587,6 +647,7 @@ def sparse_softmax_cross_entropy(
         z_loss=z_loss,
         reduction=reduction,
         chunk_size=chunk_size,
+        softcap=softcap,
         xp=xp,
     )
     native = call.ops.native_cross_entropy(logits, call)

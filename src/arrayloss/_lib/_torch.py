@@ -188,7 +188,7 @@ class AnalyticBackward(torch.autograd.Function):
 def delegates(logits: Array, call: Any) -> bool:
     """Whether :func:`cross_entropy` computes this checked call (``arrayloss._sparse.SparseCall``)."""
     settings, options = current(), call.options
-    if not settings.delegate_to_torch or options.z_loss or options.chunk_size is not None:
+    if not settings.delegate_to_torch or options.z_loss or options.chunk_size is not None or options.softcap:
         return False
     if logits.ndim != 2 or call.axis != 1 or logits.dtype not in (torch.float32, torch.float64):
         return False
