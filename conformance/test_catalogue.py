@@ -310,3 +310,35 @@ def test_values_in_blocks_of_one_row(backend, loss, reduction, configure):
         reduction=reduction,
     )
     backend.assert_close(out, reference(logits, targets, weights=weights, reduction=reduction), dtype=dtype)
+
+
+@given(
+    weights=st.lists(st.floats(0.01, 10), min_size=2, max_size=6),
+    other=st.lists(st.floats(0.01, 10), min_size=6, max_size=6),
+)
+def test_kl_divergence_is_nonnegative_and_zero_on_itself(backend, weights, other):
+    """Gibbs' inequality: KL(t || p) >= 0 for distributions, with equality for p = t."""
+    t = np.asarray(weights) / np.sum(weights)
+    p = np.asarray(other[: len(weights)]) / np.sum(other[: len(weights)])
+    dtype = "float64" if "float64" in backend.float_dtypes else "float32"
+    pairs = backend.asarray(np.log(np.stack([p, t])), dtype)
+    targets = backend.asarray(np.stack([t, t]), dtype)
+    got = backend.check_result(al.kl_divergence(pairs, targets), dtype=dtype, shape=(2,))
+    tolerance = 1e-12 if dtype == "float64" else 1e-6
+    assert got[0] >= -tolerance
+    assert abs(got[1]) <= tolerance
+
+
+@given(
+    z=st.lists(st.floats(-50, 50), min_size=1, max_size=8),
+    t=st.lists(st.floats(0, 1), min_size=8, max_size=8),
+)
+def test_focal_loss_without_focusing_is_the_cross_entropy(backend, z, t):
+    """gamma = 0 and no alpha: the focal loss is the sigmoid cross entropy, value and gradient."""
+    logits, targets = np.asarray(z), np.asarray(t[: len(z)])
+    dtype = "float64" if "float64" in backend.float_dtypes else "float32"
+    x, y = backend.asarray(logits, dtype), backend.asarray(targets, dtype)
+    focal, d_focal = al.value_and_grad(al.sigmoid_focal_loss)(x, y, gamma=0.0, reduction="sum")
+    bce, d_bce = al.value_and_grad(al.sigmoid_binary_cross_entropy)(x, y, reduction="sum")
+    backend.assert_close(focal, backend.to_numpy(bce), dtype=dtype)
+    backend.assert_close(d_focal, backend.to_numpy(d_bce), dtype=dtype)

@@ -216,7 +216,7 @@ def _unpack(inputs: _Inputs, side: tuple[Array, ...]) -> tuple[Array, Array | No
 def _in_blocks(inputs: _Inputs, ops: Ops) -> tuple[int | None, tuple[Array, ...]]:
     """Rows per block (None: one piece) and the arrays as rows, for :func:`map_row_blocks`."""
     z = inputs.logits
-    block = rows_per_block(None, z, ops)
+    block = rows_per_block(None, z, ops, block_bytes=ops.elementwise_block_bytes)
     arrays = (z, *inputs.side)
     if block is None:
         return None, arrays
@@ -244,7 +244,9 @@ def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
         return (loss if w is None else loss * w,)
 
     if call.reduction == "none":
-        loss = in_row_blocks(weighted_losses, inputs.logits, inputs.side, ops)[0]
+        loss = in_row_blocks(
+            weighted_losses, inputs.logits, inputs.side, ops, block_bytes=ops.elementwise_block_bytes
+        )[0]
         return xp.astype(loss, logits.dtype, copy=False), ()
     block, arrays = _in_blocks(inputs, ops)
 
@@ -280,7 +282,9 @@ def _value_and_gradient(
         return grad, xp.sum(loss if w is None else loss * w, axis=-1)
 
     side = (*inputs.side, scale) if per_element else inputs.side
-    grad, *sums = in_row_blocks(gradient_rows, inputs.logits, side, ops)
+    grad, *sums = in_row_blocks(
+        gradient_rows, inputs.logits, side, ops, block_bytes=ops.elementwise_block_bytes
+    )
     value = ops.as_result(_total(call, inputs, sums[0]), logits.dtype) if sums else None
     return value, xp.astype(grad, logits.dtype, copy=False)
 

@@ -27,7 +27,9 @@ from ._settings import current
 from ._validation import Array, compute_dtype, in_compute_dtype, size_of
 
 
-def rows_per_block(chunk_size: int | None, z: Array, ops: Ops) -> int | None:
+def rows_per_block(
+    chunk_size: int | None, z: Array, ops: Ops, *, block_bytes: int | None = None
+) -> int | None:
     """Rows per block for the ``[..., C]`` array ``z``, or ``None`` for the plain one-shot path.
 
     An explicit ``chunk_size`` is returned as is, where the number of rows is known (a
@@ -35,12 +37,13 @@ def rows_per_block(chunk_size: int | None, z: Array, ops: Ops) -> int | None:
     eager host arrays get
     blocks of about ``block_bytes`` when there is more than one such block, except
     tensors that autograd records: the backward pass of every slice would build a zero
-    gradient of the whole array (quadratic time and memory).
+    gradient of the whole array (quadratic time and memory). ``block_bytes`` replaces the
+    setting of that name (elementwise losses: ``Ops.elementwise_block_bytes``).
     """
     size = size_of(tuple(z.shape))
     if chunk_size is not None or size is None:
         return None if size is None else chunk_size
-    block_bytes = current().block_bytes
+    block_bytes = current().block_bytes if block_bytes is None else block_bytes
     if size <= block_bytes // 8:  # one block even of float64: skip the checks below
         return None
     if z.ndim < 2 or not ops.is_eager(z) or ops.records_gradient((z,)):
@@ -91,6 +94,7 @@ def in_row_blocks(
     *,
     chunk_size: int | None = None,
     scratch: bool = False,
+    block_bytes: int | None = None,
 ) -> tuple[Array, ...]:
     """``row_gradient(z, *per_row)``, computed in blocks of rows on eager host arrays.
 
@@ -110,7 +114,7 @@ def in_row_blocks(
     :func:`~._softmax.exp_sums`): the block's own rows of the gradient where slices are
     views (``Ops.views``), one shared array elsewhere.
     """
-    block = rows_per_block(chunk_size, z, ops)
+    block = rows_per_block(chunk_size, z, ops, block_bytes=block_bytes)
     xp = ops.xp
     if block is None:
         return row_gradient(in_compute_dtype(z, xp), *per_row)

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from ._compat import Array, device
+from ._settings import current
 
 
 class Ops:
@@ -26,6 +27,12 @@ class Ops:
     def views(self) -> bool:
         """Whether slices are views that writes go through, and integer-array assignment writes in place."""
         return False
+
+    @property
+    def elementwise_block_bytes(self) -> int:
+        """Bytes of a block of an elementwise loss on eager host arrays: each of its steps allocates
+        a temporary of that size."""
+        return current().block_bytes // 4
 
     def __init__(self, xp: ModuleType) -> None:
         self.xp = xp
@@ -134,6 +141,12 @@ class NumpyOps(Ops):
     @property
     def views(self) -> bool:
         return True
+
+    @property
+    def elementwise_block_bytes(self) -> int:
+        # Temporaries above glibc's mmap threshold (128 KiB) are mapped and unmapped at every step,
+        # which faults their pages in again: 2-3x the time of the steps (benchmarks/RESULTS.md).
+        return min(current().block_bytes, 1 << 16)
 
     def is_eager(self, x: Array) -> bool:
         return True
