@@ -37,6 +37,7 @@ CASES = (
     "small",
     "sequence",
     "dense",
+    "binary",
     "linear",
     "sweep",
     "gpu",
@@ -437,6 +438,115 @@ def dense_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     yield functools.partial(make, True)
 
 
+def binary_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """Multi-label losses, forward + backward of the mean: ``sigmoid_binary_cross_entropy`` and
+    ``sigmoid_focal_loss`` (alpha 0.25, gamma 2) against PyTorch's loss and torchvision's formula,
+    the plain NumPy formulas (value and hand-written gradient) and optax under ``jax.jit`` (issue 15)."""
+
+    def torch_case(loss: str) -> Bench:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, _ = _torch_inputs(s.rows, s.classes)
+        targets = (torch.rand(s.rows, s.classes, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+        logits.requires_grad_(True)
+
+        def torchvision() -> Any:  # torchvision.ops.sigmoid_focal_loss, reduction "mean"
+            p = torch.sigmoid(logits)
+            ce = torch_f.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            p_t = p * targets + (1 - p) * (1 - targets)
+            alpha_t = 0.25 * targets + 0.75 * (1 - targets)
+            return (alpha_t * ce * (1 - p_t) ** 2).mean()
+
+        if loss == "bce":
+            ours = _pass(lambda: al.sigmoid_binary_cross_entropy(logits, targets, reduction="mean"), True)
+            peers = {
+                "F.bce_with_logits": _pass(
+                    lambda: torch_f.binary_cross_entropy_with_logits(logits, targets), True
+                )
+            }
+        else:
+            ours = _pass(lambda: al.sigmoid_focal_loss(logits, targets, alpha=0.25, reduction="mean"), True)
+            peers = {"torchvision formula": _pass(torchvision, True)}
+        return Bench(
+            f"{loss} fwd+bwd",
+            "torch-cpu",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            ours,
+            peers,
+            {next(iter(peers)): 1.0},
+            reset=_dropping_grad(logits),
+        )
+
+    def numpy_case(loss: str) -> Bench:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((s.rows, s.classes), dtype=np.float32)
+        t = (rng.random((s.rows, s.classes)) > 0.5).astype(np.float32)
+
+        def plain() -> Any:  # the textbook formula and its gradient, as a NumPy user writes them
+            ce = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+            p = 1 / (1 + np.exp(-z))
+            if loss == "bce":
+                return ce.mean(), (p - t) / z.size
+            p_t = p * t + (1 - p) * (1 - t)
+            alpha_t = 0.25 * t + 0.75 * (1 - t)
+            m = 1 - p_t
+            d_m = p * (1 - p) * (1 - 2 * t)
+            grad = alpha_t * (m**2 * (p - t) + 2 * m * d_m * ce) / z.size
+            return (alpha_t * ce * m**2).mean(), grad
+
+        function = al.sigmoid_binary_cross_entropy if loss == "bce" else al.sigmoid_focal_loss
+        options = {"reduction": "mean"} if loss == "bce" else {"alpha": 0.25, "reduction": "mean"}
+        ours = al.value_and_grad(function)
+        return Bench(
+            f"{loss} value_and_grad",
+            "numpy",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            lambda: ours(z, t, **options),
+            {"NumPy formula": plain},
+            {"NumPy formula": 1.5},
+        )
+
+    def jax_case(loss: str) -> Bench:
+        jax = importlib.import_module("jax")
+        jnp = importlib.import_module("jax.numpy")
+        optax = importlib.import_module("optax.losses")
+        key_logits, key_targets = jax.random.split(jax.random.key(0))
+        z = jax.random.normal(key_logits, (s.rows, s.classes), dtype=jnp.float32)
+        t = (jax.random.uniform(key_targets, (s.rows, s.classes)) > 0.5).astype(jnp.float32)
+        if loss == "bce":
+            ours = jax.jit(
+                jax.value_and_grad(lambda x: al.sigmoid_binary_cross_entropy(x, t, reduction="mean"))
+            )
+            theirs = jax.jit(jax.value_and_grad(lambda x: jnp.mean(optax.sigmoid_binary_cross_entropy(x, t))))
+        else:
+            ours = jax.jit(
+                jax.value_and_grad(lambda x: al.sigmoid_focal_loss(x, t, alpha=0.25, reduction="mean"))
+            )
+            theirs = jax.jit(
+                jax.value_and_grad(lambda x: jnp.mean(optax.sigmoid_focal_loss(x, t, alpha=0.25)))
+            )
+        return Bench(
+            f"jax grad {loss}",
+            "jax-cpu (jit)",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            lambda: jax.block_until_ready(ours(z)),
+            {"optax": lambda: jax.block_until_ready(theirs(z))},
+            {"optax": 1.0},
+        )
+
+    for loss in ("bce", "focal"):
+        if _installed("torch"):
+            yield functools.partial(torch_case, loss)
+        yield functools.partial(numpy_case, loss)
+        if _installed("jax") and _installed("optax"):
+            yield functools.partial(jax_case, loss)
+
+
 def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     if not _installed("torch"):
         return
@@ -709,6 +819,7 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "small": small_cases,
     "sequence": sequence_cases,
     "dense": dense_cases,
+    "binary": binary_cases,
     "linear": linear_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,
