@@ -118,9 +118,10 @@ def check_linear(
     rows = size_of(tuple(labels.shape))
     if rows is None:  # an unknown number of rows: no loop over chunks
         chunk_size = None
-    elif chunk_size is None:  # chunks of logits of about linear_chunk_bytes
+    elif chunk_size is None:  # chunks of logits of at most about linear_chunk_bytes, of equal rows
         row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
-        chunk_size = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+        most = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+        chunk_size = -(-rows // -(-rows // most)) if rows else most  # no short last chunk to handle apart
     return LinearCall(ops, hidden, weight, bias, options, dtype, chunk_size)
 
 
