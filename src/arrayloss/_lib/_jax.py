@@ -41,7 +41,6 @@ class JaxOps(Ops):
         jax = sys.modules["jax"]
         fused = rule.fused is not None and call.one_pass
         constants, tree = jax.tree.flatten(call.constants)  # arrays; the Nones of absent ones are no leaves
-        differentiated: list[bool] = []  # of each constant, as the forward pass found it
 
         def passes(leaves: tuple[Any, ...] | list[Any]) -> Any:
             return rule.passes(rule.with_constants(call, jax.tree.unflatten(tree, leaves)))
@@ -54,34 +53,35 @@ class JaxOps(Ops):
             # symbolic_zeros: each argument is a CustomVJPPrimal, whose `perturbed` says whether
             # JAX differentiates it.
             p, c = tuple(x.value for x in primals), tuple(x.value for x in leaves)
-            differentiated[:] = [x.perturbed for x in leaves]
-            if not any(differentiated):
+            if not any(x.perturbed for x in leaves):
                 if fused:
                     out, gradients = passes(c)[2](*p)
                     return out, (gradients, p, c, (), None)
                 out, residuals = passes(c)[0](*p)
                 return out, ((), p, c, residuals, None)
+            # The perturbed constants, None for the others (residuals keep the structure).
+            perturbed = tuple(x.value if x.perturbed else None for x in leaves)
 
-            def of_constants(*given: Array) -> Any:
+            def of_perturbed(*given: Array) -> Any:
                 chosen = iter(given)
-                return passes([next(chosen) if d else x for x, d in zip(c, differentiated, strict=True)])[0](
-                    *p
-                )
+                leaves = [x if d is None else next(chosen) for x, d in zip(c, perturbed, strict=True)]
+                return passes(leaves)[0](*p)
 
-            taken = [x for x, d in zip(c, differentiated, strict=True) if d]
-            out, pullback, residuals = jax.vjp(of_constants, *taken, has_aux=True)
-            return out, ((), p, c, residuals, pullback)
+            taken = [d for d in perturbed if d is not None]
+            out, pullback, residuals = jax.vjp(of_perturbed, *taken, has_aux=True)
+            return out, ((), p, c, residuals, (pullback, perturbed))
 
         def backward(saved: Any, cotangent: Array) -> tuple[Any, Any]:
-            gradients, p, c, residuals, pullback = saved
+            gradients, p, c, residuals, of_constants = saved
             if gradients:  # from the fused pass, for a cotangent of 1
                 gradients = tuple(g * cotangent.astype(g.dtype) for g in gradients)
             else:
                 gradients = passes(c)[1](p, residuals, cotangent)
-            if pullback is None:
+            if of_constants is None:
                 return gradients, tuple(None for _ in c)
+            pullback, perturbed = of_constants
             given = iter(pullback(cotangent))
-            return gradients, tuple(next(given) if d else None for d in differentiated)
+            return gradients, tuple(None if d is None else next(given) for d in perturbed)
 
         value.defvjp(forward, backward, symbolic_zeros=True)
         return value(call.primals, tuple(constants))

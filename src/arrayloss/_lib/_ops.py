@@ -6,7 +6,7 @@ standard calls only; a subclass for one family of backends overrides a step wher
 measured to be faster (``benchmarks/RESULTS.md``) and gives the same numbers, which
 ``conformance/test_integrity.py`` checks against array-api-strict (the standard calls,
 computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
-:mod:`._torch`; :func:`._backends.ops_for` picks one for a namespace.
+:mod:`._torch`, ``JaxOps`` in :mod:`._jax`; :func:`._backends.ops_for` picks one for a namespace.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Ops:
         is unrolled and XLA may keep every block's temporaries.
         """
         count = rows[0].shape[0]
-        if block is None or count is None or block >= count:
+        if block is None or block >= count:
             return fn(carry, *rows)
         parts = []
         for start, stop in block_bounds(count, block):
