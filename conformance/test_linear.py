@@ -2,11 +2,16 @@
 
 Values for every option, reduction and chunk size; gradients of hidden, weight and
 bias against central finite differences of the reference; PyTorch's
-``loss.backward()`` and JAX's autodiff against the same numbers; argument errors.
+``loss.backward()`` and JAX's autodiff (``jit(value_and_grad)`` for every option, with
+respect to the weights too; ``vmap(grad)``, ``grad`` of ``grad``) against the same
+numbers or JAX's autodiff of a plain composition; XLA's temporary memory against the
+materialised logits'; argument errors.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Any
 
 import numpy as np
@@ -231,3 +236,130 @@ def test_bad_arguments_name_them(backend, change, error, message):
     arrays = {**arrays, **change}
     with pytest.raises(error, match=message):
         call(al.linear_cross_entropy, on(backend, arrays, backend.float_dtypes[-1]), {})
+
+
+def jax_reference(jnp: Any, hidden: Any, weight: Any, labels: Any) -> Any:
+    """The summed cross entropy of ``hidden @ weight.T`` in plain ``jax.numpy``, for JAX to differentiate."""
+    logits = hidden @ weight.T
+    shift = jnp.max(logits, axis=-1, keepdims=True)
+    lse = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift[:, 0]
+    return jnp.sum(lse - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0])
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize("chunk_size", [3, None])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("case", sorted(OPTIONS))
+def test_jax_jit_value_and_grad_matches_finite_differences(backend, case, reduction, chunk_size):
+    """``jit(value_and_grad)`` with respect to hidden, weight, bias, weights and class weights, for a
+    cotangent that is not 1 (the custom VJP scales the gradients of the fused pass by it)."""
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    arrays, options = problem(case, seed=7)
+    cotangent = np.arange(1.0, ROWS + 1) if reduction == "none" else np.asarray(1.5)
+    names = [n for n in ("hidden", "weight", "bias") if arrays[n] is not None]
+    names += [n for n in ("weights", "class_weights") if n in options]
+
+    def reference_total(name: str, x: np.ndarray) -> float:
+        a, o = dict(arrays), dict(options)
+        (a if name in a else o)[name] = x
+        return float(np.sum(cotangent * reference_loss(a, o, reduction)))
+
+    on_arrays, on_options = on(backend, arrays, "float64"), on(backend, options, "float64")
+
+    def total(*values: Any) -> Any:
+        a, o = dict(on_arrays), dict(on_options)
+        for name, value in zip(names, values, strict=True):
+            (a if name in a else o)[name] = value
+        out = call(al.linear_cross_entropy, a, o, reduction=reduction, chunk_size=chunk_size)
+        return jnp.sum(backend.asarray(cotangent) * out)
+
+    given = [on_arrays[n] if n in on_arrays else on_options[n] for n in names]
+    value, grads = jax.jit(jax.value_and_grad(total, argnums=tuple(range(len(names)))))(*given)
+    backend.assert_close(
+        value, np.sum(cotangent * reference_loss(arrays, options, reduction)), dtype="float64"
+    )
+    for name, grad in zip(names, grads, strict=True):
+        start = arrays[name] if name in arrays else options[name]
+        numeric = ref.numeric_gradient(functools.partial(reference_total, name), start)
+        got = backend.check_result(grad, dtype="float64", shape=start.shape)
+        np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.backend("jax")
+def test_jax_vmap_grad_and_second_order(backend):
+    """Per-example gradients (``jit(vmap(grad))``) and a Hessian-vector product (``grad`` of ``grad``)
+    against JAX's autodiff of the plain ``jax.numpy`` composition."""
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    arrays, _ = problem("plain", seed=8, batch=(4, ROWS))
+    hidden, weight, labels = (backend.asarray(arrays[n]) for n in ("hidden", "weight", "labels"))
+
+    def ours(h: Any, w: Any, y: Any) -> Any:
+        return al.linear_cross_entropy(h, w, y, reduction="sum", chunk_size=3)
+
+    def theirs(h: Any, w: Any, y: Any) -> Any:
+        return jax_reference(jnp, h, w, y)
+
+    grads = [
+        jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1)), (0, None, 0)))(hidden, weight, labels)
+        for f in (ours, theirs)
+    ]
+    for got, expected in zip(*grads, strict=True):
+        backend.assert_close(got, backend.to_numpy(expected), dtype="float64")
+    direction = backend.asarray(np.random.default_rng(9).normal(size=arrays["weight"].shape))
+
+    def hessian_vector(f: Any) -> Any:
+        return jax.grad(lambda w: jnp.vdot(jax.grad(f, argnums=1)(hidden[0], w, labels[0]), direction))(
+            weight
+        )
+
+    backend.assert_close(hessian_vector(ours), backend.to_numpy(hessian_vector(theirs)), dtype="float64")
+
+
+@pytest.mark.backend("jax")
+def test_jax_forward_mode_is_refused(backend):
+    """A ``custom_vjp`` has no forward mode: JAX's TypeError, as the docstring says (the other losses
+    support ``jax.jvp``: ``test_autodiff.test_jax_forward_mode_and_second_order``)."""
+    jax = importlib.import_module("jax")
+    arrays, _ = problem("plain", seed=9)
+    hidden, weight, labels = (backend.asarray(arrays[n]) for n in ("hidden", "weight", "labels"))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda h: al.linear_cross_entropy(h, weight, labels, reduction="mean"), (hidden,), (hidden,))
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize(
+    ("reduction", "differentiated"), [("mean", "parameters"), ("none", "parameters"), ("mean", "weights")]
+)
+def test_jax_jit_gradient_keeps_one_chunk_of_logits(backend, reduction, differentiated):
+    """XLA's temporary memory of ``jit(value_and_grad)`` is at most a quarter of the materialised
+    logits' composition: the chunk loop keeps one chunk of logits alive, in both passes."""
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    rows, features, classes, chunk = 512, 16, 2000, 32
+    rng = np.random.default_rng(10)
+    hidden = backend.asarray(rng.normal(size=(rows, features)), "float32")
+    weight = backend.asarray(rng.normal(size=(classes, features)), "float32")
+    labels = backend.asarray(rng.integers(0, classes, size=rows))
+    weights = backend.asarray(rng.uniform(size=rows), "float32")
+    argnums = (0, 1, 2) if differentiated == "weights" else (0, 1)
+
+    def ours(h: Any, w: Any, ew: Any) -> Any:
+        out = al.linear_cross_entropy(h, w, labels, weights=ew, reduction=reduction, chunk_size=chunk)
+        return jnp.sum(out)
+
+    def materialised(h: Any, w: Any, ew: Any) -> Any:
+        logits = h @ w.T
+        losses = (
+            jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+        )
+        return jnp.sum(ew * losses)
+
+    def temporary_bytes(f: Any) -> int:
+        compiled = jax.jit(jax.value_and_grad(f, argnums=argnums)).lower(hidden, weight, weights).compile()
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+
+    ours_bytes, theirs_bytes = temporary_bytes(ours), temporary_bytes(materialised)
+    assert theirs_bytes >= rows * classes * 4, "the materialised version holds the logits"
+    assert ours_bytes <= theirs_bytes / 4, f"{ours_bytes} bytes against {theirs_bytes} materialised"

@@ -12,14 +12,21 @@ returns after validating the arguments once (a :class:`Call`). The same rule ser
   composition, which would keep every intermediate of the forward pass (for a cross
   entropy, the exponentials of all logits) and then build several logits-sized
   gradients. Where the rule has a ``fused`` pass and the call allows it (a scalar loss
-  on eager host arrays), the gradient is computed with the value, in the same pass
-  over the logits, and the backward pass only scales it by the cotangent.
+  on eager host arrays; for :func:`~arrayloss.linear_cross_entropy` on any arrays),
+  the gradient is computed with the value, in the same pass over the logits, and the
+  backward pass only scales it by the cotangent. JAX takes, through ``jax.custom_vjp``,
+  only the rules that have ``with_constants`` (:func:`~arrayloss.linear_cross_entropy`'s,
+  whose chunk loop JAX's autodiff would differentiate keeping every chunk's logits); it
+  differentiates the composition of the other losses, which XLA fuses as fast and which
+  keeps forward mode (``jax.jvp``) working (see :mod:`._lib._jax`).
 
 The composition is differentiated instead where the backend has no hook, where the
-setting ``analytic_backward`` is off (:mod:`._lib._settings`), where an input other
-than the primals requires grad (gradients with respect to weights or soft targets),
-where a primal is batched by ``torch.func.vmap``, and for a call the rule does not
-cover (a custom ``softmax_loss_function``).
+setting ``analytic_backward`` is off (:mod:`._lib._settings`), on PyTorch where an input
+other than the primals requires grad (gradients with respect to weights or soft
+targets) or a primal is batched by ``torch.func.vmap``, and for a call the rule does not
+cover (a custom ``softmax_loss_function``). JAX cannot tell under a trace which inputs
+are differentiated: its custom VJP takes the constants as arguments and gives them
+their gradients too.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
-from ._lib._ops import Ops
+from ._lib._ops import Backward, Forward, Ops
 from ._lib._validation import Array
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,15 +70,25 @@ class Rule(NamedTuple):
     ``fused(call, *primals) -> (value, gradients)`` computes a 0-d value and its
     gradients together, where ``call.one_pass``. ``unpack(call, gradients)`` gives the
     structure that :func:`value_and_grad` returns. ``covers(call)`` is None, or why the
-    rule cannot differentiate this call.
+    rule cannot differentiate this call. ``with_constants(call, constants)`` is the call
+    with other arrays in place of ``call.constants``: JAX, which cannot tell under a
+    trace whether the constants are differentiated, passes them to its custom VJP as
+    arguments and differentiates the forward pass with respect to them where they are;
+    it takes only the rules that have one (see the module's docstring).
     """
 
     check: Callable[..., Any]
-    forward: Callable[..., tuple[Array, tuple[Array, ...]]]
-    backward: Callable[..., tuple[Array | None, ...]]
-    fused: Callable[..., tuple[Array, tuple[Array, ...]]] | None = None
+    forward: Forward
+    backward: Backward
+    fused: Forward | None = None
     unpack: Callable[[Any, tuple[Array, ...]], Any] = lambda call, gradients: gradients[0]
     covers: Callable[[Any], str | None] = lambda call: None
+    with_constants: Callable[[Any, tuple[Any, ...]], Any] | None = None
+
+    def passes(self, call: Call) -> tuple[Forward, Backward, Forward | None]:
+        """``forward``, ``backward`` and (where ``call.one_pass``) ``fused``, bound to ``call``."""
+        fused = functools.partial(self.fused, call) if self.fused is not None and call.one_pass else None
+        return functools.partial(self.forward, call), functools.partial(self.backward, call), fused
 
 
 _RULES: dict[Callable[..., Any], Rule] = {}
@@ -95,11 +112,8 @@ def rule_of(loss: Callable[..., Any]) -> Rule | None:
 def compute(rule: Rule, call: Call) -> Array:
     """The value of a validated ``call``; with the rule's backward where the library records gradients."""
     ops = call.ops
-    if rule.covers(call) is None and ops.takes_analytic_backward(call.primals, call.constants):
-        forward = functools.partial(rule.forward, call)
-        backward = functools.partial(rule.backward, call)
-        fused = functools.partial(rule.fused, call) if rule.fused is not None and call.one_pass else None
-        return ops.value_with_backward(forward, backward, call.primals, fused)
+    if rule.covers(call) is None and ops.takes_analytic_backward(rule, call):
+        return ops.value_with_backward(rule, call)
     return rule.forward(call, *call.primals)[0]
 
 

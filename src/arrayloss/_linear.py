@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ._autodiff import Rule, bind, compute, differentiable
-from ._lib._blocks import block_bounds, map_row_blocks
+from ._lib._blocks import map_row_blocks
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
@@ -120,9 +120,10 @@ def check_linear(
     rows = size_of(tuple(labels.shape))
     if rows is None:  # an unknown number of rows: no loop over chunks
         chunk_size = None
-    elif chunk_size is None:  # chunks of logits of about linear_chunk_bytes
+    elif chunk_size is None:  # chunks of logits of at most about linear_chunk_bytes, of equal rows
         row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
-        chunk_size = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+        most = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+        chunk_size = -(-rows // -(-rows // most)) if rows else most  # no short last chunk to handle apart
     return LinearCall(ops, hidden, weight, bias, options, dtype, chunk_size)
 
 
@@ -192,8 +193,8 @@ def _forward(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...
     return _reduce(call, loss_rows, options.example_weights(call.dtype, ops), primals), ()
 
 
-def add_transposed_product(total: Array | None, g: Array, h: Array, ops: Ops) -> Array:
-    """``total + g.T @ h`` (``total=None``: zeros), for ``g`` of shape ``(R, C)`` and ``h`` ``(R, D)``.
+def add_transposed_product(total: Array, g: Array, h: Array, ops: Ops) -> Array:
+    """``total + g.T @ h``, for ``g`` of shape ``(R, C)`` and ``h`` ``(R, D)``.
 
     On eager host arrays ``total`` is updated in place, a block of about ``block_bytes``
     of its rows at a time: the product of a whole chunk would be a second ``C x D`` array,
@@ -201,11 +202,8 @@ def add_transposed_product(total: Array | None, g: Array, h: Array, ops: Ops) ->
     """
     xp = ops.xp
     if not ops.is_eager(g):
-        part = xp.matmul(xp.matrix_transpose(g), h)
-        return part if total is None else total + part
+        return total + xp.matmul(xp.matrix_transpose(g), h)
     classes, features = g.shape[1], h.shape[1]
-    if total is None:
-        total = xp.zeros((classes, features), dtype=g.dtype, device=ops.device(g))
     step = max(1, current().block_bytes // (features * xp.finfo(g.dtype).bits // 8 or 1))
     for first in range(0, classes, step):
         last = min(first + step, classes)
@@ -233,13 +231,15 @@ def _value_and_gradients(
     scale = example_scale(cotangent, w, options.reduction, labels, call.dtype, ops)
     scale = poison(scale, options.labels.poisoned, ops)  # a label out of range: NaN gradient
     scale = scale if scale.ndim == 1 else xp.reshape(scale, (-1,))
-    losses, d_hidden, d_weight, d_bias = [], [], None, None
-    if call.chunk is None:  # one chunk of an unknown number of rows, not sliced (Dask cannot)
-        chunks = [(rows.hidden, rows.labels, scale)]
-    else:
-        bounds = block_bounds(rows.hidden.shape[0], call.chunk)
-        chunks = [(rows.hidden[a:b, ...], rows.labels[a:b], scale[a:b]) for a, b in bounds]
-    for hidden_rows, label_rows, scale_rows in chunks:
+    device = ops.device(rows.hidden)
+    if rows.hidden.shape[0] == 0:  # no rows: zero gradients
+        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=device), w, primals)
+        return value, tuple(xp.zeros_like(a) for a in primals)
+
+    def chunk(
+        totals: tuple[Array, Array | None], hidden_rows: Array, label_rows: Array, scale_rows: Array
+    ) -> tuple[tuple[Array, Array | None], tuple[Array, Array]]:
+        d_weight, d_bias = totals
         h = xp.astype(hidden_rows, call.dtype, copy=False)
         g, loss = gradient_rows_and_losses(
             rows.logits(h, ops),
@@ -251,19 +251,21 @@ def _value_and_gradients(
             ops=ops,
             softcap=options.softcap,
         )
-        losses.append(loss)
-        d_hidden.append(xp.matmul(g, rows.weight))
         d_weight = add_transposed_product(d_weight, g, h, ops)
-        if rows.bias is not None:
-            d_b = xp.sum(g, axis=0)
-            d_bias = d_b if d_bias is None else d_bias + d_b
-    if d_weight is None:  # no rows: zero gradients
-        value = _reduce(call, xp.zeros((0,), dtype=call.dtype, device=ops.device(rows.hidden)), w, primals)
-        return value, tuple(xp.zeros_like(a) for a in primals)
-    grads = [_rows_as(xp.concat(d_hidden, axis=0), primals[0], xp), d_weight]
+        if d_bias is not None:
+            d_bias = d_bias + xp.sum(g, axis=0)
+        return (d_weight, d_bias), (loss, xp.matmul(g, rows.weight))
+
+    def zeros(a: Array | None) -> Array | None:
+        return None if a is None else xp.zeros(tuple(a.shape), dtype=call.dtype, device=device)
+
+    (d_weight, d_bias), (losses, d_hidden) = ops.scan_row_blocks(
+        chunk, (zeros(rows.weight), zeros(rows.bias)), (rows.hidden, rows.labels, scale), call.chunk
+    )
+    grads = [_rows_as(d_hidden, primals[0], xp), d_weight]
     if d_bias is not None:
         grads.append(d_bias)
-    value = _reduce(call, xp.concat(losses, axis=0), w, primals)
+    value = _reduce(call, losses, w, primals)
     return value, tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
 
 
@@ -277,7 +279,19 @@ def _fused(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]
     return _value_and_gradients(call, primals, None)
 
 
-RULE = Rule(check_linear, _forward, _backward, _fused, unpack=lambda call, gradients: gradients)
+def _with_constants(call: LinearCall, constants: tuple[Any, ...]) -> LinearCall:
+    weights, class_weights = constants
+    return call._replace(options=call.options._replace(weights=weights, class_weights=class_weights))
+
+
+RULE = Rule(
+    check_linear,
+    _forward,
+    _backward,
+    _fused,
+    unpack=lambda call, gradients: gradients,
+    with_constants=_with_constants,
+)
 
 
 @differentiable(RULE)
@@ -306,8 +320,13 @@ def linear_cross_entropy(
     ``loss.backward()`` uses the analytic gradient of
     :func:`linear_cross_entropy_value_and_grad` (chunk by chunk; for a scalar
     ``reduction`` it is computed together with the value, as Liger-Kernel does), so
-    the full logits never exist in the backward pass either. On JAX, autodiff of the
-    chunked computation gives the same numbers but keeps the chunks' intermediates.
+    the full logits never exist in the backward pass either. On JAX, the same rule is
+    attached through ``jax.custom_vjp``, and under ``jax.jit`` the chunks are a
+    ``lax.scan``: XLA keeps one chunk of logits alive in the forward and backward passes
+    (a scalar ``reduction`` computes the gradients with the value). Gradients with respect
+    to ``weights`` and ``class_weights`` are given too (``jax.grad`` of them). Forward-mode
+    autodiff (``jax.jvp``, ``jax.jacfwd``) of this loss is not available on JAX: it raises
+    JAX's ``TypeError`` for a ``custom_vjp`` function (the other losses support it).
 
     Parameters
     ----------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._ops import Ops
+from ._ops import Ops, block_bounds
 from ._settings import current
 from ._validation import Array, compute_dtype, in_compute_dtype, size_of
 
@@ -65,25 +65,14 @@ def scratch_block(rows: Array, block: int | None, ops: Ops) -> Array:
     return ops.xp.empty(shape, dtype=compute_dtype(rows.dtype, ops.xp), device=ops.device(rows))
 
 
-def block_bounds(count: int, block: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of consecutive blocks of ``block`` rows out of ``count``.
-
-    Stops are clamped to the rows: the standard leaves out-of-bounds slice stops unspecified.
-    """
-    return [(start, min(start + block, count)) for start in range(0, count, block)]
-
-
 def map_row_blocks(fn: Callable[..., Array], rows: tuple[Array, ...], block: int | None, ops: Ops) -> Array:
     """``fn(*rows)`` computed ``block`` rows at a time and concatenated along the first axis.
 
     Every array of ``rows`` has the rows as its first axis and ``fn`` returns one
-    value per row. With ``block=None`` (or a single block) ``fn`` is called once.
+    value per row. With ``block=None`` (or a single block) ``fn`` is called once. The
+    loop is :meth:`~._ops.Ops.scan_row_blocks`.
     """
-    count = rows[0].shape[0]
-    if block is None or block >= count:
-        return fn(*rows)
-    parts = [fn(*(a[start:stop, ...] for a in rows)) for start, stop in block_bounds(count, block)]
-    return ops.xp.concat(parts, axis=0)
+    return ops.scan_row_blocks(lambda carry, *blocks: (carry, (fn(*blocks),)), None, rows, block)[1][0]
 
 
 def in_row_blocks(

@@ -6,7 +6,7 @@ standard calls only; a subclass for one family of backends overrides a step wher
 measured to be faster (``benchmarks/RESULTS.md``) and gives the same numbers, which
 ``conformance/test_integrity.py`` checks against array-api-strict (the standard calls,
 computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
-:mod:`._torch`; :func:`._backends.ops_for` picks one for a namespace.
+:mod:`._torch`, ``JaxOps`` in :mod:`._jax`; :func:`._backends.ops_for` picks one for a namespace.
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ from typing import Any
 
 from ._compat import Array, device
 from ._settings import current
+
+# A loss's passes (arrayloss._autodiff.Rule): forward -> (value, residuals), backward -> gradients.
+Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
+Backward = Callable[..., tuple[Array | None, ...]]
+
+
+def block_bounds(count: int, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive blocks of ``block`` rows out of ``count``.
+
+    Stops are clamped to the rows: the standard leaves out-of-bounds slice stops unspecified.
+    """
+    return [(start, min(start + block, count)) for start in range(0, count, block)]
 
 
 class Ops:
@@ -49,23 +61,43 @@ class Ops:
         """Whether the library's autograd records operations on one of ``values`` (lists searched too)."""
         return False
 
-    def takes_analytic_backward(self, primals: tuple[Array, ...], constants: tuple[Any, ...]) -> bool:
-        """Whether the library's autograd should take a loss's registered rule for this call."""
+    def takes_analytic_backward(self, rule: Any, call: Any) -> bool:
+        """Whether the library's autodiff should take ``rule`` (a loss's
+        :class:`~arrayloss._autodiff.Rule`) for the checked ``call``."""
         return False
 
-    def value_with_backward(
-        self,
-        forward: Callable[..., tuple[Array, tuple[Array, ...]]],
-        backward: Callable[..., tuple[Array | None, ...]],
-        primals: tuple[Array, ...],
-        fused: Callable[..., tuple[Array, tuple[Array, ...]]] | None,
-    ) -> Array:
-        """``forward(*primals)[0]``, which the library's autodiff differentiates with ``backward``.
+    def value_with_backward(self, rule: Any, call: Any) -> Array:
+        """The value of ``call``, which the library's autodiff differentiates with ``rule``.
 
-        Called where :meth:`takes_analytic_backward` is true; see
-        :class:`arrayloss._autodiff.Rule` for the three functions.
+        Called where :meth:`takes_analytic_backward` is true; ``rule.passes(call)`` gives its
+        forward, backward and fused passes (see :class:`arrayloss._autodiff.Rule`).
         """
         raise NotImplementedError(f"{type(self).__name__} has no autodiff hook")
+
+    def scan_row_blocks(
+        self,
+        fn: Callable[..., tuple[Any, tuple[Array, ...]]],
+        carry: Any,
+        rows: tuple[Array, ...],
+        block: int | None,
+    ) -> tuple[Any, tuple[Array, ...]]:
+        """``fn(carry, *blocks) -> (carry, outputs)`` over consecutive blocks of ``block`` rows.
+
+        ``rows`` are arrays with the same rows along their first axis; ``outputs`` is a tuple
+        of arrays with one row per row of the blocks. Returns the last carry and each output
+        concatenated over the blocks. ``block=None`` (or at least all rows): one call. The
+        standard: a Python loop, whose block's temporaries are released after each block on
+        eager arrays; ``JaxOps`` loops with ``lax.scan`` under a trace, where a Python loop
+        is unrolled and XLA may keep every block's temporaries.
+        """
+        count = rows[0].shape[0]
+        if block is None or block >= count:
+            return fn(carry, *rows)
+        parts = []
+        for start, stop in block_bounds(count, block):
+            carry, outputs = fn(carry, *(a[start:stop, ...] for a in rows))
+            parts.append(outputs)
+        return carry, tuple(self.xp.concat(list(part), axis=0) for part in zip(*parts, strict=True))
 
     def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
         """The library's own sparse cross entropy of a validated call, where it is measured to be

@@ -36,20 +36,17 @@ over no weight is 0, where PyTorch's is NaN.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ._compat import Array, array_namespace
-from ._ops import Ops
+from ._ops import Backward, Forward, Ops
 from ._settings import current
 
 # array-api-compat's torch namespace, of the copy array_namespace comes from (maybe a host's vendored one).
 NAMESPACE = importlib.import_module(array_namespace.__module__.partition(".common")[0] + ".torch")
-
-Forward = Callable[..., tuple[Array, tuple[Array, ...]]]
-Backward = Callable[..., tuple[Array | None, ...]]
 
 
 class TorchOps(Ops):
@@ -67,18 +64,17 @@ class TorchOps(Ops):
     def records_gradient(self, values: Iterable[Any]) -> bool:
         return torch.is_grad_enabled() and _requires_grad(values)
 
-    def takes_analytic_backward(self, primals: tuple[Array, ...], constants: tuple[Any, ...]) -> bool:
+    def takes_analytic_backward(self, rule: Any, call: Any) -> bool:
         return (
             current().analytic_backward
-            and self.records_gradient(primals)
-            and not self.records_gradient(constants)
-            and not _vmapped(primals)
+            and self.records_gradient(call.primals)
+            and not self.records_gradient(call.constants)
+            and not _vmapped(call.primals)
         )
 
-    def value_with_backward(
-        self, forward: Forward, backward: Backward, primals: tuple[Array, ...], fused: Forward | None
-    ) -> Array:
-        return AnalyticBackward.apply(forward, backward, fused, *primals)[0]  # type: ignore[no-untyped-call]
+    def value_with_backward(self, rule: Any, call: Any) -> Array:
+        forward, backward, fused = rule.passes(call)
+        return AnalyticBackward.apply(forward, backward, fused, *call.primals)[0]  # type: ignore[no-untyped-call]
 
     def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
         return cross_entropy(logits, call) if delegates(logits, call) else None
