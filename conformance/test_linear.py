@@ -35,6 +35,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
         "z_loss": 0.01,
     },
+    "softcap": {"bias": True, "weights": True, "class_weights": True, "softcap": 1.5},
 }
 
 
