@@ -274,3 +274,36 @@ def test_matches_optax_itself(backend):
             **{k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()},
         )
         backend.assert_close(ours, np.asarray(theirs, dtype=np.float64), dtype="float64")
+
+
+# --- the peers' own documented examples
+
+
+def test_optax_documented_examples(backend):
+    """optax's docstring examples: ``[0.2761 2.9518]`` for both softmax losses, ``[[6.4587 0.4587]]`` for
+    class axes (2, 3) of a (1, 2, 3, 4) ``arange``."""
+    logits = backend.asarray(np.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]]), "float32")
+    one_hot = backend.asarray(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), "float32")
+    expected = np.array([0.2761, 2.9518])
+    for out in (
+        compat_optax.softmax_cross_entropy(logits, one_hot),
+        compat_optax.softmax_cross_entropy_with_integer_labels(logits, backend.asarray(np.array([0, 1]))),
+    ):
+        got = backend.check_result(out, dtype="float32", shape=(2,))
+        np.testing.assert_allclose(got, expected, atol=5e-5)
+    shape = (1, 2, 3, 4)
+    grid = backend.asarray(np.arange(np.prod(shape)).reshape(shape), "float32")
+    labels = np.ravel_multi_index((np.array([[1, 2]]), np.array([[1, 3]])), shape[2:])
+    out = compat_optax.softmax_cross_entropy_with_integer_labels(grid, backend.asarray(labels), axis=(2, 3))
+    got = backend.check_result(out, dtype="float32", shape=(1, 2))
+    np.testing.assert_allclose(got, [[6.4587, 0.4587]], atol=5e-5)
+
+
+def test_torch_documented_example(backend):
+    """``BCEWithLogitsLoss``'s example: 64 classes, batch 10, logits 1.5, targets 1: -log(sigmoid(1.5))."""
+    out = compat_torch.binary_cross_entropy_with_logits(
+        backend.asarray(np.full((10, 64), 1.5), "float32"),
+        backend.asarray(np.ones((10, 64)), "float32"),
+        pos_weight=backend.asarray(np.ones(64), "float32"),
+    )
+    backend.assert_close(out, -math.log(1 / (1 + math.exp(-1.5))), dtype="float32")
