@@ -1,5 +1,5 @@
 """Static types of the public API: mypy accepts correct calls and rejects a misspelt option, also through
-``value_and_grad``, which keeps the loss's signature."""
+``value_and_grad``, which keeps the loss's signature; a loss of NumPy arrays types as a NumPy array."""
 
 import pytest
 
@@ -13,10 +13,14 @@ logits, labels = np.zeros((2, 3)), np.zeros(2, dtype=np.int64)
 al.sparse_softmax_cross_entropy(logits, labels, reduction="mean")
 al.linear_cross_entropy(np.zeros((2, 4)), np.zeros((3, 4)), labels, reduction="sum")
 value, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(logits, labels, reduction="sum")
+result: np.ndarray = al.sigmoid_binary_cross_entropy(logits, logits)
+lse: np.ndarray = al.logsumexp(logits)
 """
 MISSPELT = {  # snippet name: (the line added to CORRECT, what mypy's message names)
     "sparse_reduction": ('al.sparse_softmax_cross_entropy(logits, labels, reduction="meen")', '"reduction"'),
     "dense_reduction": ('al.softmax_cross_entropy(logits, logits, reduction="avg")', '"reduction"'),
+    "result_type": ("wrong: str = al.sparse_softmax_cross_entropy(logits, labels)", '"ndarray'),
+    "divergence_type": ("wrong_kl: int = al.kl_divergence(logits, logits)", '"ndarray'),
     "value_and_grad_keyword": (
         'al.value_and_grad(al.sparse_softmax_cross_entropy)(logits, labels, reductio="sum")',
         '"reductio"',

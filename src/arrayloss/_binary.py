@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block
@@ -22,6 +22,7 @@ from ._lib._ops import Ops
 from ._lib._reduce import safe_divide
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     broadcast_like,
     check_broadcastable,
@@ -306,7 +307,7 @@ RULE = Rule(check_binary, _forward, _backward, _fused)  # both losses: check_bin
 
 @differentiable(RULE)
 def sigmoid_binary_cross_entropy(
-    logits: Array,
+    logits: ArrayT,
     targets: Array,
     /,
     *,
@@ -315,7 +316,7 @@ def sigmoid_binary_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: Reduction = "none",
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""Sigmoid cross entropy of each logit against a binary (or soft) target: multi-label loss.
 
     .. math:: \ell = -\big(w_+\, t \log \sigma(z) + (1 - t) \log(1 - \sigma(z))\big),
@@ -382,12 +383,12 @@ def sigmoid_binary_cross_entropy(
         reduction=reduction,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))
 
 
 @differentiable(RULE)
 def sigmoid_focal_loss(
-    logits: Array,
+    logits: ArrayT,
     targets: Array,
     /,
     *,
@@ -396,7 +397,7 @@ def sigmoid_focal_loss(
     weights: Array | None = None,
     reduction: Reduction = "none",
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""The focal loss of Lin et al.: the sigmoid cross entropy, down-weighted where it is small.
 
     .. math:: \ell = \alpha_t\,(1 - p_t)^\gamma\,\mathrm{BCE}(z, t), \qquad
@@ -445,4 +446,4 @@ def sigmoid_focal_loss(
         reduction=reduction,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block, scratch_block
@@ -24,6 +24,7 @@ from ._lib._softmax import (
 )
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     as_layout_of,
     broadcast_like,
@@ -281,7 +282,7 @@ RULE = Rule(check_dense, _forward, _backward, _fused)
 
 @differentiable(RULE)
 def softmax_cross_entropy(
-    logits: Array,
+    logits: ArrayT,
     targets: Array,
     /,
     *,
@@ -290,7 +291,7 @@ def softmax_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: Reduction = "none",
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""Softmax cross entropy between ``logits`` and dense probability ``targets``.
 
     .. math:: \ell = -\sum_c t_c \log \operatorname{softmax}(z)_c,
@@ -348,4 +349,4 @@ def softmax_cross_entropy(
         reduction=reduction,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))

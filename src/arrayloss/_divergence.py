@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._labels import check_weights
@@ -11,6 +11,7 @@ from ._lib._ops import Ops
 from ._lib._reduce import example_scale, reduce_losses
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     as_layout_of,
     broadcast_like,
@@ -119,7 +120,7 @@ RULE = Rule(check_divergence, _forward, _backward)
 
 @differentiable(RULE)
 def kl_divergence(
-    log_predictions: Array,
+    log_predictions: ArrayT,
     targets: Array,
     /,
     *,
@@ -128,7 +129,7 @@ def kl_divergence(
     weights: Array | None = None,
     reduction: Reduction = "none",
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""The Kullback-Leibler divergence :math:`D_{KL}(t \,\|\, p)` of each example.
 
     .. math:: \ell = \sum_c t_c \,(\log t_c - \log p_c)
@@ -192,4 +193,4 @@ def kl_divergence(
         reduction=reduction,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))

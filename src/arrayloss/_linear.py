@@ -12,7 +12,7 @@ against the array API.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, bind, compute, differentiable
 from ._lib._blocks import map_row_blocks
@@ -21,6 +21,7 @@ from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     check_floating,
     compute_dtype,
@@ -296,7 +297,7 @@ RULE = Rule(
 
 @differentiable(RULE)
 def linear_cross_entropy(
-    hidden: Array,
+    hidden: ArrayT,
     weight: Array,
     labels: Array,
     /,
@@ -311,7 +312,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     softcap: float | None = None,
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""Softmax cross entropy of the logits ``hidden @ weight.T + bias``, computed without holding them.
 
     The same loss as ``sparse_softmax_cross_entropy(hidden @ weight.T + bias, labels, ...)``
@@ -381,7 +382,7 @@ def linear_cross_entropy(
         softcap=softcap,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))
 
 
 def linear_cross_entropy_value_and_grad(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any, cast
 
 from ._lib._ops import Ops
 from ._lib._softmax import shifted_log_sum
-from ._lib._validation import Array, check_floating, in_compute_dtype, normalize_axis, ops_of
+from ._lib._validation import Array, ArrayT, check_floating, in_compute_dtype, normalize_axis, ops_of
 
 
-def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Ops]:
+def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Ops, Any]:
     """Check ``x`` and ``axis``; return ``x`` with ``axis`` last in the accumulation dtype, the axis
-    (non-negative) and the ops of its namespace."""
+    (non-negative), the ops of its namespace and the dtype of ``x``."""
     ops = ops_of({"x": x}, xp)
     xp = ops.xp
     check_floating("x", x, xp)
@@ -19,10 +20,12 @@ def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Op
         raise ValueError("x must have at least one dimension, got a 0-d array")
     axis = normalize_axis(axis, x.ndim, "x")
     z = in_compute_dtype(x, xp)
-    return xp.moveaxis(z, axis, -1), axis, ops
+    return xp.moveaxis(z, axis, -1), axis, ops, x.dtype
 
 
-def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False, xp: ModuleType | None = None) -> Array:
+def logsumexp(
+    x: ArrayT, /, *, axis: int = -1, keepdims: bool = False, xp: ModuleType | None = None
+) -> ArrayT:
     r"""Log of the sum of exponentials along one axis, computed stably.
 
     .. math:: \operatorname{lse}(x) = m + \log \sum_i e^{x_i - m}, \quad m = \max_i x_i
@@ -51,13 +54,13 @@ def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False, xp: Module
     >>> al.logsumexp(np.asarray([1000.0, 1000.0]))
     array(1000.69314718)
     """
-    z, axis, ops = _checked(x, axis, xp)
+    z, axis, ops, dtype = _checked(x, axis, xp)
     shift, log_sum = shifted_log_sum(z, ops)
-    out = ops.xp.astype(log_sum + shift, x.dtype, copy=False)
-    return ops.xp.moveaxis(out, -1, axis) if keepdims else out[..., 0]
+    out = ops.xp.astype(log_sum + shift, dtype, copy=False)
+    return cast(ArrayT, ops.xp.moveaxis(out, -1, axis) if keepdims else out[..., 0])
 
 
-def log_softmax(x: Array, /, *, axis: int = -1, xp: ModuleType | None = None) -> Array:
+def log_softmax(x: ArrayT, /, *, axis: int = -1, xp: ModuleType | None = None) -> ArrayT:
     r"""Logarithm of the softmax along one axis: :math:`x_i - \operatorname{lse}(x)`.
 
     Parameters
@@ -81,7 +84,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: ModuleType | None = None) ->
     >>> al.log_softmax(np.asarray([0.0, 0.0, -np.inf]))
     array([-0.69314718, -0.69314718,        -inf])
     """
-    z, axis, ops = _checked(x, axis, xp)
+    z, axis, ops, dtype = _checked(x, axis, xp)
     shift, log_sum = shifted_log_sum(z, ops)
-    out = ops.xp.astype((z - shift) - log_sum, x.dtype, copy=False)
-    return ops.xp.moveaxis(out, -1, axis)
+    out = ops.xp.astype((z - shift) - log_sum, dtype, copy=False)
+    return cast(ArrayT, ops.xp.moveaxis(out, -1, axis))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block, scratch_block
@@ -31,6 +31,7 @@ from ._lib._softmax import (
 )
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     as_index,
     as_layout_of,
@@ -513,7 +514,7 @@ RULE = Rule(check_sparse, _forward, _backward, _fused)
 
 @differentiable(RULE)
 def sparse_softmax_cross_entropy(
-    logits: Array,
+    logits: ArrayT,
     labels: Array,
     /,
     *,
@@ -527,7 +528,7 @@ def sparse_softmax_cross_entropy(
     chunk_size: int | None = None,
     softcap: float | None = None,
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""Softmax cross entropy between ``logits`` and integer class ``labels``.
 
     For one example with logits :math:`z \in \mathbb{R}^C`, label :math:`y`,
@@ -651,4 +652,4 @@ def sparse_softmax_cross_entropy(
         xp=xp,
     )
     native = call.ops.native_cross_entropy(logits, call)
-    return compute(RULE, call) if native is None else native
+    return cast(ArrayT, compute(RULE, call) if native is None else native)

@@ -11,10 +11,15 @@ This is array-api-extra's convention (``array_api_extra/_lib/_compat.py``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 Array = Any
 """An array of any array-API library (the standard has no common type to name)."""
+
+ArrayT = TypeVar("ArrayT")
+"""The caller's array type, in a public function's signature: the result has the type of the first array
+argument (a loss of NumPy arrays types as a NumPy array; with NumPy's shape-typed arrays, as one of the
+input's shape type, which a reduction does not keep)."""
 
 try:
     from ..._array_api_compat_vendor import (  # type: ignore[import-not-found]
@@ -39,6 +44,7 @@ except ImportError:
 
 __all__ = [
     "Array",
+    "ArrayT",
     "array_namespace",
     "device",
     "is_array_api_obj",

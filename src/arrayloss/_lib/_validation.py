@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from ._backends import is_array, namespace_of, ops_for
 from ._compat import Array as Array
+from ._compat import ArrayT as ArrayT
 from ._ops import NumpyOps, Ops
 
 Reduction = Literal["none", "sum", "mean"]
