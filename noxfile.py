@@ -1,7 +1,7 @@
 """The backend x device test matrix.
 
-``nox`` runs every CPU session (lint, typecheck, the package tests and the
-conformance suite on each CPU backend); ``nox -t gpu`` runs the GPU sessions,
+``nox`` runs every CPU session (lint, typecheck, the package tests, the documentation
+site and the conformance suite on each CPU backend); ``nox -t gpu`` runs the GPU sessions,
 which skip with a message when no GPU is present. ``nox -s "conformance(torch-cpu)"``
 runs one session; ``nox -s fuzz`` runs the long property-based profile and
 ``nox -s bench`` the benchmarks.
@@ -24,6 +24,8 @@ CONSTRAINTS = ("-c", "constraints-cpu.txt")
 RUFF = "ruff==0.17.6"  # pinned: a new release must not fail `lint` without a change here
 MYPY = "mypy==2.4.1"
 TEST_TOOLS = (".[test]",)
+# The documentation site's tools, pinned like ruff and mypy (a new release must not fail `docs`).
+DOC_TOOLS = ("sphinx==9.0.4", "myst-parser==5.2.0", "numpydoc==1.11.0", "docutils==0.22.4")
 
 # (id, backend module, --device value, extra requirements, tags)
 MATRIX = [
@@ -77,6 +79,20 @@ def tests(session: nox.Session) -> None:
     """Package-level tests, doctests of the sources and of the README."""
     session.install(*CONSTRAINTS, *TEST_TOOLS, "torch", MYPY)  # mypy: tests/test_typing.py
     run_pytest(session, "tests", "README.md", "--pyargs", "arrayloss")
+
+
+@nox.session(tags=["cpu"])
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/), built with warnings as errors, and the examples of its pages.
+
+    The site lands in .nox/docs/tmp/html. The docstrings' examples and the README's are run by ``tests``.
+    """
+    session.install(*CONSTRAINTS, ".[docs]", *DOC_TOOLS, "pytest")
+    html = Path(session.create_tmp()) / "html"
+    shutil.rmtree(html, ignore_errors=True)  # a full build: Sphinx repeats no warning of an unchanged page
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))
+    run_pytest(session, "docs", "--doctest-glob=*.md")
+    session.log(f"documentation site: {html / 'index.html'}")
 
 
 @nox.session
