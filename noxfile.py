@@ -1,7 +1,7 @@
 """The backend x device test matrix.
 
-``nox`` runs every CPU session (lint, typecheck, the package tests and the
-conformance suite on each CPU backend); ``nox -t gpu`` runs the GPU sessions,
+``nox`` runs every CPU session (lint, typecheck, the package tests, the documentation
+site and the conformance suite on each CPU backend); ``nox -t gpu`` runs the GPU sessions,
 which skip with a message when no GPU is present. ``nox -s "conformance(torch-cpu)"``
 runs one session; ``nox -s fuzz`` runs the long property-based profile and
 ``nox -s bench`` the benchmarks.
@@ -23,7 +23,12 @@ nox.options.tags = ["cpu"]  # plain `nox`: every CPU session; GPU sessions need 
 CONSTRAINTS = ("-c", "constraints-cpu.txt")
 RUFF = "ruff==0.17.6"  # pinned: a new release must not fail `lint` without a change here
 MYPY = "mypy==2.4.1"
-TEST_TOOLS = (".[test]",)
+TEST_TOOLS = (".[test]",)  # pytest-xdist among them: the CPU sessions run one pytest worker per CPU
+# Tests handed to idle workers as they finish: a few long ones (hypothesis properties, chunk_size=1 on
+# ndonnx) would otherwise leave one worker busy at the end.
+PARALLEL = ("-n", "auto", "--dist", "worksteal")
+# The documentation site's tools, pinned like ruff and mypy (a new release must not fail `docs`).
+DOC_TOOLS = ("sphinx==9.0.4", "myst-parser==5.2.0", "numpydoc==1.11.0", "docutils==0.22.4")
 
 # (id, backend module, --device value, extra requirements, tags)
 MATRIX = [
@@ -67,16 +72,34 @@ def conformance(session: nox.Session, backend: str, device: str, extra: tuple[st
         if not has_gpu():
             session.skip(f"{backend} on {device} needs an NVIDIA GPU (nvidia-smi not found)")
         session.install(*TEST_TOOLS, *extra)
+        parallel: tuple[str, ...] = ()  # one process on the GPU
     else:
         session.install(*CONSTRAINTS, *TEST_TOOLS, *extra)
-    run_pytest(session, "conformance", f"--backend={backend}", f"--device={device}")
+        parallel = PARALLEL
+    run_pytest(session, *parallel, "conformance", f"--backend={backend}", f"--device={device}")
 
 
 @nox.session(tags=["cpu"])
 def tests(session: nox.Session) -> None:
     """Package-level tests, doctests of the sources and of the README."""
     session.install(*CONSTRAINTS, *TEST_TOOLS, "torch", MYPY)  # mypy: tests/test_typing.py
-    run_pytest(session, "tests", "README.md", "--pyargs", "arrayloss")
+    # loadfile: a test module's tests in one worker, so that its module fixtures (the benchmark smoke run,
+    # the mypy run) run once
+    run_pytest(session, "-n", "auto", "--dist", "loadfile", "tests", "README.md", "--pyargs", "arrayloss")
+
+
+@nox.session(tags=["cpu"])
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/), built with warnings as errors, and the examples of its pages.
+
+    The site lands in .nox/docs/tmp/html. The docstrings' examples and the README's are run by ``tests``.
+    """
+    session.install(*CONSTRAINTS, ".[docs]", *DOC_TOOLS, "pytest")
+    html = Path(session.create_tmp()) / "html"
+    shutil.rmtree(html, ignore_errors=True)  # a full build: Sphinx repeats no warning of an unchanged page
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))
+    run_pytest(session, "docs", "--doctest-glob=*.md")
+    session.log(f"documentation site: {html / 'index.html'}")
 
 
 @nox.session

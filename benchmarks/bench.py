@@ -6,7 +6,9 @@ a memory-bandwidth floor, optax on JAX, Liger-Kernel on CUDA) in the same proces
 interleaved round by round so that both see the same machine load, and reports the
 median time, the speed-up of arrayloss over each peer (peer time / arrayloss time,
 above 1 is faster) and the peak memory of one call. Backends that are not installed
-are skipped, as is the GPU case without a GPU. ``--smoke`` runs tiny sizes in seconds.
+are skipped, as is the GPU case without a GPU. ``--smoke`` runs tiny sizes in seconds; the targets,
+set for the full sizes, are then reported as not measured at this size (but for cases whose sizes
+are the same, as ``small``).
 
 Peak memory is the growth of the process's peak resident memory during one call on
 the CPU (``/proc/self/clear_refs``; Linux only, else not reported) and the peak of
@@ -80,6 +82,7 @@ class Result:
     peak_bytes: int | None
     speedup: float | None = None  # peer time / arrayloss time (arrayloss rows: None)
     target: float | None = None
+    at_target_size: bool = True  # measured at the size the target is set for (False: smoke sizes)
 
     @property
     def median_s(self) -> float:
@@ -219,6 +222,27 @@ class Sizes:
 
 FULL = Sizes(4096, 32000, 8, 16, 16, 256, 4096, 1024, (1000, 4000, 16000, 32000, 64000), 16384, 131072)
 SMOKE = Sizes(64, 500, 8, 16, 2, 8, 64, 32, (50, 500), 256, 1024)
+
+# The fields of Sizes that each case's inputs are made from. The targets are set for the FULL sizes: a
+# case run at other sizes (--smoke) reports its targets as not measured, unless these fields are FULL's.
+CASE_SIZES: dict[str, tuple[str, ...]] = {
+    "forward": ("rows", "classes"),
+    "forward_backward": ("rows", "classes"),
+    "small": ("small_rows", "small_classes"),
+    "sequence": ("batch", "time", "classes"),
+    "dense": ("rows", "classes"),
+    "linear": ("linear_rows", "features", "classes"),
+    "sweep": ("rows", "sweep"),
+    "gpu": ("gpu_rows", "gpu_classes"),
+    "half": ("rows", "classes"),
+    "jax": ("rows", "classes", "batch", "time", "small_rows"),
+    "compile": ("rows", "classes"),
+}
+
+
+def at_target_size(case: str, sizes: Sizes) -> bool:
+    """Whether ``case`` run with ``sizes`` has the inputs its targets are set for (those of FULL)."""
+    return all(getattr(sizes, name) == getattr(FULL, name) for name in CASE_SIZES[case])
 
 
 def _torch_inputs(rows: int, classes: int, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
@@ -904,19 +928,35 @@ def _format_time(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
 
 
-def format_row(r: Result) -> str:
+def _target(r: Result) -> str:
+    """The target cell: the least speed-up asked for and whether it is met, or that it was not measured."""
+    if r.target is None:
+        return ""
+    if not r.at_target_size:
+        return f">={r.target:.2g} not measured at this size"
+    return f">={r.target:.2g}" + (" ok" if (r.speedup or 0) >= r.target else " NO")
+
+
+def _cells(r: Result) -> tuple[str, ...]:
     speedup = "" if r.speedup is None else f"{r.speedup:.2f}x"
-    target = (
-        "" if r.target is None else f">={r.target:.2g}" + (" ok" if (r.speedup or 0) >= r.target else " NO")
-    )
     peak = "" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}"
-    cells = (r.case, r.backend, r.size, r.dtype, r.impl, _format_time(r.median_s), speedup, target, peak)
-    return "".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, COLUMNS, strict=True)).rstrip()
+    return (r.case, r.backend, r.size, r.dtype, r.impl, _format_time(r.median_s), speedup, _target(r), peak)
+
+
+def _widths(rows: list[tuple[str, ...]]) -> list[int]:
+    """Each column's width: COLUMNS's, or wider where a cell is longer (a target not measured)."""
+    return [max([width, *(len(row[i]) + 1 for row in rows)]) for i, (_, width) in enumerate(COLUMNS)]
+
+
+def format_row(r: Result, widths: list[int] | None = None) -> str:
+    widths = widths or [width for _, width in COLUMNS]
+    return "".join(f"{cell:<{width}}" for cell, width in zip(_cells(r), widths, strict=True)).rstrip()
 
 
 def table(results: list[Result]) -> str:
-    header = "".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()
-    return "\n".join([header, "-" * len(header), *(format_row(r) for r in results)])
+    widths = _widths([_cells(r) for r in results])
+    header = "".join(f"{name:<{width}}" for (name, _), width in zip(COLUMNS, widths, strict=True)).rstrip()
+    return "\n".join([header, "-" * len(header), *(format_row(r, widths) for r in results)])
 
 
 def _load_average() -> float | None:
@@ -991,16 +1031,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and _installed("torch"):
         importlib.import_module("torch").set_num_threads(args.threads)
     load_start = _load_average()
-    makers = [make for case in args.cases for make in SUITE[case](sizes)]
+    makers = [(case, make) for case in args.cases for make in SUITE[case](sizes)]
     results: list[Result] = []
-    for index, make in enumerate(makers, 1):
+    for index, (case, make) in enumerate(makers, 1):
         bench = make()
         print(
             f"[{index}/{len(makers)}] {bench.case} {bench.backend} {bench.size} {bench.dtype}",
             file=sys.stderr,
             flush=True,
         )
-        results.extend(measure(bench, args.repeat))
+        measured = measure(bench, args.repeat)
+        for result in measured:
+            result.at_target_size = at_target_size(case, sizes)
+        results.extend(measured)
         del bench
     load = {"start": load_start, "end": _load_average()}
     machine_info = machine()

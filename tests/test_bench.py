@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,19 @@ def test_smoke_prints_a_table_with_the_columns(smoke):
     assert any("scipy log_softmax" in row for row in rows) == (importlib.util.find_spec("scipy") is not None)
 
 
+def test_smoke_says_which_targets_it_did_not_measure(smoke):
+    """Targets are set for the full sizes: at smoke sizes no verdict, but for the small case (same sizes)."""
+    result, _ = smoke
+    rows = result.stdout.splitlines()[2:-1]
+    forward = [row for row in rows if row.startswith("forward ") and ">=" in row]
+    assert forward and all("not measured at this size" in row for row in forward)
+    verdict = re.compile(r">=\S+ (ok|NO)\b")
+    assert not any(verdict.search(row) for row in forward)
+    small = [row for row in rows if row.startswith("small ") and ">=" in row]
+    assert small and all(verdict.search(row) for row in small)
+    assert not any("not measured" in row for row in small)
+
+
 def test_smoke_reports_progress_on_stderr(smoke):
     result, _ = smoke
     progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
@@ -66,6 +80,7 @@ def test_smoke_json_has_one_record_per_table_row(smoke):
     for record in records:
         assert record["median_s"] > 0 and len(record["times_s"]) == 1
         assert (record["speedup"] is None) == (record["impl"] == "arrayloss")
+        assert record["at_target_size"] == (record["case"] == "small")
     cases = {record["case"] for record in records}
     assert {"forward", "small", "sweep"} <= cases
     numpy_forward = [r for r in records if r["case"] == "forward" and r["backend"] == "numpy"]
@@ -105,3 +120,24 @@ def test_table_formats_speedup_target_and_memory():
     row = _bench.Result("forward", "numpy", "8x16", "float32", 16, "sum", [2e-3, 4e-3], 3 * 2**20, 0.5, 1.0)
     line = _bench.format_row(row)
     assert "3.00 ms" in line and "0.50x" in line and ">=1 NO" in line and line.endswith("3")
+
+
+def test_table_says_not_measured_instead_of_a_verdict_and_stays_aligned():
+    args = ("forward", "numpy", "64x500", "float32", 500, "sum", [2e-3], 2**20, 0.5, 1.0)
+    measured = _bench.Result(*args)
+    smoke = _bench.Result(*args, at_target_size=False)
+    assert ">=1 NO" in _bench.format_row(measured)
+    cell = ">=1 not measured at this size"
+    assert cell in _bench.format_row(smoke) and " NO" not in _bench.format_row(smoke)
+    header, _, *lines = _bench.table([measured, smoke]).splitlines()
+    peak_column = header.index("peak MiB")
+    assert all(line[peak_column:] == "1" for line in lines)
+
+
+def test_every_case_names_the_sizes_its_targets_depend_on():
+    assert set(_bench.CASE_SIZES) == set(_bench.CASES)
+    fields = set(_bench.Sizes.__dataclass_fields__)
+    assert all(set(names) <= fields for names in _bench.CASE_SIZES.values())
+    assert _bench.at_target_size("small", _bench.SMOKE)  # the small case's sizes are the full ones
+    assert not _bench.at_target_size("forward", _bench.SMOKE)
+    assert all(_bench.at_target_size(case, _bench.FULL) for case in _bench.CASES)
