@@ -231,11 +231,12 @@ CASE_SIZES: dict[str, tuple[str, ...]] = {
     "small": ("small_rows", "small_classes"),
     "sequence": ("batch", "time", "classes"),
     "dense": ("rows", "classes"),
+    "binary": ("rows", "classes"),
     "linear": ("linear_rows", "features", "classes"),
     "sweep": ("rows", "sweep"),
     "gpu": ("gpu_rows", "gpu_classes"),
     "half": ("rows", "classes"),
-    "jax": ("rows", "classes", "batch", "time", "small_rows"),
+    "jax": ("rows", "classes", "batch", "time", "small_rows", "linear_rows", "features"),
     "compile": ("rows", "classes"),
 }
 
