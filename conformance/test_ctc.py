@@ -264,3 +264,18 @@ def test_inputs_unchanged(backend):
     al.value_and_grad(al.ctc_loss)(z, y, logit_lengths=a, label_lengths=b, zero_infinity=True)
     np.testing.assert_array_equal(backend.to_numpy(z), logits)
     np.testing.assert_array_equal(backend.to_numpy(y), labels)
+
+
+def test_unchecked_label_out_of_range_gives_nan(backend):
+    """On arrays whose values are not read (JAX, Dask, GPU): a used label out of range makes its
+    sequence's loss NaN, the others' right; eager arrays raise (``bad_inputs.py``)."""
+    if backend.eager:
+        pytest.skip("eager arrays raise: bad_inputs.py")
+    logits, labels, options = tiny_case("lengths")
+    bad = labels.copy()
+    bad[0, 1] = 7
+    bad[2, 1] = 9  # past its label length: ignored
+    z, y, given = on_backend(backend, logits, bad, options, "float64")
+    got = backend.to_numpy(al.ctc_loss(z, y, **given))
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], ref.ctc(logits, labels, **options)[1:], rtol=1e-10)

@@ -350,7 +350,8 @@ def ctc_loss(
         float32. Frames past ``logit_lengths`` are ignored, even where they hold NaN or inf.
     labels : array, shape ``(B, S)``
         Integer label sequences, padded; the entries past ``label_lengths`` are ignored.
-        The used entries lie in ``[0, C)`` and are not ``blank``.
+        The used entries lie in ``[0, C)`` and are not ``blank`` (checked on eager host
+        arrays; elsewhere a label out of range makes its sequence's loss NaN).
     logit_lengths, label_lengths : array, shape ``(B,)``, optional
         Integer lengths of each sequence of logits (at most ``T``) and labels (at most
         ``S``). Default: ``T`` and ``S``.
