@@ -279,3 +279,79 @@ def test_unchecked_label_out_of_range_gives_nan(backend):
     got = backend.to_numpy(al.ctc_loss(z, y, **given))
     assert np.isnan(got[0])
     np.testing.assert_allclose(got[1:], ref.ctc(logits, labels, **options)[1:], rtol=1e-10)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_compat_torch_matches_f_ctc_loss(backend, reduction, zero_infinity):
+    """``compat.torch.ctc_loss`` on PyTorch's own arguments: values and gradients w.r.t. ``log_probs``."""
+    torch = backend.module
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    logits, labels, logit_lengths, label_lengths = random_batch(6)
+    log_probs = torch.log_softmax(backend.asarray(logits), -1).transpose(0, 1).detach()
+    targets = backend.asarray(np.where(labels < 0, 1, labels))
+    arguments = (targets, backend.asarray(logit_lengths), backend.asarray(label_lengths))
+    options = {"reduction": reduction, "zero_infinity": zero_infinity}
+    ours_in, theirs_in = log_probs.clone().requires_grad_(), log_probs.clone().requires_grad_()
+    ours = compat.ctc_loss(ours_in, *arguments, **options)
+    theirs = functional.ctc_loss(theirs_in, *arguments, **options)
+    (grad,) = torch.autograd.grad(ours.sum(), ours_in)
+    (expected,) = torch.autograd.grad(theirs.sum(), theirs_in)
+    np.testing.assert_allclose(backend.to_numpy(ours), backend.to_numpy(theirs), rtol=1e-10)
+    np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("jax")
+def test_compat_optax_matches_optax(backend):
+    """``compat.optax.ctc_loss`` on optax's arguments (paddings), feasible sequences: values and gradients."""
+    optax = pytest.importorskip("optax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(7)
+    keep = np.isfinite(
+        al.ctc_loss(logits, np.maximum(labels, 0), logit_lengths=logit_lengths, label_lengths=label_lengths)
+    )
+    logits, labels = jnp.asarray(logits[keep]), jnp.asarray(np.maximum(labels[keep], 0))
+    logit_paddings = jnp.asarray(
+        np.arange(logits.shape[1])[None, :] >= logit_lengths[keep][:, None], "float64"
+    )
+    label_paddings = jnp.asarray(
+        np.arange(labels.shape[1])[None, :] >= label_lengths[keep][:, None], "float64"
+    )
+    for blank_id in (0, 4):
+        y = jnp.where(labels == blank_id, 1 if blank_id == 0 else 0, labels)  # no label is the blank
+
+        def ours(x, y=y, blank_id=blank_id):
+            return compat.ctc_loss(x, logit_paddings, y, label_paddings, blank_id=blank_id).sum()
+
+        def theirs(x, y=y, blank_id=blank_id):
+            return optax.ctc_loss(x, logit_paddings, y, label_paddings, blank_id=blank_id).sum()
+
+        value, grad = jax.value_and_grad(ours)(logits)
+        expected, expected_grad = jax.value_and_grad(theirs)(logits)
+        np.testing.assert_allclose(float(value), float(expected), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
+
+
+def test_compat_adapters_on_every_backend(backend):
+    """The adapters' layouts and lengths: the numbers of ``ctc_loss`` itself."""
+    compat_torch = importlib.import_module("arrayloss.compat.torch")
+    compat_optax = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(8, batch=4, time=6)
+    labels = np.maximum(labels, 0)
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths}
+    expected = al.ctc_loss(logits, labels, **options)
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+    time_major = backend.asarray(np.ascontiguousarray(np.transpose(logits, (1, 0, 2))))
+    got = compat_torch.ctc_loss(
+        time_major, y, given["logit_lengths"], given["label_lengths"], reduction="none"
+    )
+    backend.assert_close(got, expected, dtype="float64")
+    paddings = [
+        backend.asarray(np.arange(n)[None, :] >= lengths[:, None], "float64")
+        for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
+    ]
+    backend.assert_close(compat_optax.ctc_loss(z, paddings[0], y, paddings[1]), expected, dtype="float64")
