@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ._autodiff import Rule, compute, differentiable
+from ._lib._labels import label_indices
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, reduce_losses
 from ._lib._softmax import exp_sums
@@ -160,7 +161,7 @@ def _lattice(call: CTCCall, logits: Array) -> Lattice:
     softmax = parts.exps / parts.total
 
     used = _label_mask(call.labels, call.label_lengths, ops)
-    labels = xp.astype(call.labels, xp.int64) if call.labels.dtype != xp.int64 else call.labels
+    labels = label_indices(call.labels, ops)
     in_range = (labels >= 0) & (labels < classes)
     poisoned = None if ops.is_eager(call.labels) else xp.any(used & ~in_range, axis=1)
     blank = xp.full_like(labels, call.blank)
