@@ -132,10 +132,8 @@ def _interleave(even: Array, odd: Array, xp: ModuleType) -> Array:
 
 
 class Lattice(NamedTuple):
-    """The extended label sequence of a checked call, per sequence, with the frames' log-probabilities."""
+    """The extended label sequence of a checked call, per sequence, with the frames' emissions."""
 
-    log_probs: Array  # [B, T, C], frames past logit_lengths replaced by uniform ones
-    softmax: Array  # [B, T, C]
     states: Array  # [B, W] class index of each state (W = 2S+1, blanks at even states)
     emissions: Array  # [T, B, W] log-probability of each state's class at each frame
     skips: Array  # [B, W] whether a state may be entered from two states back
@@ -144,22 +142,32 @@ class Lattice(NamedTuple):
     poisoned: Array | None  # [B] a used label out of range on arrays not checked eagerly
 
 
-def _lattice(call: CTCCall, logits: Array) -> Lattice:
-    ops = call.ops
-    xp = ops.xp
-    dtype = compute_dtype(logits.dtype, xp)
-    batch, frames, classes = logits.shape
-    dev = ops.device(logits)
-    times = xp.arange(frames, device=dev)
+def _frames(call: CTCCall, logits: Array) -> Array:
+    """``[T, B]``: whether each frame lies before its sequence's logit length."""
+    xp = call.ops.xp
+    batch, frames, _ = logits.shape
+    times = xp.arange(frames, device=call.ops.device(logits))
     lengths = call.logit_lengths
     frame_ok = times[:, None] < (frames if lengths is None else xp.astype(lengths, times.dtype)[None, :])
-    frame_ok = xp.broadcast_to(frame_ok, (frames, batch))
-    z = xp.astype(logits, dtype, copy=False)
-    z = xp.where(xp.permute_dims(frame_ok, (1, 0))[:, :, None], z, xp.zeros_like(z))  # before any arithmetic
-    parts = exp_sums(z, ops)
-    log_probs = (z - parts.shift) - parts.log_sum
-    softmax = parts.exps / parts.total
+    return xp.broadcast_to(frame_ok, (frames, batch))
 
+
+def _log_probs(call: CTCCall, logits: Array) -> Array:
+    """``log_softmax`` of the logits in the accumulation dtype; frames past the logit lengths are
+    replaced by zeros before any arithmetic (their NaN and inf never reach a result)."""
+    ops = call.ops
+    xp = ops.xp
+    z = xp.astype(logits, compute_dtype(logits.dtype, xp), copy=False)
+    z = xp.where(xp.permute_dims(_frames(call, logits), (1, 0))[:, :, None], z, xp.zeros_like(z))
+    parts = exp_sums(z, ops)
+    return (z - parts.shift) - parts.log_sum
+
+
+def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
+    ops = call.ops
+    xp = ops.xp
+    batch, frames, classes = log_probs.shape
+    dev = ops.device(log_probs)
     used = _label_mask(call.labels, call.label_lengths, ops)
     labels = label_indices(call.labels, ops)
     in_range = (labels >= 0) & (labels < classes)
@@ -178,12 +186,15 @@ def _lattice(call: CTCCall, logits: Array) -> Lattice:
     positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
     ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
 
-    emissions = ops.pick(
-        xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)),
-        xp.broadcast_to(states[:, None, :], (batch, frames, width)),
-    )
+    index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
+    if hasattr(xp, "take_along_axis"):  # a gather of the W states from the C classes
+        emissions = xp.take_along_axis(log_probs, index, axis=-1)
+    else:  # Dask: the comparison-based selection of Ops.pick, over the states broadcast
+        emissions = ops.pick(
+            xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)), index
+        )
     emissions = xp.permute_dims(emissions, (1, 0, 2))
-    return Lattice(log_probs, softmax, states, emissions, skips, ends, frame_ok, poisoned)
+    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), poisoned)
 
 
 def _log_sum(x: Array, ops: Ops) -> Array:
@@ -271,26 +282,27 @@ def _per_label(call: CTCCall, like: Array) -> Array | None:
 
 def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     ops = call.ops
-    lattice = _lattice(call, logits)
+    log_probs = _log_probs(call, logits)
+    lattice = _lattice(call, log_probs)
     last, alphas = _alphas(lattice, ops)
     log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
     loss = _losses(call, log_likelihood)
     per_label = _per_label(call, loss)
     scaled = loss if per_label is None else loss * per_label
     value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
-    return ops.as_result(value, logits.dtype), (alphas, log_likelihood)
+    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood)
 
 
 def _backward(
     call: CTCCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
 ) -> tuple[Array]:
     (logits,) = primals
-    alphas, log_likelihood = residuals
+    log_probs, alphas, log_likelihood = residuals
     ops = call.ops
     xp = ops.xp
     if logits.shape[1] == 0:  # no frames
         return (xp.zeros_like(logits),)
-    lattice = _lattice(call, logits)
+    lattice = _lattice(call, log_probs)
     classes = logits.shape[2]
     feasible = log_likelihood > -math.inf
     shift = xp.where(feasible, log_likelihood, xp.zeros_like(log_likelihood))
@@ -301,7 +313,7 @@ def _backward(
     classes_of = xp.arange(classes, dtype=lattice.states.dtype, device=ops.device(logits))
     one_hot = xp.astype(lattice.states[:, :, None] == classes_of, occupancy.dtype)  # [B, W, C]
     posterior = xp.matmul(xp.permute_dims(occupancy, (1, 0, 2)), one_hot)  # [B, T, C]
-    grad = lattice.softmax - posterior
+    grad = xp.exp(log_probs) - posterior
     if call.zero_infinity:
         keep = xp.permute_dims(lattice.frames, (1, 0))[:, :, None] & feasible[:, None, None]
     else:  # an infeasible sequence's loss is inf: its gradient is NaN, as PyTorch's
