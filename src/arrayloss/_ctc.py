@@ -223,7 +223,7 @@ def _alphas(lattice: Lattice, ops: Ops) -> tuple[Array, Array]:
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
         padded = xp.concat([gap, alpha], axis=1)
         skip = xp.where(lattice.skips, padded[:, :width], no_skip)
-        entered = _log_sum(xp.stack([alpha, padded[:, 1 : width + 1], skip], axis=-1), ops) + emission[0, ...]
+        entered = xp.logaddexp(xp.logaddexp(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
         alpha = xp.where(valid[0, :, None], entered, alpha)
         return alpha, (alpha[None, ...],)
 
@@ -252,7 +252,7 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
     def step(beta: Array, emission: Array, ok: Array) -> tuple[Array, tuple[Array]]:
         padded = xp.concat([beta + emission[0, ...], gap], axis=1)
         skip = xp.where(skips, padded[:, 2:], no_skip)
-        left = _log_sum(xp.stack([padded[:, :width], padded[:, 1 : width + 1], skip], axis=-1), ops)
+        left = xp.logaddexp(xp.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
         beta = xp.where(ok[0, :, None], left, end)
         return beta, (beta[None, ...],)
 
