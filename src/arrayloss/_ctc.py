@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -207,6 +208,19 @@ def _neg_inf(shape: tuple[int, ...], like: Array, ops: Ops) -> Array:
     return ops.xp.full(shape, -math.inf, dtype=like.dtype, device=ops.device(like))
 
 
+def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
+    """``logaddexp`` whose derivative is 0, not NaN, where both arguments are ``-inf``: for the
+    library's autodiff of the recursion (the rule not taken), through unreachable states."""
+    xp = ops.xp
+
+    def log_add(a: Array, b: Array) -> Array:
+        both = (a == -math.inf) & (b == -math.inf)
+        zero = xp.zeros_like(a)
+        return xp.where(both, a, xp.logaddexp(xp.where(both, zero, a), xp.where(both, zero, b)))
+
+    return log_add
+
+
 def _alphas(lattice: Lattice, ops: Ops) -> tuple[Array, Array]:
     """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
     every frame ``[T, B, W]`` (held past a sequence's logit length)."""
@@ -219,11 +233,14 @@ def _alphas(lattice: Lattice, ops: Ops) -> tuple[Array, Array]:
     start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
     if frames == 0:
         return start, emissions
+    # Eager arrays tell whether autodiff records the loop; traced ones (JAX) may be differentiated.
+    differentiated = not ops.is_eager(emissions) or ops.records_gradient([emissions])
+    log_add = _differentiable_log_add(ops) if differentiated else xp.logaddexp
 
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
         padded = xp.concat([gap, alpha], axis=1)
         skip = xp.where(lattice.skips, padded[:, :width], no_skip)
-        entered = xp.logaddexp(xp.logaddexp(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
+        entered = log_add(log_add(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
         alpha = xp.where(valid[0, :, None], entered, alpha)
         return alpha, (alpha[None, ...],)
 
