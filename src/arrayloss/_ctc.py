@@ -393,7 +393,8 @@ def ctc_loss(
         :math:`\ell_b / \max(\text{label\_length}_b, 1)`.
     zero_infinity : bool, optional
         Whether an infeasible sequence (too few frames for its labels and their repeats),
-        whose loss is ``inf``, gets a loss of 0 and a gradient of 0.
+        whose loss is ``inf``, gets a loss of 0 and a gradient of 0. Without it, the
+        gradient of such a sequence is NaN on its frames (as PyTorch's).
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
@@ -407,8 +408,12 @@ def ctc_loss(
     Notes
     -----
     The time loop is sequential: a Python loop on eager arrays, ``lax.scan`` under a
-    JAX trace. The gradient rule serves :func:`value_and_grad`, PyTorch autograd and
-    JAX (``jax.custom_vjp``, so ``jax.jvp`` is not available).
+    JAX trace; each step works on ``(B, 2S+1)`` states. The gradient rule serves
+    :func:`value_and_grad`, PyTorch autograd and JAX (``jax.custom_vjp``, so ``jax.jvp``
+    is not available). PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
+    (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
+    with paddings instead of lengths, and gives a large finite loss where this one
+    gives ``inf`` (``arrayloss.compat.optax.ctc_loss``).
 
     References
     ----------
