@@ -389,3 +389,31 @@ def test_autodiff_of_the_composition_matches_the_rule(backend):
         with settings(analytic_backward=False):
             grad = jax.grad(total)(z)
     np.testing.assert_allclose(backend.to_numpy(grad), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_row_blocks_order(backend, reverse):
+    """The seam's loop (CTC's beta recursion runs it in reverse): blocks of 2 of 5 rows, the partial
+    block last or first, outputs in row order; under ``jax.jit`` the ``lax.scan`` path."""
+    ops = importlib.import_module("arrayloss._lib._backends").ops_for(backend.xp)
+    rows = np.arange(10.0).reshape(5, 2)
+
+    def running(x):
+        def fn(carry, block):
+            total = carry + backend.xp.sum(block)
+            return total, (block + carry,)
+
+        return ops.scan_row_blocks(fn, backend.xp.zeros((), dtype=x.dtype), (x,), 2, reverse=reverse)
+
+    order = [[4], [2, 3], [0, 1]] if reverse else [[0, 1], [2, 3], [4]]
+    expected, carry = np.zeros_like(rows), 0.0
+    for block in order:
+        expected[block] = rows[block] + carry
+        carry += rows[block].sum()
+    x = backend.asarray(rows)
+    outcomes = [running(x)]
+    if backend.name == "jax":
+        outcomes.append(importlib.import_module("jax").jit(running)(x))
+    for total, (out,) in outcomes:
+        np.testing.assert_allclose(backend.to_numpy(total), carry)
+        np.testing.assert_allclose(backend.to_numpy(out), expected)

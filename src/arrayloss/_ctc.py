@@ -140,6 +140,7 @@ class Lattice(NamedTuple):
     skips: Array  # [B, W] whether a state may be entered from two states back
     ends: Array  # [B, W] the last two states of each sequence (the last one for label length 0)
     frames: Array  # [T, B] whether each frame lies before its sequence's logit length
+    lengths: Array  # [B] the logit lengths
     poisoned: Array | None  # [B] a used label out of range on arrays not checked eagerly
 
 
@@ -195,7 +196,12 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
             xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)), index
         )
     emissions = xp.permute_dims(emissions, (1, 0, 2))
-    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), poisoned)
+    index_dtype = xp.arange(1, device=dev).dtype
+    if call.logit_lengths is None:
+        lengths = xp.full((batch,), frames, dtype=index_dtype, device=dev)
+    else:
+        lengths = xp.astype(call.logit_lengths, index_dtype)
+    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), lengths, poisoned)
 
 
 def _log_sum(x: Array, ops: Ops) -> Array:
@@ -253,7 +259,7 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
     labels from each state at each frame, the frame's own emission excluded (``-inf`` past the end)."""
     xp = ops.xp
     emissions = lattice.emissions
-    _, batch, width = emissions.shape
+    frames, batch, width = emissions.shape
     gap = _neg_inf((batch, 2), emissions, ops)
     end = xp.where(lattice.ends, xp.zeros_like(gap[:, :1]), _neg_inf((batch, width), emissions, ops))
     skips = xp.concat(
@@ -261,20 +267,18 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
     )
     skips = skips[:, 2 : width + 2]
     no_skip = _neg_inf((batch, width), emissions, ops)
-    # Frame t reads the next frame's emissions; the next frame must lie before the logit length.
-    following = xp.flip(xp.concat([emissions[1:, ...], emissions[:1, ...]], axis=0), axis=0)
-    valid = xp.concat([lattice.frames[1:, ...], xp.zeros_like(lattice.frames[:1, ...])], axis=0)
-    valid = xp.flip(valid, axis=0)
 
-    def step(beta: Array, emission: Array, ok: Array) -> tuple[Array, tuple[Array]]:
-        padded = xp.concat([beta + emission[0, ...], gap], axis=1)
+    def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
+        # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
+        padded = xp.concat([following, gap], axis=1)
         skip = xp.where(skips, padded[:, 2:], no_skip)
         left = xp.logaddexp(xp.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
-        beta = xp.where(ok[0, :, None], left, end)
-        return beta, (beta[None, ...],)
+        beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
+        return beta + emission[0, ...], (beta[None, ...],)
 
-    _, (history,) = ops.scan_row_blocks(step, end, (following, valid), 1)
-    return xp.flip(history, axis=0)
+    times = xp.arange(frames, device=ops.device(emissions))
+    _, (history,) = ops.scan_row_blocks(step, end, (emissions, times), 1, reverse=True)
+    return history
 
 
 def _losses(call: CTCCall, log_likelihood: Array) -> Array:

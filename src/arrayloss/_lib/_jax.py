@@ -93,19 +93,25 @@ class JaxOps(Ops):
         carry: Any,
         rows: tuple[Array, ...],
         block: int | None,
+        *,
+        reverse: bool = False,
     ) -> tuple[Any, tuple[Array, ...]]:
         jax = sys.modules["jax"]
         count = rows[0].shape[0]
         if block is None or block >= count or not isinstance(rows[0], jax.core.Tracer):
-            return super().scan_row_blocks(fn, carry, rows, block)
+            return super().scan_row_blocks(fn, carry, rows, block, reverse=reverse)
         xp = self.xp
         blocks, full = count // block, count // block * block
+        rest: tuple[Array, ...] = ()
+        if full != count and reverse:  # the last, partial block first
+            carry, rest = fn(carry, *(a[full:, ...] for a in rows))
         stacked = tuple(xp.reshape(a[:full, ...], (blocks, block, *a.shape[1:])) for a in rows)
-        carry, outputs = jax.lax.scan(lambda c, b: fn(c, *b), carry, stacked)
+        carry, outputs = jax.lax.scan(lambda c, b: fn(c, *b), carry, stacked, reverse=reverse)
         parts = tuple(xp.reshape(o, (full, *o.shape[2:])) for o in outputs)
         if full == count:
             return carry, parts
-        carry, rest = fn(carry, *(a[full:, ...] for a in rows))
+        if not reverse:
+            carry, rest = fn(carry, *(a[full:, ...] for a in rows))
         return carry, tuple(xp.concat([a, b], axis=0) for a, b in zip(parts, rest, strict=True))
 
     def constant(self, x: Array) -> Array:
