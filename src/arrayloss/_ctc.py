@@ -227,9 +227,10 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     return log_add
 
 
-def _alphas(lattice: Lattice, ops: Ops) -> tuple[Array, Array]:
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool) -> tuple[Array, Array]:
     """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
-    every frame ``[T, B, W]`` (held past a sequence's logit length)."""
+    every frame ``[T, B, W]`` (held past a sequence's logit length). ``differentiated``: the
+    library's autodiff may differentiate the recursion."""
     xp = ops.xp
     emissions = lattice.emissions
     frames, batch, width = emissions.shape
@@ -239,8 +240,6 @@ def _alphas(lattice: Lattice, ops: Ops) -> tuple[Array, Array]:
     start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
     if frames == 0:
         return start, emissions
-    # Eager arrays tell whether autodiff records the loop; traced ones (JAX) may be differentiated.
-    differentiated = not ops.is_eager(emissions) or ops.records_gradient([emissions])
     log_add = _differentiable_log_add(ops) if differentiated else xp.logaddexp
 
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
@@ -305,7 +304,12 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     ops = call.ops
     log_probs = _log_probs(call, logits)
     lattice = _lattice(call, log_probs)
-    last, alphas = _alphas(lattice, ops)
+    # Autodiff of the recursion: where the library records it, or may (traced arrays) unless the
+    # rule is attached (JAX's custom VJP).
+    differentiated = ops.records_gradient([logits]) or not (
+        ops.is_eager(logits) or ops.takes_analytic_backward(RULE, call)
+    )
+    last, alphas = _alphas(lattice, ops, differentiated)
     log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
     loss = _losses(call, log_likelihood)
     per_label = _per_label(call, loss)
