@@ -40,6 +40,7 @@ CASES = (
     "sequence",
     "dense",
     "binary",
+    "ctc",
     "linear",
     "sweep",
     "gpu",
@@ -218,10 +219,24 @@ class Sizes:
     sweep: tuple[int, ...]
     gpu_rows: int
     gpu_classes: int
+    ctc: tuple[tuple[int, int, int, int], ...]  # (batch, time, classes, label width) of each ctc case
 
 
-FULL = Sizes(4096, 32000, 8, 16, 16, 256, 4096, 1024, (1000, 4000, 16000, 32000, 64000), 16384, 131072)
-SMOKE = Sizes(64, 500, 8, 16, 2, 8, 64, 32, (50, 500), 256, 1024)
+FULL = Sizes(
+    4096,
+    32000,
+    8,
+    16,
+    16,
+    256,
+    4096,
+    1024,
+    (1000, 4000, 16000, 32000, 64000),
+    16384,
+    131072,
+    ((16, 200, 32, 40), (8, 100, 5000, 20)),
+)
+SMOKE = Sizes(64, 500, 8, 16, 2, 8, 64, 32, (50, 500), 256, 1024, ((2, 10, 5, 3),))
 
 # The fields of Sizes that each case's inputs are made from. The targets are set for the FULL sizes: a
 # case run at other sizes (--smoke) reports its targets as not measured, unless these fields are FULL's.
@@ -578,6 +593,106 @@ def binary_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
             yield functools.partial(jax_case, loss)
 
 
+def _ctc_inputs(batch: int, time: int, classes: int, width: int) -> tuple[Any, Any, Any, Any]:
+    """NumPy float32 logits, labels in [1, C) and lengths (labels: at least half the width; frames: at
+    least 80 %) of a ctc case: every sequence feasible."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((batch, time, classes), dtype=np.float32)
+    labels = rng.integers(1, classes, size=(batch, width))
+    logit_lengths = rng.integers(time * 4 // 5, time + 1, size=batch)
+    label_lengths = rng.integers(max(width // 2, 1), width + 1, size=batch)
+    return logits, labels, logit_lengths, label_lengths
+
+
+def ctc_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """``ctc_loss`` forward + backward of the mean (issue 16): torch CPU against ``F.ctc_loss`` (on the
+    log-softmax, time-major), JAX ``jit(value_and_grad)`` against ``optax.ctc_loss`` (of the sum), and
+    NumPy's ``value_and_grad`` reported against both."""
+
+    def torch_peer(sizes: tuple[int, int, int, int]) -> tuple[Callable[[], Any], Any]:
+        torch = importlib.import_module("torch")
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, labels, logit_lengths, label_lengths = (torch.asarray(a) for a in _ctc_inputs(*sizes))
+        logits.requires_grad_(True)
+
+        def theirs() -> Any:
+            log_probs = torch.log_softmax(logits, -1).transpose(0, 1)
+            return torch_f.ctc_loss(log_probs, labels, logit_lengths, label_lengths)
+
+        return _pass(theirs, True), (logits, labels, logit_lengths, label_lengths)
+
+    def optax_peer(sizes: tuple[int, int, int, int]) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        jax = importlib.import_module("jax")
+        jnp = importlib.import_module("jax.numpy")
+        optax = importlib.import_module("optax")
+        logits, labels, logit_lengths, label_lengths = _ctc_inputs(*sizes)
+        z, y = jnp.asarray(logits), jnp.asarray(labels)
+        a, b = jnp.asarray(logit_lengths), jnp.asarray(label_lengths)
+        logit_paddings = (jnp.arange(logits.shape[1])[None, :] >= a[:, None]).astype(jnp.float32)
+        label_paddings = (jnp.arange(labels.shape[1])[None, :] >= b[:, None]).astype(jnp.float32)
+        ours = jax.jit(
+            jax.value_and_grad(lambda x: al.ctc_loss(x, y, logit_lengths=a, label_lengths=b).sum())
+        )
+        theirs = jax.jit(
+            jax.value_and_grad(lambda x: optax.ctc_loss(x, logit_paddings, y, label_paddings).sum())
+        )
+        return lambda: jax.block_until_ready(ours(z)), lambda: jax.block_until_ready(theirs(z))
+
+    def size(sizes: tuple[int, int, int, int]) -> str:
+        return "B{}xT{}xC{}xS{}".format(*sizes)
+
+    def torch_case(sizes: tuple[int, int, int, int]) -> Bench:
+        theirs, (logits, labels, logit_lengths, label_lengths) = torch_peer(sizes)
+        options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": "mean"}
+        ours = _pass(lambda: al.ctc_loss(logits, labels, **options), True)
+        return Bench(
+            "ctc fwd+bwd",
+            "torch-cpu",
+            size(sizes),
+            "float32",
+            ours,
+            {"F.ctc_loss": theirs},
+            {"F.ctc_loss": 1.0},
+            reset=_dropping_grad(logits),
+        )
+
+    def jax_case(sizes: tuple[int, int, int, int]) -> Bench:
+        ours, theirs = optax_peer(sizes)
+        return Bench(
+            "jax grad ctc", "jax-cpu (jit)", size(sizes), "float32", ours, {"optax": theirs}, {"optax": 1.0}
+        )
+
+    def numpy_case(sizes: tuple[int, int, int, int]) -> Bench:
+        logits, labels, logit_lengths, label_lengths = _ctc_inputs(*sizes)
+        options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": "mean"}
+        ours = al.value_and_grad(al.ctc_loss)
+        peers: dict[str, Callable[[], Any]] = {}
+        graded = []  # the torch peer's logits, whose gradient is dropped before each call
+        if _installed("torch"):
+            peers["F.ctc_loss (torch)"], (torch_logits, *_) = torch_peer(sizes)
+            graded.append(torch_logits)
+        if _installed("jax") and _installed("optax"):
+            peers["optax (jax jit)"] = optax_peer(sizes)[1]
+        return Bench(
+            "ctc value_and_grad",
+            "numpy",
+            size(sizes),
+            "float32",
+            lambda: ours(logits, labels, **options),
+            peers,
+            reset=_dropping_grad(*graded),
+        )
+
+    for sizes in s.ctc:
+        if _installed("torch"):
+            yield functools.partial(torch_case, sizes)
+        if _installed("jax") and _installed("optax"):
+            yield functools.partial(jax_case, sizes)
+        yield functools.partial(numpy_case, sizes)
+
+
 def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     """``linear_cross_entropy`` forward + backward against the logits and ``F.cross_entropy``; with
     ``softcap=30`` (Gemma 2's) against itself without, which issue 15 allows 15 % more time."""
@@ -902,6 +1017,7 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "sequence": sequence_cases,
     "dense": dense_cases,
     "binary": binary_cases,
+    "ctc": ctc_cases,
     "linear": linear_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,

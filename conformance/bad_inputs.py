@@ -37,6 +37,7 @@ LOGITS = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0], [0.0, 0.
 LABELS = np.array([0, 2, 1, 1])
 SEQ_LOGITS = np.linspace(-2.0, 2.0, 2 * 3 * 5).reshape(2, 3, 5)
 SEQ_TARGETS = np.array([[0, 4, 2], [1, 1, 3]])
+CTC_LABELS = np.array([[1, 2], [3, 3]])
 SEQ_FLAGS = ("average_across_timesteps", "average_across_batch", "sum_over_timesteps", "sum_over_batch")
 
 
@@ -84,6 +85,16 @@ def sequence(**kwargs: Any) -> Build:
     return lambda b: (
         (logits(b, SEQ_LOGITS), labels(b, SEQ_TARGETS)),
         {k: v(b) if callable(v) else v for k, v in kwargs.items()},
+    )
+
+
+def ctc(**kwargs: Any) -> Build:
+    """``(logits, labels)`` of ``ctc_loss``: batch 2, time 3, 5 classes, labels of width 2, with options
+    (``labels`` replaces the labels; a callable option gets the backend)."""
+    given = {k: v for k, v in kwargs.items() if k != "labels"}
+    return lambda b: (
+        (logits(b, SEQ_LOGITS), kwargs.get("labels", lambda b: labels(b, CTC_LABELS))(b)),
+        {k: v(b) if callable(v) else v for k, v in given.items()},
     )
 
 
@@ -967,6 +978,129 @@ CASES: list[BadInput] = [
         TypeError,
         "value_and_grad has no analytic gradient for logsumexp",
         "logsumexp",
+    ),
+    # --- ctc_loss
+    BadInput(
+        "ctc-logits-2d",
+        al.ctc_loss,
+        "logits of shape (4, 3)",
+        lambda b: ((logits(b), labels(b, CTC_LABELS)), {}),
+        ValueError,
+        "logits must have shape (batch, time, classes), got shape (4, 3)",
+        "logits",
+    ),
+    BadInput(
+        "ctc-integer-logits",
+        al.ctc_loss,
+        "integer logits",
+        lambda b: ((labels(b, np.zeros((2, 3, 5), dtype=int)), labels(b, CTC_LABELS)), {}),
+        TypeError,
+        "logits must have a real floating dtype",
+        "logits",
+    ),
+    BadInput(
+        "ctc-labels-shape",
+        al.ctc_loss,
+        "labels of shape (3, 2) for logits (2, 3, 5)",
+        ctc(labels=lambda b: labels(b, np.ones((3, 2), dtype=int))),
+        ValueError,
+        "labels must have shape (2, max_label_length), one row per sequence of logits, got shape (3, 2)",
+        "labels",
+    ),
+    BadInput(
+        "ctc-float-labels",
+        al.ctc_loss,
+        "floating labels",
+        ctc(labels=lambda b: ones(b, (2, 2))),
+        TypeError,
+        "labels must have an integer dtype",
+        "labels",
+    ),
+    BadInput(
+        "ctc-blank-out-of-range",
+        al.ctc_loss,
+        "blank=5 for 5 classes",
+        ctc(blank=5),
+        ValueError,
+        "blank is 5, outside the range [0, 5) of class indices",
+        "blank",
+    ),
+    BadInput(
+        "ctc-logit-lengths-shape",
+        al.ctc_loss,
+        "logit_lengths of shape (3,) for batch 2",
+        ctc(logit_lengths=lambda b: labels(b, [3, 3, 3])),
+        ValueError,
+        "logit_lengths must have shape (2,), one length per sequence, got (3,)",
+        "logit_lengths",
+    ),
+    BadInput(
+        "ctc-float-label-lengths",
+        al.ctc_loss,
+        "floating label_lengths",
+        ctc(label_lengths=lambda b: ones(b, (2,))),
+        TypeError,
+        "label_lengths must have an integer dtype",
+        "label_lengths",
+    ),
+    BadInput(
+        "ctc-logit-lengths-above-time",
+        al.ctc_loss,
+        "a logit length of 4 for 3 frames",
+        ctc(logit_lengths=lambda b: labels(b, [4, 3])),
+        ValueError,
+        "logit_lengths contains 4, outside [0, 3] (the frames of logits)",
+        "logit_lengths",
+        eager_only=True,
+    ),
+    BadInput(
+        "ctc-label-lengths-above-width",
+        al.ctc_loss,
+        "a label length of 3 for labels of width 2",
+        ctc(label_lengths=lambda b: labels(b, [3, 1])),
+        ValueError,
+        "label_lengths contains 3, outside [0, 2] (the columns of labels)",
+        "label_lengths",
+        eager_only=True,
+    ),
+    BadInput(
+        "ctc-negative-label-lengths",
+        al.ctc_loss,
+        "a label length of -1",
+        ctc(label_lengths=lambda b: labels(b, [-1, 1])),
+        ValueError,
+        "label_lengths contains -1, outside [0, 2] (the columns of labels)",
+        "label_lengths",
+        eager_only=True,
+    ),
+    BadInput(
+        "ctc-label-is-blank",
+        al.ctc_loss,
+        "a label equal to blank inside its sequence",
+        ctc(labels=lambda b: labels(b, [[1, 0], [2, 2]])),
+        ValueError,
+        "labels contains the blank index 0 inside a sequence (before its label_length)",
+        "labels",
+        eager_only=True,
+    ),
+    BadInput(
+        "ctc-label-out-of-range",
+        al.ctc_loss,
+        "a label of 7 for 5 classes",
+        ctc(labels=lambda b: labels(b, [[1, 7], [2, 2]])),
+        ValueError,
+        "labels contains 7, outside the valid range [0, 5) of class indices",
+        "labels",
+        eager_only=True,
+    ),
+    BadInput(
+        "ctc-zero-infinity-not-bool",
+        al.ctc_loss,
+        "zero_infinity=1",
+        ctc(zero_infinity=1),
+        TypeError,
+        "zero_infinity must be a bool, got int",
+        "zero_infinity",
     ),
     # --- compat.tf
     BadInput(

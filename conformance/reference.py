@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "TFA_FORBIDDEN",
+    "ctc",
     "dense_ce",
     "kl_divergence",
     "legacy_sequence_loss_by_example",
@@ -379,3 +380,42 @@ def numeric_gradient(
         down[index] -= h
         grad[index] = (f(up) - f(down)) / (2 * h)
     return grad
+
+
+def _collapse(path: tuple[int, ...], blank: int) -> tuple[int, ...]:
+    """CTC's many-to-one map of a path of classes: merge repeats, then remove blanks."""
+    merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+    return tuple(c for c in merged if c != blank)
+
+
+def ctc(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    logit_lengths: np.ndarray | None = None,
+    label_lengths: np.ndarray | None = None,
+    blank: int = 0,
+    reduction: str = "none",
+    zero_infinity: bool = False,
+) -> np.ndarray:
+    """CTC by brute force: ``-log`` of the summed probability of every path of ``T_b`` classes
+    that collapses to the labels (C**T paths: tiny T and C only). ``"mean"``: PyTorch's, the
+    batch mean of ``loss_b / max(label_length_b, 1)``."""
+    batch, time, classes = logits.shape
+    out = np.zeros(batch)
+    for b in range(batch):
+        frames = time if logit_lengths is None else int(logit_lengths[b])
+        length = labels.shape[1] if label_lengths is None else int(label_lengths[b])
+        target = tuple(int(c) for c in labels[b, :length])
+        log_p = [logits[b, t] - _row_logsumexp(logits[b, t]) for t in range(frames)]
+        total = 0.0
+        for path in itertools.product(range(classes), repeat=frames):
+            if _collapse(path, blank) == target:
+                total += math.exp(sum(log_p[t][c] for t, c in enumerate(path)))
+        out[b] = -math.log(total) if total > 0 else math.inf
+        if zero_infinity and out[b] == math.inf:
+            out[b] = 0.0
+        if reduction == "mean":
+            out[b] /= max(length, 1)
+    if reduction == "none":
+        return out
+    return np.asarray(out.sum() if reduction == "sum" else out.mean())

@@ -12,6 +12,7 @@ from types import ModuleType
 
 from ._autodiff import value_and_grad
 from ._binary import sigmoid_binary_cross_entropy, sigmoid_focal_loss
+from ._ctc import ctc_loss
 from ._dense import softmax_cross_entropy
 from ._divergence import kl_divergence
 from ._linear import linear_cross_entropy
@@ -21,6 +22,7 @@ from ._sparse import sparse_softmax_cross_entropy
 
 __all__ = [
     "compat",
+    "ctc_loss",
     "kl_divergence",
     "linear_cross_entropy",
     "log_softmax",

@@ -16,7 +16,8 @@ returns after validating the arguments once (a :class:`Call`). The same rule ser
   the gradient is computed with the value, in the same pass over the logits, and the
   backward pass only scales it by the cotangent. JAX takes, through ``jax.custom_vjp``,
   only the rules that have ``with_constants`` (:func:`~arrayloss.linear_cross_entropy`'s,
-  whose chunk loop JAX's autodiff would differentiate keeping every chunk's logits); it
+  whose chunk loop JAX's autodiff would differentiate keeping every chunk's logits, and
+  :func:`~arrayloss.ctc_loss`'s, whose gradient is the alpha-beta recursion); it
   differentiates the composition of the other losses, which XLA fuses as fast and which
   keeps forward mode (``jax.jvp``) working (see :mod:`._lib._jax`).
 
@@ -149,7 +150,7 @@ def value_and_grad(loss: Callable[P, Array], /) -> Callable[P, tuple[Array, Any]
     loss : callable
         One of :func:`sparse_softmax_cross_entropy`, :func:`softmax_cross_entropy`,
         :func:`sequence_loss`, :func:`sequence_loss_by_example`,
-        :func:`linear_cross_entropy` (a loss module adds one with
+        :func:`linear_cross_entropy`, :func:`ctc_loss` (a loss module adds one with
         :func:`~arrayloss._autodiff.differentiable`).
 
     Returns

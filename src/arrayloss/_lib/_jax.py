@@ -4,17 +4,18 @@
 
 **Autodiff.** JAX differentiates the composition of a loss, which serves the plain
 losses well (XLA fuses it, and forward mode keeps working). A rule that has
-``with_constants`` (``linear_cross_entropy``'s) is attached through ``jax.custom_vjp``
-instead: autodiff of its chunk loop would keep every chunk's logits for the backward
-pass. The forward pass keeps no logits: for a scalar loss the fused pass computes the
-gradients with the value and the backward pass scales them by the cotangent; otherwise
-the backward pass recomputes each chunk's logits. Under a trace, it cannot be known
-whether the loss's constants (example and class weights) are differentiated, so they
-are arguments of the custom VJP too; where JAX differentiates them (they are
-*perturbed*), the forward pass is ``jax.vjp`` of the rule's forward with respect to them
-(whose residuals are the per-row losses, not logits) and the backward pass recomputes
-the primals' gradients. A ``custom_vjp`` has no forward mode: ``jax.jvp`` of such a
-loss raises JAX's ``TypeError``.
+``with_constants`` (``linear_cross_entropy``'s, ``ctc_loss``'s) is attached through
+``jax.custom_vjp`` instead: autodiff of a chunk loop would keep every chunk's logits for
+the backward pass, and autodiff of CTC's time loop every step's alphas and masks. The
+forward pass of ``linear_cross_entropy`` keeps no logits: for a scalar loss the fused
+pass computes the gradients with the value and the backward pass scales them by the
+cotangent; otherwise the backward pass recomputes each chunk's logits. Under a trace,
+it cannot be known whether the loss's constants (example and class weights) are
+differentiated, so they are arguments of the custom VJP too; where JAX differentiates
+them (they are *perturbed*), the forward pass is ``jax.vjp`` of the rule's forward with
+respect to them (whose residuals are the per-row losses, not logits) and the backward
+pass recomputes the primals' gradients. A ``custom_vjp`` has no forward mode:
+``jax.jvp`` of such a loss raises JAX's ``TypeError``.
 
 **Loops over row blocks** under a trace are ``lax.scan``: a Python loop is unrolled by
 ``jax.jit``, and XLA may keep every block's temporaries alive.
@@ -92,19 +93,25 @@ class JaxOps(Ops):
         carry: Any,
         rows: tuple[Array, ...],
         block: int | None,
+        *,
+        reverse: bool = False,
     ) -> tuple[Any, tuple[Array, ...]]:
         jax = sys.modules["jax"]
         count = rows[0].shape[0]
         if block is None or block >= count or not isinstance(rows[0], jax.core.Tracer):
-            return super().scan_row_blocks(fn, carry, rows, block)
+            return super().scan_row_blocks(fn, carry, rows, block, reverse=reverse)
         xp = self.xp
         blocks, full = count // block, count // block * block
+        rest: tuple[Array, ...] = ()
+        if full != count and reverse:  # the last, partial block first
+            carry, rest = fn(carry, *(a[full:, ...] for a in rows))
         stacked = tuple(xp.reshape(a[:full, ...], (blocks, block, *a.shape[1:])) for a in rows)
-        carry, outputs = jax.lax.scan(lambda c, b: fn(c, *b), carry, stacked)
+        carry, outputs = jax.lax.scan(lambda c, b: fn(c, *b), carry, stacked, reverse=reverse)
         parts = tuple(xp.reshape(o, (full, *o.shape[2:])) for o in outputs)
         if full == count:
             return carry, parts
-        carry, rest = fn(carry, *(a[full:, ...] for a in rows))
+        if not reverse:
+            carry, rest = fn(carry, *(a[full:, ...] for a in rows))
         return carry, tuple(xp.concat([a, b], axis=0) for a, b in zip(parts, rest, strict=True))
 
     def constant(self, x: Array) -> Array:

@@ -80,23 +80,30 @@ class Ops:
         carry: Any,
         rows: tuple[Array, ...],
         block: int | None,
+        *,
+        reverse: bool = False,
     ) -> tuple[Any, tuple[Array, ...]]:
         """``fn(carry, *blocks) -> (carry, outputs)`` over consecutive blocks of ``block`` rows.
 
         ``rows`` are arrays with the same rows along their first axis; ``outputs`` is a tuple
         of arrays with one row per row of the blocks. Returns the last carry and each output
-        concatenated over the blocks. ``block=None`` (or at least all rows): one call. The
-        standard: a Python loop, whose block's temporaries are released after each block on
-        eager arrays; ``JaxOps`` loops with ``lax.scan`` under a trace, where a Python loop
-        is unrolled and XLA may keep every block's temporaries.
+        concatenated over the blocks, in the order of the rows. ``block=None`` (or at least
+        all rows): one call. ``reverse``: the last block first (a recursion backwards in
+        time), without reversing any array. The standard: a Python loop, whose block's
+        temporaries are released after each block on eager arrays; ``JaxOps`` loops with
+        ``lax.scan`` under a trace, where a Python loop is unrolled and XLA may keep every
+        block's temporaries.
         """
         count = rows[0].shape[0]
         if block is None or block >= count:
             return fn(carry, *rows)
         parts = []
-        for start, stop in block_bounds(count, block):
+        bounds = block_bounds(count, block)
+        for start, stop in reversed(bounds) if reverse else bounds:
             carry, outputs = fn(carry, *(a[start:stop, ...] for a in rows))
             parts.append(outputs)
+        if reverse:
+            parts.reverse()
         return carry, tuple(self.xp.concat(list(part), axis=0) for part in zip(*parts, strict=True))
 
     def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:

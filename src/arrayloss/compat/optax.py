@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .._binary import sigmoid_binary_cross_entropy as _sigmoid_binary_cross_entropy
 from .._binary import sigmoid_focal_loss as _sigmoid_focal_loss
+from .._ctc import ctc_loss as _ctc_loss
 from .._dense import softmax_cross_entropy as _softmax_cross_entropy
 from .._divergence import kl_divergence as _kl_divergence
 from .._lib._ops import Ops
@@ -29,6 +30,7 @@ from .._lib._validation import Array, normalize_axis, ops_of
 from .._sparse import sparse_softmax_cross_entropy
 
 __all__ = [
+    "ctc_loss",
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "safe_softmax_cross_entropy",
@@ -147,3 +149,40 @@ def kl_divergence_with_log_targets(
 ) -> Array:
     """``optax.losses.kl_divergence_with_log_targets``: as :func:`kl_divergence`, targets as logarithms."""
     return _divergence(log_predictions, log_targets, axis, where, log_targets=True)
+
+
+def ctc_loss(
+    logits: Array,
+    logit_paddings: Array,
+    labels: Array,
+    label_paddings: Array,
+    blank_id: int = 0,
+    log_epsilon: float = -1e5,
+) -> Array:
+    """``optax.losses.ctc_loss``: the loss of each sequence ``(B,)`` of ``logits`` ``(B, T, K)``
+    and ``labels`` ``(B, N)``, whose paddings (1.0 past a sequence's end, 0.0 before it) give
+    their lengths (the paddings lie at the end, as optax expects).
+
+    One difference: an infeasible sequence (too few frames for its labels) has a loss of
+    ``+inf``; optax computes in place of ``log(0)`` with ``log_epsilon`` and returns a large
+    finite number (about ``-log_epsilon`` times the missing frames). ``log_epsilon`` is
+    accepted for optax's signature and not used: the recursion is exact in log space.
+    """
+    named = {
+        "logits": logits,
+        "logit_paddings": logit_paddings,
+        "labels": labels,
+        "label_paddings": label_paddings,
+    }
+    xp = ops_of(named, None).xp
+
+    def lengths(paddings: Array) -> Array:  # the frames (labels) before the padding
+        return xp.sum(xp.astype(paddings == 0, xp.int32), axis=1)
+
+    return _ctc_loss(
+        logits,
+        labels,
+        logit_lengths=lengths(logit_paddings),
+        label_lengths=lengths(label_paddings),
+        blank=blank_id,
+    )

@@ -25,13 +25,17 @@ array(0.16984602)
 
 from __future__ import annotations
 
+from typing import cast
+
 from .._binary import sigmoid_binary_cross_entropy
+from .._ctc import ctc_loss as _ctc_loss
 from .._dense import softmax_cross_entropy
 from .._divergence import kl_divergence
 from .._lib._labels import Labels, checked_labels
 from .._lib._ops import Ops
 from .._lib._validation import (
     Array,
+    Reduction,
     check_floating,
     check_labels,
     check_reduction,
@@ -43,7 +47,7 @@ from .._lib._validation import (
 )
 from .._sparse import sparse_softmax_cross_entropy
 
-__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "kl_div", "nll_loss"]
+__all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "kl_div", "nll_loss"]
 
 
 def _class_axis(input: Array) -> int:
@@ -217,3 +221,35 @@ def kl_div(input: Array, target: Array, reduction: str = "mean", log_target: boo
         return _reduce(terms, terms, _count(input, ops), reduction, ops)
     batch = input.shape[0] if input.ndim else 1
     return ops.as_result(terms / batch, terms.dtype)
+
+
+def ctc_loss(
+    log_probs: Array,
+    targets: Array,
+    input_lengths: Array,
+    target_lengths: Array,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> Array:
+    """``torch.nn.functional.ctc_loss``: time-major ``log_probs`` ``(T, N, C)``, padded ``targets``
+    ``(N, S)``, ``input_lengths`` and ``target_lengths`` ``(N,)`` integer arrays.
+
+    ``"mean"`` is PyTorch's: the batch mean of each loss divided by its target length (at
+    least 1). The gradient with respect to ``log_probs`` is PyTorch's too, ``exp(log_probs)``
+    minus the alignment posterior (the gradient of the logits that ``log_probs`` were
+    normalised from). The concatenated 1-D form of ``targets`` and the unbatched ``(T, C)``
+    input are not supported (arrays of one library have no ragged form).
+    """
+    ops = ops_of({"log_probs": log_probs}, None)
+    if log_probs.ndim != 3:
+        raise ValueError(f"log_probs must have shape (T, N, C), got shape {tuple(log_probs.shape)}")
+    return _ctc_loss(
+        ops.xp.permute_dims(log_probs, (1, 0, 2)),
+        targets,
+        logit_lengths=input_lengths,
+        label_lengths=target_lengths,
+        blank=blank,
+        reduction=cast(Reduction, reduction),  # checked by ctc_loss
+        zero_infinity=zero_infinity,
+    )

@@ -1,0 +1,419 @@
+"""``ctc_loss`` against a brute-force sum over all alignments, PyTorch's ``F.ctc_loss`` and optax.
+
+Values and gradients on every backend (the analytic alpha-beta rule through
+``value_and_grad``, PyTorch autograd and JAX's custom VJP), lengths of 0, infeasible
+sequences, ``zero_infinity``, every reduction, garbage in masked frames and labels,
+half precision, and Dask's laziness.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import reference as ref
+from test_grad import GRAD_TOLERANCE, label_dtype, needs, no_compute, rounded
+
+import arrayloss as al
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def tiny_case(name: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Logits ``[B, T<=4, C=3]``, labels and options small enough for :func:`reference.ctc`."""
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    logits = rng.normal(size=(3, 4, 3)) * 2
+    labels = np.array([[1, 1], [2, 1], [1, 2]])
+    options: dict[str, Any] = {}
+    if name == "lengths":  # label length 0, a repeat needing its blank, logit length 0 with no labels
+        options = {"logit_lengths": np.array([4, 0, 3]), "label_lengths": np.array([2, 0, 1])}
+    elif name == "blank_last":  # the blank is the last class
+        labels = np.array([[0, 0], [1, 0], [0, 1]])
+        options = {"blank": 2, "logit_lengths": np.array([4, 2, 3])}
+    elif name == "infeasible":  # [1, 1] needs 3 frames, gets 2: inf, or 0 with zero_infinity
+        options = {"logit_lengths": np.array([2, 4, 1]), "label_lengths": np.array([2, 2, 1])}
+    return logits, labels, options
+
+
+TINY = ("plain", "lengths", "blank_last", "infeasible")
+
+
+def on_backend(backend, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any], dtype: str):
+    index = label_dtype(backend)
+    converted = {k: backend.asarray(v, index) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    return backend.asarray(logits, dtype), backend.asarray(labels, index), converted
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", TINY)
+def test_matches_brute_force(backend, name, reduction, zero_infinity, dtype):
+    """Values against the sum over all paths; gradients against its finite differences (lazily on Dask)."""
+    needs(backend, dtype)
+    logits, labels, options = tiny_case(name)
+    logits = rounded(backend, logits, dtype)
+    options = {**options, "reduction": reduction, "zero_infinity": zero_infinity}
+    z, y, given = on_backend(backend, logits, labels, options, dtype)
+    with no_compute(backend):
+        value, grad = al.value_and_grad(al.ctc_loss)(z, y, **given)
+    expected = ref.ctc(logits, labels, **options)
+    backend.assert_close(value, expected, dtype=dtype)
+    got = backend.check_result(grad, dtype=dtype, shape=logits.shape)
+    unreduced = {**options, "reduction": "none"}
+    feasible = np.isfinite(ref.ctc(logits, labels, **unreduced))
+    assert all(np.isnan(got[b]).any() for b in np.flatnonzero(~feasible))  # NaN, as PyTorch's
+    lengths = options.get("label_lengths", np.full(len(labels), labels.shape[1]))
+    scale = 1 / (len(labels) * np.maximum(lengths, 1)) if reduction == "mean" else np.ones(len(labels))
+    scale = np.where(feasible, scale, 0.0)
+
+    def total(x: np.ndarray) -> float:
+        losses = ref.ctc(x, labels, **unreduced)
+        return float(np.sum(scale[feasible] * losses[feasible]))
+
+    numeric = ref.numeric_gradient(total, logits, 1e-5, relative=True)
+    rtol, atol = GRAD_TOLERANCE[dtype]
+    np.testing.assert_allclose(got[feasible], numeric[feasible], rtol=rtol, atol=atol)
+
+
+def test_infeasible_gradient_is_nan_on_its_frames(backend):
+    """Without zero_infinity an infinite loss has NaN gradients on its frames, 0 past them (PyTorch's)."""
+    logits, labels, options = tiny_case("infeasible")
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+    _, grad = al.value_and_grad(al.ctc_loss)(z, y, **given)
+    got = backend.to_numpy(grad)
+    assert np.isfinite(got[1:]).all()  # [2, 1] in 4 frames, [1] in 1 frame
+    assert np.isnan(got[0, :2]).all() and (got[0, 2:] == 0).all()  # [1, 1] in 2 frames
+
+
+def random_batch(seed: int, batch=6, time=12, classes=5, width=4):
+    """Random logits, labels (padding -1) and lengths: 0 among them, infeasible ones, repeats."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, time, classes)) * 2
+    labels = rng.integers(1, classes, size=(batch, width))
+    labels[0, :2] = 2  # a repeat
+    logit_lengths = rng.integers(0, time + 1, size=batch)
+    label_lengths = rng.integers(0, width + 1, size=batch)
+    logit_lengths[:3] = [time, 0, 2]
+    label_lengths[:3] = [width, 0, width]  # the third: 2 frames for 4 labels, infeasible
+    labels[np.arange(width)[None, :] >= label_lengths[:, None]] = -1
+    return logits, labels, logit_lengths, label_lengths
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_torch(backend, seed, reduction, zero_infinity):
+    """Values and autograd gradients (through the rule) against ``F.ctc_loss`` on time-major log-probs."""
+    torch = backend.module
+    functional = importlib.import_module("torch.nn.functional")
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    z = backend.asarray(logits).requires_grad_()
+    ours = al.ctc_loss(
+        z,
+        backend.asarray(labels),
+        logit_lengths=backend.asarray(logit_lengths),
+        label_lengths=backend.asarray(label_lengths),
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
+    (grad,) = torch.autograd.grad(ours.sum(), z)
+    peer = backend.asarray(logits).requires_grad_()
+    theirs = functional.ctc_loss(
+        torch.log_softmax(peer, -1).transpose(0, 1),
+        backend.asarray(np.where(labels < 0, 1, labels)),
+        backend.asarray(logit_lengths),
+        backend.asarray(label_lengths),
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
+    (expected,) = torch.autograd.grad(theirs.sum(), peer)
+    np.testing.assert_allclose(backend.to_numpy(ours), backend.to_numpy(theirs), rtol=1e-10)
+    np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_optax(backend, seed):
+    """Values and gradients against ``optax.ctc_loss`` (paddings; infeasible sequences left out:
+    optax gives a large finite value there)."""
+    optax = pytest.importorskip("optax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    keep = np.isfinite(
+        al.ctc_loss(logits, np.maximum(labels, 0), logit_lengths=logit_lengths, label_lengths=label_lengths)
+    )
+    logits, labels, logit_lengths, label_lengths = (
+        logits[keep],
+        labels[keep],
+        logit_lengths[keep],
+        label_lengths[keep],
+    )
+    logit_paddings = (np.arange(logits.shape[1])[None, :] >= logit_lengths[:, None]).astype(float)
+    label_paddings = (np.arange(labels.shape[1])[None, :] >= label_lengths[:, None]).astype(float)
+    y, a, b = jnp.asarray(labels), jnp.asarray(logit_lengths), jnp.asarray(label_lengths)
+
+    def ours(x):
+        return al.ctc_loss(x, y, logit_lengths=a, label_lengths=b).sum()
+
+    def theirs(x):
+        return optax.ctc_loss(
+            x, jnp.asarray(logit_paddings), jnp.maximum(y, 0), jnp.asarray(label_paddings)
+        ).sum()
+
+    value, grad = jax.value_and_grad(ours)(jnp.asarray(logits))
+    expected, expected_grad = jax.value_and_grad(theirs)(jnp.asarray(logits))
+    np.testing.assert_allclose(float(value), float(expected), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.backend("jax")
+def test_jax_jit_grad_vmap(backend):
+    """Under jit (lax.scan loops, the custom VJP), grad and vmap: the numbers of the eager NumPy rule."""
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(3)
+    logits, labels, logit_lengths, label_lengths = (
+        logits[3:],
+        labels[3:],
+        logit_lengths[3:],
+        label_lengths[3:],
+    )
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths}
+    value, grad = al.value_and_grad(al.ctc_loss)(logits, labels, reduction="mean", **options)
+    y, a, b = jnp.asarray(labels), jnp.asarray(logit_lengths), jnp.asarray(label_lengths)
+
+    def mean(x):
+        return al.ctc_loss(x, y, logit_lengths=a, label_lengths=b, reduction="mean")
+
+    jitted = jax.jit(jax.value_and_grad(mean))(jnp.asarray(logits))
+    np.testing.assert_allclose(float(jitted[0]), float(value), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(jitted[1]), grad, rtol=1e-10, atol=1e-14)
+
+    def one(x, y, a, b):
+        return al.ctc_loss(x[None], y[None], logit_lengths=a[None], label_lengths=b[None])[0]
+
+    per = jax.jit(jax.vmap(jax.value_and_grad(one)))(jnp.asarray(logits), y, a, b)
+    unreduced, unreduced_grad = al.value_and_grad(al.ctc_loss)(logits, labels, **options)
+    np.testing.assert_allclose(np.asarray(per[0]), unreduced, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(per[1]), unreduced_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_masked_garbage_is_ignored(backend, reduction):
+    """NaN and inf in frames past logit_lengths and labels past label_lengths: the same loss, a gradient
+    of exactly 0 on those frames."""
+    logits, labels, logit_lengths, label_lengths = random_batch(2)
+    feasible = [0, 1, 3, 4, 5]
+    logits, labels = logits[feasible], labels[feasible]
+    logit_lengths, label_lengths = logit_lengths[feasible], label_lengths[feasible]
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": reduction}
+    clean = al.value_and_grad(al.ctc_loss)(logits, np.maximum(labels, 0), **options)
+    past = np.arange(logits.shape[1])[None, :] >= logit_lengths[:, None]
+    dirty = logits.copy()
+    dirty[past] = np.where(np.arange(logits.shape[2]) % 2 == 0, np.nan, np.inf)
+    garbage = np.where(labels < 0, 10**6, labels)
+    z, y, given = on_backend(backend, dirty, garbage, options, "float64")
+    with no_compute(backend):
+        value, grad = al.value_and_grad(al.ctc_loss)(z, y, **given)
+    backend.assert_close(value, clean[0], dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    assert (got[past] == 0).all()
+    np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    """Half-precision logits: the result in their dtype, computed in float32 from the held values."""
+    needs(backend, dtype)
+    logits, labels, logit_lengths, label_lengths = random_batch(4, time=30, width=6)
+    keep = [0, 1, 3, 4, 5]
+    logits, labels = rounded(backend, logits[keep] * 4, dtype), np.maximum(labels[keep], 0)
+    options = {"logit_lengths": logit_lengths[keep], "label_lengths": label_lengths[keep], "reduction": "sum"}
+    expected, expected_grad = al.value_and_grad(al.ctc_loss)(logits, labels, **options)
+    z, y, given = on_backend(backend, logits, labels, options, dtype)
+    value, grad = al.value_and_grad(al.ctc_loss)(z, y, **given)
+    tolerance = {"float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    got = backend.check_result(value, dtype=dtype, shape=())
+    np.testing.assert_allclose(got, expected, rtol=tolerance)
+    got_grad = backend.check_result(grad, dtype=dtype, shape=logits.shape)
+    np.testing.assert_allclose(got_grad, expected_grad, rtol=0, atol=tolerance * 4)
+
+
+def test_empty_shapes(backend):
+    """No frames and no labels: loss 0 (label length 0 needs no frame); no labels over frames: the
+    probability of all blanks."""
+    z = backend.asarray(np.zeros((2, 0, 3)))
+    y = backend.asarray(np.zeros((2, 0), dtype=np.int64), label_dtype(backend))
+    value, grad = al.value_and_grad(al.ctc_loss)(z, y)
+    backend.assert_close(value, [0.0, 0.0], dtype="float64")
+    assert backend.check_result(grad, dtype="float64", shape=(2, 0, 3)).size == 0
+    z = backend.asarray(np.zeros((2, 3, 3)))
+    backend.assert_close(al.ctc_loss(z, y, reduction="mean"), 3 * math.log(3), dtype="float64")
+
+
+def test_inputs_unchanged(backend):
+    logits, labels, logit_lengths, label_lengths = random_batch(5)
+    z, y = backend.asarray(logits), backend.asarray(labels)
+    a, b = backend.asarray(logit_lengths), backend.asarray(label_lengths)
+    al.value_and_grad(al.ctc_loss)(z, y, logit_lengths=a, label_lengths=b, zero_infinity=True)
+    np.testing.assert_array_equal(backend.to_numpy(z), logits)
+    np.testing.assert_array_equal(backend.to_numpy(y), labels)
+
+
+def test_unchecked_label_out_of_range_gives_nan(backend):
+    """On arrays whose values are not read (JAX, Dask, GPU): a used label out of range makes its
+    sequence's loss NaN, the others' right; eager arrays raise (``bad_inputs.py``)."""
+    if backend.eager:
+        pytest.skip("eager arrays raise: bad_inputs.py")
+    logits, labels, options = tiny_case("lengths")
+    bad = labels.copy()
+    bad[0, 1] = 7
+    bad[2, 1] = 9  # past its label length: ignored
+    z, y, given = on_backend(backend, logits, bad, options, "float64")
+    got = backend.to_numpy(al.ctc_loss(z, y, **given))
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], ref.ctc(logits, labels, **options)[1:], rtol=1e-10)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_compat_torch_matches_f_ctc_loss(backend, reduction, zero_infinity):
+    """``compat.torch.ctc_loss`` on PyTorch's own arguments: values and gradients w.r.t. ``log_probs``."""
+    torch = backend.module
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    logits, labels, logit_lengths, label_lengths = random_batch(6)
+    log_probs = torch.log_softmax(backend.asarray(logits), -1).transpose(0, 1).detach()
+    targets = backend.asarray(np.where(labels < 0, 1, labels))
+    arguments = (targets, backend.asarray(logit_lengths), backend.asarray(label_lengths))
+    options = {"reduction": reduction, "zero_infinity": zero_infinity}
+    ours_in, theirs_in = log_probs.clone().requires_grad_(), log_probs.clone().requires_grad_()
+    ours = compat.ctc_loss(ours_in, *arguments, **options)
+    theirs = functional.ctc_loss(theirs_in, *arguments, **options)
+    (grad,) = torch.autograd.grad(ours.sum(), ours_in)
+    (expected,) = torch.autograd.grad(theirs.sum(), theirs_in)
+    np.testing.assert_allclose(backend.to_numpy(ours), backend.to_numpy(theirs), rtol=1e-10)
+    np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("jax")
+def test_compat_optax_matches_optax(backend):
+    """``compat.optax.ctc_loss`` on optax's arguments (paddings), feasible sequences: values and gradients."""
+    optax = pytest.importorskip("optax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(7)
+    keep = np.isfinite(
+        al.ctc_loss(logits, np.maximum(labels, 0), logit_lengths=logit_lengths, label_lengths=label_lengths)
+    )
+    logits, labels = jnp.asarray(logits[keep]), jnp.asarray(np.maximum(labels[keep], 0))
+    logit_paddings = jnp.asarray(
+        np.arange(logits.shape[1])[None, :] >= logit_lengths[keep][:, None], "float64"
+    )
+    label_paddings = jnp.asarray(
+        np.arange(labels.shape[1])[None, :] >= label_lengths[keep][:, None], "float64"
+    )
+    for blank_id in (0, 4):
+        y = jnp.where(labels == blank_id, 1 if blank_id == 0 else 0, labels)  # no label is the blank
+
+        def ours(x, y=y, blank_id=blank_id):
+            return compat.ctc_loss(x, logit_paddings, y, label_paddings, blank_id=blank_id).sum()
+
+        def theirs(x, y=y, blank_id=blank_id):
+            return optax.ctc_loss(x, logit_paddings, y, label_paddings, blank_id=blank_id).sum()
+
+        value, grad = jax.value_and_grad(ours)(logits)
+        expected, expected_grad = jax.value_and_grad(theirs)(logits)
+        np.testing.assert_allclose(float(value), float(expected), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
+
+
+def test_compat_adapters_on_every_backend(backend):
+    """The adapters' layouts and lengths: the numbers of ``ctc_loss`` itself."""
+    compat_torch = importlib.import_module("arrayloss.compat.torch")
+    compat_optax = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(8, batch=4, time=6)
+    labels = np.maximum(labels, 0)
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths}
+    expected = al.ctc_loss(logits, labels, **options)
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+    time_major = backend.asarray(np.ascontiguousarray(np.transpose(logits, (1, 0, 2))))
+    got = compat_torch.ctc_loss(
+        time_major, y, given["logit_lengths"], given["label_lengths"], reduction="none"
+    )
+    backend.assert_close(got, expected, dtype="float64")
+    paddings = [
+        backend.asarray(np.arange(n)[None, :] >= lengths[:, None], "float64")
+        for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
+    ]
+    backend.assert_close(compat_optax.ctc_loss(z, paddings[0], y, paddings[1]), expected, dtype="float64")
+
+
+@pytest.mark.backend("torch", "jax")
+def test_autodiff_of_the_composition_matches_the_rule(backend):
+    """With the rule off (``analytic_backward=False``), and under ``torch.func.vmap``, the library
+    differentiates the recursion itself: the same gradient, no NaN from unreachable states."""
+    settings = importlib.import_module("arrayloss._lib._settings").settings
+    logits, labels, logit_lengths, label_lengths = random_batch(9)
+    labels = np.maximum(labels, 0)
+    keep = np.isfinite(al.ctc_loss(logits, labels, logit_lengths=logit_lengths, label_lengths=label_lengths))
+    logits, labels = logits[keep], labels[keep]
+    options = {"logit_lengths": logit_lengths[keep], "label_lengths": label_lengths[keep]}
+    expected = al.value_and_grad(al.ctc_loss)(logits, labels, reduction="sum", **options)[1]
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+
+    def total(x):
+        return al.ctc_loss(x, y, reduction="sum", **given)
+
+    if backend.name == "torch":
+        torch = backend.module
+        z.requires_grad_(True)
+        with settings(analytic_backward=False):
+            (grad,) = torch.autograd.grad(total(z), z)
+
+        def one(x, y, a, b):
+            return al.ctc_loss(x[None], y[None], logit_lengths=a[None], label_lengths=b[None])[0]
+
+        per_sequence = torch.func.vmap(torch.func.grad(one))(z.detach(), y, *given.values())
+        np.testing.assert_allclose(backend.to_numpy(per_sequence), expected, rtol=1e-10, atol=1e-14)
+    else:
+        jax = importlib.import_module("jax")
+        with settings(analytic_backward=False):
+            grad = jax.grad(total)(z)
+    np.testing.assert_allclose(backend.to_numpy(grad), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_row_blocks_order(backend, reverse):
+    """The seam's loop (CTC's beta recursion runs it in reverse): blocks of 2 of 5 rows, the partial
+    block last or first, outputs in row order; under ``jax.jit`` the ``lax.scan`` path."""
+    ops = importlib.import_module("arrayloss._lib._backends").ops_for(backend.xp)
+    rows = np.arange(10.0).reshape(5, 2)
+
+    def running(x):
+        def fn(carry, block):
+            total = carry + backend.xp.sum(block)
+            return total, (block + carry,)
+
+        return ops.scan_row_blocks(fn, backend.xp.zeros((), dtype=x.dtype), (x,), 2, reverse=reverse)
+
+    order = [[4], [2, 3], [0, 1]] if reverse else [[0, 1], [2, 3], [4]]
+    expected, carry = np.zeros_like(rows), 0.0
+    for block in order:
+        expected[block] = rows[block] + carry
+        carry += rows[block].sum()
+    x = backend.asarray(rows)
+    outcomes = [running(x)]
+    if backend.name == "jax":
+        outcomes.append(importlib.import_module("jax").jit(running)(x))
+    for total, (out,) in outcomes:
+        np.testing.assert_allclose(backend.to_numpy(total), carry)
+        np.testing.assert_allclose(backend.to_numpy(out), expected)

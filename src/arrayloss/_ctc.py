@@ -1,0 +1,454 @@
+"""Connectionist Temporal Classification: checks, the alpha (forward) recursion, the alpha-beta rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from ._autodiff import Rule, compute, differentiable
+from ._lib._labels import label_indices
+from ._lib._ops import Ops
+from ._lib._reduce import example_scale, reduce_losses
+from ._lib._softmax import exp_sums
+from ._lib._validation import (
+    Array,
+    Reduction,
+    as_index,
+    check_floating,
+    check_labels_in_range,
+    check_reduction,
+    compute_dtype,
+    ops_of,
+)
+
+
+class CTCCall(NamedTuple):
+    """A checked call of :func:`ctc_loss` (see :class:`~._autodiff.Call`)."""
+
+    ops: Ops
+    logits: Array
+    labels: Array
+    logit_lengths: Array | None
+    label_lengths: Array | None
+    blank: int
+    reduction: Reduction
+    zero_infinity: bool
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.logits,)
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return ()  # labels and lengths are integers: nothing else is differentiated
+
+    @property
+    def one_pass(self) -> bool:
+        return False  # the gradient needs a second recursion (beta), run in the backward pass
+
+
+def _check_lengths(name: str, lengths: Array | None, batch: Any, stop: Any, what: str, ops: Ops) -> None:
+    """Check an optional ``[B]`` integer array of lengths, on eager arrays its values in ``[0, stop]``."""
+    if lengths is None:
+        return
+    xp = ops.xp
+    if not xp.isdtype(lengths.dtype, "integral"):
+        raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(
+            f"{name} must have shape ({batch},), one length per sequence, got {tuple(lengths.shape)}"
+        )
+    if ops.is_eager(lengths) and not ops.all_true((lengths >= 0) & (lengths <= stop)):
+        bad = int(xp.max(lengths)) if ops.all_true(lengths >= 0) else int(xp.min(lengths))
+        raise ValueError(f"{name} contains {bad}, outside [0, {stop}] (the {what})")
+
+
+def check_ctc(
+    *,
+    logits: Array,
+    labels: Array,
+    logit_lengths: Array | None,
+    label_lengths: Array | None,
+    blank: int,
+    reduction: Reduction,
+    zero_infinity: bool,
+    xp: ModuleType | None,
+) -> CTCCall:
+    """Check the arguments of :func:`ctc_loss` once; return the call's record."""
+    named = {
+        "logits": logits,
+        "labels": labels,
+        "logit_lengths": logit_lengths,
+        "label_lengths": label_lengths,
+    }
+    ops = ops_of(named, xp, optional=("logit_lengths", "label_lengths"))
+    xp = ops.xp
+    check_floating("logits", logits, xp)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (batch, time, classes), got shape {tuple(logits.shape)}")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    batch, frames, classes = logits.shape
+    if labels.ndim != 2 or labels.shape[0] != batch:
+        raise ValueError(
+            f"labels must have shape ({batch}, max_label_length), one row per sequence of logits, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    check_reduction(reduction)
+    if not isinstance(zero_infinity, bool):
+        raise TypeError(f"zero_infinity must be a bool, got {type(zero_infinity).__name__}")
+    blank = as_index("blank", blank)
+    if not 0 <= blank < classes:
+        raise ValueError(f"blank is {blank}, outside the range [0, {classes}) of class indices")
+    _check_lengths("logit_lengths", logit_lengths, batch, frames, "frames of logits", ops)
+    _check_lengths("label_lengths", label_lengths, batch, labels.shape[1], "columns of labels", ops)
+    if ops.is_eager(labels):
+        used = _label_mask(labels, label_lengths, ops)
+        check_labels_in_range(labels, classes, used, xp)
+        if not ops.all_true(~used | (labels != blank)):
+            raise ValueError(
+                f"labels contains the blank index {blank} inside a sequence (before its label_length)"
+            )
+    return CTCCall(ops, logits, labels, logit_lengths, label_lengths, blank, reduction, zero_infinity)
+
+
+def _label_mask(labels: Array, label_lengths: Array | None, ops: Ops) -> Array:
+    """``[B, S]``: whether each label lies before its sequence's label length."""
+    xp = ops.xp
+    positions = xp.arange(labels.shape[1], device=ops.device(labels))
+    if label_lengths is None:
+        return xp.broadcast_to(positions < labels.shape[1], tuple(labels.shape))
+    return positions[None, :] < xp.astype(label_lengths, positions.dtype)[:, None]
+
+
+def _interleave(even: Array, odd: Array, xp: ModuleType) -> Array:
+    """``[B, 2S+1]``: ``even[:, k]`` (``[B, S+1]``) at ``2k``, ``odd[:, k]`` (``[B, S]``) at ``2k+1``."""
+    batch, width = odd.shape
+    if width == 0:  # no labels (strict slicing and Dask's reshape refuse the empty steps below)
+        return even
+    pairs = xp.reshape(xp.stack([even[:, :width], odd], axis=-1), (batch, 2 * width))
+    return xp.concat([pairs, even[:, width:]], axis=1)
+
+
+class Lattice(NamedTuple):
+    """The extended label sequence of a checked call, per sequence, with the frames' emissions."""
+
+    states: Array  # [B, W] class index of each state (W = 2S+1, blanks at even states)
+    emissions: Array  # [T, B, W] log-probability of each state's class at each frame
+    skips: Array  # [B, W] whether a state may be entered from two states back
+    ends: Array  # [B, W] the last two states of each sequence (the last one for label length 0)
+    frames: Array  # [T, B] whether each frame lies before its sequence's logit length
+    lengths: Array  # [B] the logit lengths
+    poisoned: Array | None  # [B] a used label out of range on arrays not checked eagerly
+
+
+def _frames(call: CTCCall, logits: Array) -> Array:
+    """``[T, B]``: whether each frame lies before its sequence's logit length."""
+    xp = call.ops.xp
+    batch, frames, _ = logits.shape
+    times = xp.arange(frames, device=call.ops.device(logits))
+    lengths = call.logit_lengths
+    frame_ok = times[:, None] < (frames if lengths is None else xp.astype(lengths, times.dtype)[None, :])
+    return xp.broadcast_to(frame_ok, (frames, batch))
+
+
+def _log_probs(call: CTCCall, logits: Array) -> Array:
+    """``log_softmax`` of the logits in the accumulation dtype; frames past the logit lengths are
+    replaced by zeros before any arithmetic (their NaN and inf never reach a result)."""
+    ops = call.ops
+    xp = ops.xp
+    z = xp.astype(logits, compute_dtype(logits.dtype, xp), copy=False)
+    z = xp.where(xp.permute_dims(_frames(call, logits), (1, 0))[:, :, None], z, xp.zeros_like(z))
+    parts = exp_sums(z, ops)
+    return (z - parts.shift) - parts.log_sum
+
+
+def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
+    ops = call.ops
+    xp = ops.xp
+    batch, frames, classes = log_probs.shape
+    dev = ops.device(log_probs)
+    used = _label_mask(call.labels, call.label_lengths, ops)
+    labels = label_indices(call.labels, ops)
+    in_range = (labels >= 0) & (labels < classes)
+    poisoned = None if ops.is_eager(call.labels) else xp.any(used & ~in_range, axis=1)
+    blank = xp.full_like(labels, call.blank)
+    labels = xp.where(used & in_range, labels, blank)
+    blanks = xp.full((batch, labels.shape[1] + 1), call.blank, dtype=labels.dtype, device=dev)
+    states = _interleave(blanks, labels, xp)
+    width = states.shape[1]
+    # A label state is entered from two states back unless it repeats the previous label.
+    differs = xp.zeros(tuple(labels.shape), dtype=xp.bool, device=dev)
+    if labels.shape[1] > 1:
+        differs = xp.concat([differs[:, :1], labels[:, 1:] != labels[:, :-1]], axis=1)
+    skips = _interleave(xp.zeros((batch, labels.shape[1] + 1), dtype=xp.bool, device=dev), differs, xp)
+    count = xp.sum(xp.astype(used, labels.dtype), axis=1)
+    positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
+    ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
+
+    index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
+    if hasattr(xp, "take_along_axis"):  # a gather of the W states from the C classes
+        emissions = xp.take_along_axis(log_probs, index, axis=-1)
+    else:  # Dask: the comparison-based selection of Ops.pick, over the states broadcast
+        emissions = ops.pick(
+            xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)), index
+        )
+    emissions = xp.permute_dims(emissions, (1, 0, 2))
+    index_dtype = xp.arange(1, device=dev).dtype
+    if call.logit_lengths is None:
+        lengths = xp.full((batch,), frames, dtype=index_dtype, device=dev)
+    else:
+        lengths = xp.astype(call.logit_lengths, index_dtype)
+    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), lengths, poisoned)
+
+
+def _log_sum(x: Array, ops: Ops) -> Array:
+    """``log(sum(exp(x)))`` over the last axis (dropped), ``-inf`` where every entry is ``-inf``."""
+    parts = exp_sums(x, ops)
+    return (parts.shift + parts.log_sum)[..., 0]
+
+
+def _neg_inf(shape: tuple[int, ...], like: Array, ops: Ops) -> Array:
+    return ops.xp.full(shape, -math.inf, dtype=like.dtype, device=ops.device(like))
+
+
+def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
+    """``logaddexp`` whose derivative is 0, not NaN, where both arguments are ``-inf``: for the
+    library's autodiff of the recursion (the rule not taken), through unreachable states."""
+    xp = ops.xp
+
+    def log_add(a: Array, b: Array) -> Array:
+        both = (a == -math.inf) & (b == -math.inf)
+        zero = xp.zeros_like(a)
+        return xp.where(both, a, xp.logaddexp(xp.where(both, zero, a), xp.where(both, zero, b)))
+
+    return log_add
+
+
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool) -> tuple[Array, Array]:
+    """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
+    every frame ``[T, B, W]`` (held past a sequence's logit length). ``differentiated``: the
+    library's autodiff may differentiate the recursion."""
+    xp = ops.xp
+    emissions = lattice.emissions
+    frames, batch, width = emissions.shape
+    gap = _neg_inf((batch, 2), emissions, ops)
+    no_skip = _neg_inf((batch, width), emissions, ops)
+    first = xp.arange(width, device=ops.device(emissions))[None, :] == 0
+    start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
+    if frames == 0:
+        return start, emissions
+    log_add = _differentiable_log_add(ops) if differentiated else xp.logaddexp
+
+    def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
+        padded = xp.concat([gap, alpha], axis=1)
+        skip = xp.where(lattice.skips, padded[:, :width], no_skip)
+        entered = log_add(log_add(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
+        alpha = xp.where(valid[0, :, None], entered, alpha)
+        return alpha, (alpha[None, ...],)
+
+    last, (history,) = ops.scan_row_blocks(step, start, (emissions, lattice.frames), 1)
+    return last, history
+
+
+def _betas(lattice: Lattice, ops: Ops) -> Array:
+    """The backward recursion: ``log beta`` ``[T, B, W]``, the log-probability of completing the
+    labels from each state at each frame, the frame's own emission excluded (``-inf`` past the end)."""
+    xp = ops.xp
+    emissions = lattice.emissions
+    frames, batch, width = emissions.shape
+    gap = _neg_inf((batch, 2), emissions, ops)
+    end = xp.where(lattice.ends, xp.zeros_like(gap[:, :1]), _neg_inf((batch, width), emissions, ops))
+    skips = xp.concat(
+        [lattice.skips, xp.zeros((batch, 2), dtype=xp.bool, device=ops.device(emissions))], axis=1
+    )
+    skips = skips[:, 2 : width + 2]
+    no_skip = _neg_inf((batch, width), emissions, ops)
+
+    def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
+        # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
+        padded = xp.concat([following, gap], axis=1)
+        skip = xp.where(skips, padded[:, 2:], no_skip)
+        left = xp.logaddexp(xp.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
+        beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
+        return beta + emission[0, ...], (beta[None, ...],)
+
+    times = xp.arange(frames, device=ops.device(emissions))
+    _, (history,) = ops.scan_row_blocks(step, end, (emissions, times), 1, reverse=True)
+    return history
+
+
+def _losses(call: CTCCall, log_likelihood: Array) -> Array:
+    """Per-sequence losses ``-log p`` (0 for infeasible ones under ``zero_infinity``)."""
+    xp = call.ops.xp
+    loss = -log_likelihood
+    if call.zero_infinity:
+        loss = xp.where(loss == math.inf, xp.zeros_like(loss), loss)
+    return loss
+
+
+def _per_label(call: CTCCall, like: Array) -> Array | None:
+    """``1 / max(label_length, 1)`` per sequence for ``reduction="mean"`` (PyTorch's), else None."""
+    if call.reduction != "mean":
+        return None
+    xp = call.ops.xp
+    if call.label_lengths is None:
+        return xp.full_like(like, 1.0 / max(call.labels.shape[1], 1))
+    lengths = xp.astype(call.label_lengths, like.dtype)
+    return 1.0 / xp.where(lengths > 1, lengths, xp.ones_like(lengths))
+
+
+def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    ops = call.ops
+    log_probs = _log_probs(call, logits)
+    lattice = _lattice(call, log_probs)
+    # Autodiff of the recursion: where the library records it, or may (traced arrays) unless the
+    # rule is attached (JAX's custom VJP).
+    differentiated = ops.records_gradient([logits]) or not (
+        ops.is_eager(logits) or ops.takes_analytic_backward(RULE, call)
+    )
+    last, alphas = _alphas(lattice, ops, differentiated)
+    log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
+    loss = _losses(call, log_likelihood)
+    per_label = _per_label(call, loss)
+    scaled = loss if per_label is None else loss * per_label
+    value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
+    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood)
+
+
+def _backward(
+    call: CTCCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array]:
+    (logits,) = primals
+    log_probs, alphas, log_likelihood = residuals
+    ops = call.ops
+    xp = ops.xp
+    if logits.shape[1] == 0:  # no frames
+        return (xp.zeros_like(logits),)
+    lattice = _lattice(call, log_probs)
+    classes = logits.shape[2]
+    feasible = log_likelihood > -math.inf
+    shift = xp.where(feasible, log_likelihood, xp.zeros_like(log_likelihood))
+    # exp(alpha + beta - log p): the posterior of each state at each frame, 0 where it cannot be.
+    occupancy = alphas + _betas(lattice, ops) - shift[None, :, None]
+    kept = lattice.frames[:, :, None] & feasible[None, :, None]
+    occupancy = xp.exp(xp.where(kept, occupancy, _neg_inf(tuple(occupancy.shape), occupancy, ops)))
+    classes_of = xp.arange(classes, dtype=lattice.states.dtype, device=ops.device(logits))
+    one_hot = xp.astype(lattice.states[:, :, None] == classes_of, occupancy.dtype)  # [B, W, C]
+    posterior = xp.matmul(xp.permute_dims(occupancy, (1, 0, 2)), one_hot)  # [B, T, C]
+    grad = xp.exp(log_probs) - posterior
+    if call.zero_infinity:
+        keep = xp.permute_dims(lattice.frames, (1, 0))[:, :, None] & feasible[:, None, None]
+    else:  # an infeasible sequence's loss is inf: its gradient is NaN, as PyTorch's
+        grad = xp.where(feasible[:, None, None], grad, xp.full_like(grad, math.nan))
+        keep = xp.permute_dims(lattice.frames, (1, 0))[:, :, None]
+    grad = xp.where(keep, grad, xp.zeros_like(grad))
+    scale = example_scale(cotangent, None, call.reduction, log_likelihood, grad.dtype, ops)
+    per_label = _per_label(call, scale)
+    if per_label is not None:
+        scale = scale * per_label
+    return (xp.astype(grad * scale[:, None, None], logits.dtype, copy=False),)
+
+
+RULE = Rule(check_ctc, _forward, _backward, with_constants=lambda call, constants: call)
+
+
+@differentiable(RULE)
+def ctc_loss(
+    logits: Array,
+    labels: Array,
+    /,
+    *,
+    logit_lengths: Array | None = None,
+    label_lengths: Array | None = None,
+    blank: int = 0,
+    reduction: Reduction = "none",
+    zero_infinity: bool = False,
+    xp: ModuleType | None = None,
+) -> Array:
+    r"""The Connectionist Temporal Classification loss of unaligned label sequences.
+
+    .. math:: \ell_b = -\log \sum_{\pi \in \mathcal{B}^{-1}(y_b)} \prod_{t=1}^{T_b} p_{t, \pi_t}
+
+    where :math:`p_t = \mathrm{softmax}(\text{logits}_{b, t})`, :math:`T_b` is the
+    sequence's logit length and :math:`\mathcal{B}` maps a path of classes to a label
+    sequence by merging repeats, then removing blanks. The sum runs over the extended
+    label sequence of width :math:`2S+1` (blanks interleaved) with the forward (alpha)
+    recursion in log space; the gradient is the forward-backward (alpha-beta) posterior
+    of each class, :math:`\partial \ell_b / \partial \text{logits}_{b,t,c} = p_{t,c} -
+    \sum_{s : y'_s = c} \alpha_t(s) \beta_t(s) / p(y_b)`.
+
+    Parameters
+    ----------
+    logits : array, shape ``(B, T, C)``
+        Real floating unnormalised scores (log-probabilities give the same result:
+        ``log_softmax`` is taken over ``C``); float16 and bfloat16 are accumulated in
+        float32. Frames past ``logit_lengths`` are ignored, even where they hold NaN or inf.
+    labels : array, shape ``(B, S)``
+        Integer label sequences, padded; the entries past ``label_lengths`` are ignored.
+        The used entries lie in ``[0, C)`` and are not ``blank`` (checked on eager host
+        arrays; elsewhere a label out of range makes its sequence's loss NaN).
+    logit_lengths, label_lengths : array, shape ``(B,)``, optional
+        Integer lengths of each sequence of logits (at most ``T``) and labels (at most
+        ``S``). Default: ``T`` and ``S``.
+    blank : int, optional
+        The class index of the blank.
+    reduction : {"none", "sum", "mean"}, optional
+        ``"none"``: the loss of each sequence ``(B,)`` (optax's ``ctc_loss``);
+        ``"sum"``; ``"mean"``: PyTorch's convention, the mean over the batch of
+        :math:`\ell_b / \max(\text{label\_length}_b, 1)`.
+    zero_infinity : bool, optional
+        Whether an infeasible sequence (too few frames for its labels and their repeats),
+        whose loss is ``inf``, gets a loss of 0 and a gradient of 0. Without it, the
+        gradient of such a sequence is NaN on its frames (as PyTorch's).
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        In the namespace, on the device, and with the dtype of ``logits``. Its
+        gradient is taken with respect to ``logits``; frames past ``logit_lengths``
+        get exactly 0.
+
+    Notes
+    -----
+    The time loop is sequential: a Python loop on eager arrays, ``lax.scan`` under a
+    JAX trace; each step works on ``(B, 2S+1)`` states. The gradient rule serves
+    :func:`value_and_grad`, PyTorch autograd and JAX (``jax.custom_vjp``, so ``jax.jvp``
+    is not available). PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
+    (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
+    with paddings instead of lengths, and gives a large finite loss where this one
+    gives ``inf`` (``arrayloss.compat.optax.ctc_loss``).
+
+    References
+    ----------
+    .. [1] A. Graves, S. Fernández, F. Gomez, J. Schmidhuber, "Connectionist Temporal
+           Classification: Labelling Unsegmented Sequence Data with Recurrent Neural
+           Networks", ICML 2006.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> logits = np.log(np.asarray([[[0.6, 0.4], [0.3, 0.7]]]))  # 2 frames, blank 0 and class 1
+
+    The paths "1 1", "0 1" and "1 0" give the label ``[1]``: probability
+    0.4 * 0.7 + 0.6 * 0.7 + 0.4 * 0.3 = 0.82, and a loss of -log(0.82).
+
+    >>> al.ctc_loss(logits, np.asarray([[1]]))
+    array([0.19845094])
+    """
+    call = check_ctc(
+        logits=logits,
+        labels=labels,
+        logit_lengths=logit_lengths,
+        label_lengths=label_lengths,
+        blank=blank,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+        xp=xp,
+    )
+    return compute(RULE, call)
