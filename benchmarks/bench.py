@@ -247,6 +247,7 @@ CASE_SIZES: dict[str, tuple[str, ...]] = {
     "sequence": ("batch", "time", "classes"),
     "dense": ("rows", "classes"),
     "binary": ("rows", "classes"),
+    "ctc": ("ctc",),
     "linear": ("linear_rows", "features", "classes"),
     "sweep": ("rows", "sweep"),
     "gpu": ("gpu_rows", "gpu_classes"),

@@ -20,6 +20,7 @@ LOSSES = [
     al.sigmoid_binary_cross_entropy,
     al.sigmoid_focal_loss,
     al.kl_divergence,
+    al.ctc_loss,
 ]
 
 

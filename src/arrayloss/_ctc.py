@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._labels import label_indices
@@ -14,6 +14,7 @@ from ._lib._reduce import example_scale, reduce_losses
 from ._lib._softmax import exp_sums
 from ._lib._validation import (
     Array,
+    ArrayT,
     Reduction,
     as_index,
     check_floating,
@@ -357,7 +358,7 @@ RULE = Rule(check_ctc, _forward, _backward, with_constants=lambda call, constant
 
 @differentiable(RULE)
 def ctc_loss(
-    logits: Array,
+    logits: ArrayT,
     labels: Array,
     /,
     *,
@@ -367,7 +368,7 @@ def ctc_loss(
     reduction: Reduction = "none",
     zero_infinity: bool = False,
     xp: ModuleType | None = None,
-) -> Array:
+) -> ArrayT:
     r"""The Connectionist Temporal Classification loss of unaligned label sequences.
 
     .. math:: \ell_b = -\log \sum_{\pi \in \mathcal{B}^{-1}(y_b)} \prod_{t=1}^{T_b} p_{t, \pi_t}
@@ -451,4 +452,4 @@ def ctc_loss(
         zero_infinity=zero_infinity,
         xp=xp,
     )
-    return compute(RULE, call)
+    return cast(ArrayT, compute(RULE, call))
