@@ -403,7 +403,8 @@ def test_scan_row_blocks_order(backend, reverse):
             total = carry + backend.xp.sum(block)
             return total, (block + carry,)
 
-        return ops.scan_row_blocks(fn, backend.xp.zeros((), dtype=x.dtype), (x,), 2, reverse=reverse)
+        start = backend.xp.zeros((), dtype=x.dtype, device=backend.device)
+        return ops.scan_row_blocks(fn, start, (x,), 2, reverse=reverse)
 
     order = [[4], [2, 3], [0, 1]] if reverse else [[0, 1], [2, 3], [4]]
     expected, carry = np.zeros_like(rows), 0.0
