@@ -223,7 +223,7 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     def log_add(a: Array, b: Array) -> Array:
         both = (a == -math.inf) & (b == -math.inf)
         zero = xp.zeros_like(a)
-        return xp.where(both, a, xp.logaddexp(xp.where(both, zero, a), xp.where(both, zero, b)))
+        return xp.where(both, a, ops.logaddexp(xp.where(both, zero, a), xp.where(both, zero, b)))
 
     return log_add
 
@@ -241,7 +241,7 @@ def _alphas(lattice: Lattice, ops: Ops, differentiated: bool) -> tuple[Array, Ar
     start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
     if frames == 0:
         return start, emissions
-    log_add = _differentiable_log_add(ops) if differentiated else xp.logaddexp
+    log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
 
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
         padded = xp.concat([gap, alpha], axis=1)
@@ -272,7 +272,7 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
         # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
         padded = xp.concat([following, gap], axis=1)
         skip = xp.where(skips, padded[:, 2:], no_skip)
-        left = xp.logaddexp(xp.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
+        left = ops.logaddexp(ops.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
         beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
         return beta + emission[0, ...], (beta[None, ...],)
 

@@ -35,6 +35,9 @@ from ._settings import current
 class JaxOps(Ops):
     """JAX: ``lax.stop_gradient``, ``jax.custom_vjp`` for rules with ``with_constants``, ``lax.scan``."""
 
+    def logaddexp(self, a: Array, b: Array) -> Array:
+        return self.xp.logaddexp(a, b)  # stable, with JAX's own derivative where both are -inf
+
     def takes_analytic_backward(self, rule: Any, call: Any) -> bool:
         return current().analytic_backward and rule.with_constants is not None
 

@@ -11,6 +11,7 @@ computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -119,6 +120,16 @@ class Ops:
         """
         return x
 
+    def logaddexp(self, a: Array, b: Array) -> Array:
+        """``log(exp(a) + exp(b))`` without overflow or underflow: ``max + log1p(exp(min - max))``, and
+        ``-inf`` where both are (the standard does not require the library's ``logaddexp`` to be
+        stable, and ndonnx's underflows below -104 in float32)."""
+        xp = self.xp
+        larger, smaller = xp.maximum(a, b), xp.minimum(a, b)
+        finite = larger > -math.inf
+        gap = smaller - xp.where(finite, larger, xp.zeros_like(larger))  # never -inf - -inf
+        return xp.where(finite, larger + xp.log1p(xp.exp(gap)), larger)
+
     def row_max(self, x: Array) -> Array:
         """``max(x)`` over the last axis, kept."""
         return self.xp.max(x, axis=-1, keepdims=True)
@@ -189,6 +200,9 @@ class NumpyOps(Ops):
 
     def is_eager(self, x: Array) -> bool:
         return True
+
+    def logaddexp(self, a: Array, b: Array) -> Array:
+        return self.xp.logaddexp(a, b)  # NumPy's ufunc is stable: one call
 
     def row_max(self, x: Array) -> Array:
         return sys.modules["numpy"].maximum.reduce(x, axis=-1, keepdims=True)

@@ -94,6 +94,9 @@ class TorchOps(Ops):
     def device(self, x: Array) -> Any:
         return x.device
 
+    def logaddexp(self, a: Array, b: Array) -> Array:
+        return torch.logaddexp(a, b)  # stable: one call
+
     def exp_of_temporary(self, x: Array) -> Array:
         return x.exp_()
 
