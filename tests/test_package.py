@@ -1,5 +1,6 @@
 """Package-level properties: imports, public signatures, typing marker."""
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -84,3 +85,15 @@ def test_py_typed_marker_ships():
 def test_public_names():
     assert set(al.__all__) >= {f.__name__ for f in LOSSES}
     assert all(callable(getattr(al, name)) for name in al.__all__ if name != "compat")
+
+
+@pytest.mark.parametrize("module", ["tf", "tfa", "torch", "optax"])
+def test_compat_modules_declare_their_public_names(module):
+    """``__all__`` lists exactly the module's public functions (``from arrayloss.compat.tf import *``)."""
+    compat = importlib.import_module(f"arrayloss.compat.{module}")
+    public = {
+        name
+        for name, value in vars(compat).items()
+        if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == compat.__name__
+    }
+    assert set(compat.__all__) == public

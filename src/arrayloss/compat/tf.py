@@ -16,6 +16,8 @@ from .._sequence import LossFunction
 from .._sequence import sequence_loss_by_example as _by_example
 from .._sparse import sparse_softmax_cross_entropy
 
+__all__ = ["sequence_loss", "sequence_loss_by_example", "sparse_softmax_cross_entropy_with_logits"]
+
 
 def sparse_softmax_cross_entropy_with_logits(*, labels: Array, logits: Array) -> Array:
     """``tf.nn.sparse_softmax_cross_entropy_with_logits``: per-example loss over the last axis.
