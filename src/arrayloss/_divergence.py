@@ -79,28 +79,28 @@ def check_divergence(
     return DivergenceCall(ops, log_predictions, targets, axis, log_targets, weights, reduction)
 
 
-def _terms(call: DivergenceCall, log_predictions: Array) -> tuple[Array, Array, Array | None]:
-    """Per element, classes last in the accumulation dtype: ``t * (log t - log p)`` (0 where t = 0,
-    whatever log p is), the targets ``t``, and the example weights broadcast to the examples."""
+def _targets(call: DivergenceCall, dtype: object) -> tuple[Array, Array, Array | None]:
+    """Classes last in the accumulation ``dtype``: the targets as given, the probabilities ``t``, and
+    the example weights broadcast to the examples."""
     xp = call.ops.xp
-    dtype = compute_dtype(log_predictions.dtype, xp)
-    log_p = xp.astype(class_axis_last(log_predictions, call.axis, xp), dtype, copy=False)
     given = xp.astype(class_axis_last(call.targets, call.axis, xp), dtype, copy=False)
     t = xp.exp(given) if call.log_targets else given
-    present = t > 0
-    zero = xp.zeros_like(t)
-    # Where t = 0 both logarithms are replaced by 0 before they meet t: no 0 * -inf, no log(0).
-    log_t = xp.where(present, given, zero) if call.log_targets else xp.log(xp.where(present, t, zero + 1))
-    terms = t * (log_t - xp.where(present, log_p, zero))
     w = call.weights
-    w = None if w is None else broadcast_like(xp.astype(w, dtype), terms[..., 0], xp)
-    return terms, t, w
+    w = None if w is None else broadcast_like(xp.astype(w, dtype), t[..., 0], xp)
+    return given, t, w
 
 
 def _forward(call: DivergenceCall, log_predictions: Array) -> tuple[Array, tuple[Array, ...]]:
     ops = call.ops
-    terms, _, w = _terms(call, log_predictions)
-    loss = ops.xp.sum(terms, axis=-1)
+    xp = ops.xp
+    dtype = compute_dtype(log_predictions.dtype, xp)
+    log_p = xp.astype(class_axis_last(log_predictions, call.axis, xp), dtype, copy=False)
+    given, t, w = _targets(call, dtype)
+    present = t > 0
+    zero = xp.zeros_like(t)
+    # Where t = 0 both logarithms are replaced by 0 before they meet t: no 0 * -inf, no log(0).
+    log_t = xp.where(present, given, zero) if call.log_targets else xp.log(xp.where(present, t, zero + 1))
+    loss = xp.sum(t * (log_t - xp.where(present, log_p, zero)), axis=-1)
     return ops.as_result(reduce_losses(loss, w, call.reduction, ops), log_predictions.dtype), ()
 
 
@@ -110,8 +110,8 @@ def _backward(
     (log_predictions,) = primals
     ops = call.ops
     xp = ops.xp
-    terms, t, w = _terms(call, log_predictions)
-    scale = example_scale(cotangent, w, call.reduction, terms[..., 0], t.dtype, ops)
+    _, t, w = _targets(call, compute_dtype(log_predictions.dtype, xp))
+    scale = example_scale(cotangent, w, call.reduction, t[..., 0], t.dtype, ops)
     return (as_layout_of(-t * scale[..., None], log_predictions, call.axis, xp),)
 
 
