@@ -115,7 +115,7 @@ def _check_targets(targets: Array, xp: ModuleType) -> None:
 
 
 def _element_terms(
-    call: BinaryCall, z: Array, t: Array, pos_weight: Array | None, *, derivative: bool
+    call: BinaryCall, z: Array, t: Array, w: Array | None, pos_weight: Array | None, *, derivative: bool
 ) -> tuple[Array, Array | None]:
     """The loss of each element of ``z`` (in its accumulation dtype) before weights, and its derivative
     with respect to ``z`` (None unless asked for).
@@ -124,6 +124,8 @@ def _element_terms(
     and 1 at every logit (no cancellation of a large ``z`` against itself).
     """
     xp = call.ops.xp
+    if w is not None:  # an element of weight 0 counts as absent, whatever its logit: no inf - inf, no NaN
+        z = xp.where((w == 0) & ~xp.isfinite(z), xp.zeros_like(z), z)
     t = xp.astype(t, z.dtype, copy=False)
     if call.label_smoothing:
         t = t * (1.0 - call.label_smoothing) + call.label_smoothing / 2
@@ -172,10 +174,9 @@ def _focal(
 
 
 class _Inputs(NamedTuple):
-    """The arrays of a call, the side inputs broadcast to the logits (views where the library has them),
-    and the denominator of the mean."""
+    """The side inputs of a call broadcast to the logits (views where the library has them), and the
+    denominator of the mean."""
 
-    logits: Array
     side: tuple[Array, ...]  # targets, then weights and pos_weight where given
     weighted: bool
     has_pos_weight: bool
@@ -186,13 +187,10 @@ def _inputs(call: BinaryCall, logits: Array) -> _Inputs:
     ops = call.ops
     xp = ops.xp
     dtype = compute_dtype(logits.dtype, xp)
-    z = logits
     side = [call.targets]
     denominator = None
     if call.weights is not None:
         w = broadcast_like(xp.astype(call.weights, dtype, copy=False), logits, xp)
-        # An element of weight 0 counts as absent, whatever its logit: no inf - inf, no NaN.
-        z = xp.where((w == 0) & ~xp.isfinite(logits), xp.zeros_like(logits), logits)
         side.append(w)
         if call.reduction == "mean":
             denominator = xp.sum(w)
@@ -204,7 +202,7 @@ def _inputs(call: BinaryCall, logits: Array) -> _Inputs:
             denominator = xp.asarray(float(size), dtype=dtype, device=ops.device(logits))
     if call.pos_weight is not None:
         side.append(broadcast_like(xp.astype(call.pos_weight, dtype, copy=False), logits, xp))
-    return _Inputs(z, tuple(side), call.weights is not None, call.pos_weight is not None, denominator)
+    return _Inputs(tuple(side), call.weights is not None, call.pos_weight is not None, denominator)
 
 
 def _unpack(inputs: _Inputs, side: tuple[Array, ...]) -> tuple[Array, Array | None, Array | None]:
@@ -215,9 +213,8 @@ def _unpack(inputs: _Inputs, side: tuple[Array, ...]) -> tuple[Array, Array | No
     return t, w, pw
 
 
-def _in_blocks(inputs: _Inputs, ops: Ops) -> tuple[int | None, tuple[Array, ...]]:
+def _in_blocks(z: Array, inputs: _Inputs, ops: Ops) -> tuple[int | None, tuple[Array, ...]]:
     """Rows per block (None: one piece) and the arrays as rows, for :func:`map_row_blocks`."""
-    z = inputs.logits
     block = rows_per_block(None, z, ops, block_bytes=ops.elementwise_block_bytes)
     arrays = (z, *inputs.side)
     if block is None:
@@ -242,15 +239,15 @@ def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
 
     def weighted_losses(z: Array, *side: Array) -> tuple[Array]:
         t, w, pw = _unpack(inputs, side)
-        loss = _element_terms(call, z, t, pw, derivative=False)[0]
+        loss = _element_terms(call, z, t, w, pw, derivative=False)[0]
         return (loss if w is None else loss * w,)
 
     if call.reduction == "none":
         loss = in_row_blocks(
-            weighted_losses, inputs.logits, inputs.side, ops, block_bytes=ops.elementwise_block_bytes
+            weighted_losses, logits, inputs.side, ops, block_bytes=ops.elementwise_block_bytes
         )[0]
         return xp.astype(loss, logits.dtype, copy=False), ()
-    block, arrays = _in_blocks(inputs, ops)
+    block, arrays = _in_blocks(logits, inputs, ops)
 
     def row_sums(z: Array, *side: Array) -> Array:
         return xp.sum(weighted_losses(in_compute_dtype(z, xp), *side)[0], axis=-1)
@@ -277,16 +274,14 @@ def _value_and_gradient(
     def gradient_rows(z: Array, *rows: Array) -> tuple[Array, ...]:
         factor = rows[-1] if per_element else scale
         t, w, pw = _unpack(inputs, rows[:-1] if per_element else rows)
-        loss, d_loss = _element_terms(call, z, t, pw, derivative=True)
+        loss, d_loss = _element_terms(call, z, t, w, pw, derivative=True)
         grad = (factor if w is None else factor * w) * d_loss
         if cotangent is not None:
             return (grad,)
         return grad, xp.sum(loss if w is None else loss * w, axis=-1)
 
     side = (*inputs.side, scale) if per_element else inputs.side
-    grad, *sums = in_row_blocks(
-        gradient_rows, inputs.logits, side, ops, block_bytes=ops.elementwise_block_bytes
-    )
+    grad, *sums = in_row_blocks(gradient_rows, logits, side, ops, block_bytes=ops.elementwise_block_bytes)
     value = ops.as_result(_total(call, inputs, sums[0]), logits.dtype) if sums else None
     return value, xp.astype(grad, logits.dtype, copy=False)
 
