@@ -27,8 +27,8 @@ TEST_TOOLS = (".[test]",)  # pytest-xdist among them: the CPU sessions run one p
 # Tests handed to idle workers as they finish: a few long ones (hypothesis properties, chunk_size=1 on
 # ndonnx) would otherwise leave one worker busy at the end.
 PARALLEL = ("-n", "auto", "--dist", "worksteal")
-# The documentation site's tools, pinned like ruff and mypy (a new release must not fail `docs`).
-DOC_TOOLS = ("sphinx==9.0.4", "myst-parser==5.2.0", "numpydoc==1.11.0", "docutils==0.22.4")
+# The documentation site's tools, pinned like ruff and mypy; Read the Docs installs the same file.
+DOC_TOOLS = ("-r", "docs/requirements.txt")
 
 # (id, backend module, --device value, extra requirements, tags)
 MATRIX = [
@@ -94,7 +94,7 @@ def docs(session: nox.Session) -> None:
 
     The site lands in .nox/docs/tmp/html. The docstrings' examples and the README's are run by ``tests``.
     """
-    session.install(*CONSTRAINTS, ".[docs]", *DOC_TOOLS, "pytest")
+    session.install(*CONSTRAINTS, ".", *DOC_TOOLS, "pytest")
     html = Path(session.create_tmp()) / "html"
     shutil.rmtree(html, ignore_errors=True)  # a full build: Sphinx repeats no warning of an unchanged page
     session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(html))

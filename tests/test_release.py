@@ -38,3 +38,14 @@ def test_readme_links_the_changelog_and_the_version_policy():
         assert f"]({target})" in readme and (ROOT / target).is_file()
     policy = (ROOT / "docs" / "versioning.md").read_text()
     assert "breaking change" in policy and "DeprecationWarning" in policy
+
+
+def test_read_the_docs_builds_as_the_docs_session_does():
+    """The published site: docs/conf.py, warnings as errors, and the pinned tools that `nox -s docs` uses."""
+    config = (ROOT / ".readthedocs.yaml").read_text()
+    settings = ("configuration: docs/conf.py", "fail_on_warning: true", "requirements: docs/requirements.txt")
+    for setting in settings:
+        assert setting in config
+    pins = (ROOT / "docs" / "requirements.txt").read_text().split()
+    assert {pin.split("==")[0] for pin in pins if "==" in pin} >= {"sphinx", "myst-parser", "numpydoc"}
+    assert '"docs/requirements.txt"' in (ROOT / "noxfile.py").read_text()
