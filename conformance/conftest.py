@@ -179,19 +179,33 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
 
 
+# Backends whose every array operation is a separate runtime call (ndonnx: an ONNX model run each):
+# blocks of one row multiply those calls by the rows, and blocks of 3 rows test the same loop there.
+ONE_CALL_PER_OPERATION = {"ndonnx"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backend(*names): a test of these backends only, deselected (not skipped) on the others"
     )
+    config.addinivalue_line(
+        "markers", f"one_row_blocks: blocks of one row, deselected on {sorted(ONE_CALL_PER_OPERATION)}"
+    )
+
+
+def _runs_on(item: pytest.Item, backend: str) -> bool:
+    marker = item.get_closest_marker("backend")
+    if marker is not None and backend not in marker.args:
+        return False
+    return not (backend in ONE_CALL_PER_OPERATION and item.get_closest_marker("one_row_blocks"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests marked for other backends: they are not this run's, not skipped ones of it."""
+    """Deselect the tests that are not this backend's: not skipped ones of this run."""
     backend = config.getoption("--backend")
     kept, deselected = [], []
     for item in items:
-        marker = item.get_closest_marker("backend")
-        (deselected if marker is not None and backend not in marker.args else kept).append(item)
+        (kept if _runs_on(item, backend) else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
