@@ -19,6 +19,7 @@ from ._lib._softmax import (
     log_of_sum,
     shifted_log_sum,
     softmax_and_lse,
+    subtract,
     unsafe_dropped_rows,
     zero_dropped_rows,
 )
@@ -167,7 +168,7 @@ def masked_dense_losses(z: Array, targets: Array, *, label_smoothing: float, ops
     if label_smoothing:
         targets = (1.0 - label_smoothing) * targets + label_smoothing / z.shape[-1]
     shift, log_sum = shifted_log_sum(z, ops)
-    log_probs = (z - shift) - log_sum
+    log_probs = subtract(z - shift, log_sum, ops)  # NaN in a row holding +inf
     zero = xp.asarray(0, dtype=z.dtype, device=ops.device(z))
     # A target of 0 contributes 0, also where the log-probability is -inf (no 0 * -inf = NaN); a finite
     # log-probability is kept, so the derivative with respect to a target of 0 is still -log p.

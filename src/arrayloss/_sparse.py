@@ -26,6 +26,7 @@ from ._lib._softmax import (
     exp_sums,
     shifted_log_sum,
     softmax_and_lse,
+    subtract,
     unsafe_dropped_rows,
     zero_dropped_rows,
 )
@@ -215,9 +216,15 @@ def losses_from_row_stats(
     as from :func:`~._lib._softmax.shifted_log_sum`) and in-range labels."""
     xp = ops.xp
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
-    loss = log_sum[..., 0] - (ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0])
+    loss = subtract(log_sum[..., 0], ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0], ops)
     if label_smoothing:
-        smooth = log_sum[..., 0] - xp.mean(z - shift, axis=-1)  # the mean of huge z would be rounded
+        shifted = z - shift  # the mean of huge z would be rounded
+        # lse(z) - mean(z) is NaN in a row holding NaN, +inf or only -inf (inf - inf): NaN there, computed
+        # without the warning of a sum of +inf and -inf
+        undefined = ~xp.isfinite(log_sum)
+        if not ops.is_eager(z) or not ops.all_true(~undefined):
+            shifted = xp.where(undefined, 0.0, shifted)
+        smooth = xp.where(undefined[..., 0], math.nan, log_sum[..., 0] - xp.mean(shifted, axis=-1))
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
         lse = log_sum[..., 0] + shift[..., 0]

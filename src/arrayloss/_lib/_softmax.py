@@ -63,6 +63,15 @@ def difference(x: Array, y: Array, ops: Ops, *, scratch: Array | None = None) ->
     return ops.subtract_into(rows, x, y)
 
 
+def subtract(x: Array, y: Array, ops: Ops) -> Array:
+    """``x - y`` (per-row values), NaN where both are the same infinity, with no floating-point "invalid"
+    warning: a row's log-sum-exp minus its label's logit is ``inf - inf`` where that logit is ``+inf``,
+    also in rows that a weight of 0 then drops."""
+    xp = ops.xp
+    undefined = xp.isinf(y) & (x == y)
+    return xp.where(undefined, math.nan, x - xp.where(undefined, 0.0, y))
+
+
 def log_of_sum(total: Array, ops: Ops) -> Array:
     """``log(total)`` of sums of exponentials, ``-inf`` (never a ``log(0)`` warning) where they are 0."""
     xp = ops.xp
