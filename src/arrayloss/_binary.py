@@ -177,9 +177,7 @@ class _Inputs(NamedTuple):
     """The side inputs of a call broadcast to the logits (views where the library has them), and the
     denominator of the mean."""
 
-    side: tuple[Array, ...]  # targets, then weights and pos_weight where given
-    weighted: bool
-    has_pos_weight: bool
+    side: tuple[Array, ...]  # targets, then weights and pos_weight where the call has them
     denominator: Array | None  # of the mean
 
 
@@ -202,14 +200,14 @@ def _inputs(call: BinaryCall, logits: Array) -> _Inputs:
             denominator = xp.asarray(float(size), dtype=dtype, device=ops.device(logits))
     if call.pos_weight is not None:
         side.append(broadcast_like(xp.astype(call.pos_weight, dtype, copy=False), logits, xp))
-    return _Inputs(tuple(side), call.weights is not None, call.pos_weight is not None, denominator)
+    return _Inputs(tuple(side), denominator)
 
 
-def _unpack(inputs: _Inputs, side: tuple[Array, ...]) -> tuple[Array, Array | None, Array | None]:
+def _unpack(call: BinaryCall, side: tuple[Array, ...]) -> tuple[Array, Array | None, Array | None]:
     """Targets, weights and pos_weight out of ``side`` (rows of :attr:`_Inputs.side`)."""
     t, rest = side[0], list(side[1:])
-    w = rest.pop(0) if inputs.weighted else None
-    pw = rest.pop(0) if inputs.has_pos_weight else None
+    w = rest.pop(0) if call.weights is not None else None
+    pw = rest.pop(0) if call.pos_weight is not None else None
     return t, w, pw
 
 
@@ -238,7 +236,7 @@ def _forward(call: BinaryCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
     inputs = _inputs(call, logits)
 
     def weighted_losses(z: Array, *side: Array) -> tuple[Array]:
-        t, w, pw = _unpack(inputs, side)
+        t, w, pw = _unpack(call, side)
         loss = _element_terms(call, z, t, w, pw, derivative=False)[0]
         return (loss if w is None else loss * w,)
 
@@ -273,7 +271,7 @@ def _value_and_gradient(
 
     def gradient_rows(z: Array, *rows: Array) -> tuple[Array, ...]:
         factor = rows[-1] if per_element else scale
-        t, w, pw = _unpack(inputs, rows[:-1] if per_element else rows)
+        t, w, pw = _unpack(call, rows[:-1] if per_element else rows)
         loss, d_loss = _element_terms(call, z, t, w, pw, derivative=True)
         grad = (factor if w is None else factor * w) * d_loss
         if cotangent is not None:
