@@ -258,8 +258,8 @@ def _value_and_gradients(
             d_bias = d_bias + xp.sum(g, axis=0)
         return (d_weight, d_bias), (loss, xp.matmul(g, rows.weight))
 
-    def zeros(a: Array | None) -> Array | None:
-        return None if a is None else xp.zeros(tuple(a.shape), dtype=call.dtype, device=device)
+    def zeros(a: Array | None) -> Array | None:  # zeros_like: in the blocks of `a` on Dask
+        return None if a is None else xp.zeros_like(a, dtype=call.dtype)
 
     (d_weight, d_bias), (losses, d_hidden) = ops.scan_row_blocks(
         chunk, (zeros(rows.weight), zeros(rows.bias)), (rows.hidden, rows.labels, scale), call.chunk
