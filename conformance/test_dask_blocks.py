@@ -126,6 +126,22 @@ def test_sparse_class_axis_first_stays_within_class_blocks(backend):
     check_gradient(got_grad, expected.T)
 
 
+def test_gradient_keeps_the_logits_blocks_whatever_the_labels_blocks(backend):
+    logits, labels, weights = sparse_problem(6)
+    z = blocked(backend, logits, (ROW_BLOCK, CLASS_BLOCK))
+    with no_compute(backend):
+        value, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(
+            z, blocked(backend, labels, (6,)), weights=blocked(backend, weights["weights"], (5,))
+        )
+    assert grad.chunks == z.chunks
+    (_, got_grad), _ = computed(value, grad)
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return ref.sparse_ce(x, labels, weights=weights["weights"])
+
+    check_gradient(got_grad, finite_differences(reference, logits))
+
+
 def test_dense_value_and_gradient_stay_within_class_blocks(backend):
     rng = np.random.default_rng(2)
     logits = rng.normal(scale=2.0, size=(ROWS, CLASSES))

@@ -10,6 +10,7 @@ every task within the blocks of their inputs:
 - **Loops over chunks of rows** (``linear_cross_entropy``) are left to Dask: its row blocks are
   the chunks, one call builds one graph over them, where a Python loop over slices that cut
   across the blocks would multiply the tasks.
+- **Gradients** come back in the blocks of their inputs (``value_and_grad``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ._ops import Ops
 
 
 class DaskOps(Ops):
-    """Dask: class indices blocked like the logits, no loop over chunks of rows."""
+    """Dask: class indices blocked like the logits, no loop over chunks of rows, gradients in the
+    blocks of their inputs."""
 
     def class_indices(self, z: Array, dtype: Any) -> Array:
         classes = z.chunks[-1]
@@ -33,3 +35,8 @@ class DaskOps(Ops):
 
     def has_blocks(self, x: Array) -> bool:
         return True
+
+    def in_blocks_of(self, x: Array, like: Array) -> Array:
+        if x.chunks == like.chunks or any(math.isnan(size) for sizes in like.chunks for size in sizes):
+            return x
+        return x.rechunk(like.chunks)

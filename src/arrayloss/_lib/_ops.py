@@ -197,6 +197,12 @@ class Ops:
         """
         return False
 
+    def in_blocks_of(self, x: Array, like: Array) -> Array:
+        """``x``, of the shape of ``like``, in ``like``'s blocks where the library splits arrays into
+        blocks (Dask): a gradient keeps the blocks of its input, whatever those of the other inputs
+        (labels in other blocks of rows would split it finer). The standard: ``x`` itself."""
+        return x
+
     def as_result(self, out: Array, dtype: object) -> Array:
         """``out`` in the result ``dtype``."""
         return out if out.dtype == dtype else self.xp.astype(out, dtype)
