@@ -138,7 +138,7 @@ def main() -> None:
             n_workers=args.workers,
             threads_per_worker=args.threads,
             memory_limit=args.memory,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,

@@ -257,7 +257,7 @@ def cluster_client(backend) -> Iterator[Any]:
             threads_per_worker=1,
             processes=False,
             memory_limit=WORKER_MEMORY,
-            dashboard_address=None,
+            dashboard_address=":0",  # the HTTP server on a free port: the default, 8787, may be taken
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,

@@ -37,6 +37,5 @@ class DaskOps(Ops):
         return True
 
     def in_blocks_of(self, x: Array, like: Array) -> Array:
-        if x.chunks == like.chunks or any(math.isnan(size) for sizes in like.chunks for size in sizes):
-            return x
-        return x.rechunk(like.chunks)
+        unknown = any(math.isnan(size) for a in (x, like) for sizes in a.chunks for size in sizes)
+        return x if unknown or x.chunks == like.chunks else x.rechunk(like.chunks)
