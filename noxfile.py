@@ -37,7 +37,8 @@ MATRIX = [
     ("array_api_strict-device1", "array_api_strict", "device1", (), ["cpu"]),
     ("torch-cpu", "torch", "cpu", ("torch",), ["cpu"]),
     ("jax-cpu", "jax", "cpu", ("jax", "optax"), ["cpu"]),
-    ("dask", "dask", "default", ("dask[array]",), ["cpu"]),
+    # distributed: test_dask_blocks.py computes on a LocalCluster with a memory limit per worker.
+    ("dask", "dask", "default", ("dask[array]", "distributed"), ["cpu"]),
     # ONNX-backed arrays, eager here; test_unknown_shapes.py also builds lazy graphs of unknown batch size.
     ("ndonnx", "ndonnx", "default", ("ndonnx", "onnxruntime"), ["cpu"]),
     ("torch-cuda", "torch", "cuda", ("torch",), ["gpu"]),

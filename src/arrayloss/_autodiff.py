@@ -201,6 +201,9 @@ def value_and_grad(loss: Callable[P, Array], /) -> Callable[P, tuple[Array, Any]
         else:
             value, residuals = rule.forward(call, *call.primals)
             grads = rule.backward(call, call.primals, residuals, call.ops.xp.ones_like(value))
+        grads = tuple(
+            g if g is None else call.ops.in_blocks_of(g, p) for g, p in zip(grads, call.primals, strict=True)
+        )
         return value, rule.unpack(call, grads)
 
     return loss_value_and_grad

@@ -36,7 +36,7 @@ class LinearCall(NamedTuple):
     """A checked call of :func:`linear_cross_entropy` (see :class:`~._autodiff.Call`).
 
     ``dtype`` is the accumulation dtype, ``chunk`` the rows per chunk (None: one chunk, where the
-    number of rows is unknown).
+    number of rows is unknown or the library's own blocks are the chunks, see ``Ops.has_blocks``).
     """
 
     ops: Ops
@@ -119,7 +119,8 @@ def check_linear(
     )
     dtype = compute_dtype(xp.result_type(hidden.dtype, weight.dtype), xp)
     rows = size_of(tuple(labels.shape))
-    if rows is None:  # an unknown number of rows: no loop over chunks
+    if rows is None or (chunk_size is None and ops.has_blocks(hidden)):
+        # An unknown number of rows, or rows in the library's own blocks (Dask): one call, no loop.
         chunk_size = None
     elif chunk_size is None:  # chunks of logits of at most about linear_chunk_bytes, of equal rows
         row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
@@ -257,8 +258,8 @@ def _value_and_gradients(
             d_bias = d_bias + xp.sum(g, axis=0)
         return (d_weight, d_bias), (loss, xp.matmul(g, rows.weight))
 
-    def zeros(a: Array | None) -> Array | None:
-        return None if a is None else xp.zeros(tuple(a.shape), dtype=call.dtype, device=device)
+    def zeros(a: Array | None) -> Array | None:  # zeros_like: in the blocks of `a` on Dask
+        return None if a is None else xp.zeros_like(a, dtype=call.dtype)
 
     (d_weight, d_bias), (losses, d_hidden) = ops.scan_row_blocks(
         chunk, (zeros(rows.weight), zeros(rows.bias)), (rows.hidden, rows.labels, scale), call.chunk
@@ -342,7 +343,8 @@ def linear_cross_entropy(
     weights, class_weights, ignore_index, label_smoothing, z_loss, reduction, softcap
         As in :func:`sparse_softmax_cross_entropy`.
     chunk_size : int, optional
-        Rows (examples) per chunk. Default: chunks of logits of about 32 MiB.
+        Rows (examples) per chunk. Default: chunks of logits of about 32 MiB; on Dask, the row
+        blocks of ``hidden`` (with the class blocks of ``weight``, they bound each task's logits).
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 

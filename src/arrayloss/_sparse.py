@@ -317,7 +317,7 @@ def subtract_targets(
             grad -= uniform[:, None]
         grad[xp.arange(grad.shape[0], dtype=index.dtype, device=ops.device(grad)), index] = at_labels
         return grad
-    classes = xp.arange(num_classes, dtype=index.dtype, device=ops.device(grad))
+    classes = ops.class_indices(grad, index.dtype)
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
 
 

@@ -63,4 +63,8 @@ def ops_for(xp: ModuleType) -> Ops:
     if family == "torch":
         ops: Ops = _torch().TorchOps(xp)
         return ops
+    if family == "dask.array":
+        from ._dask import DaskOps  # dask is loaded: its namespace was handed in
+
+        return DaskOps(xp)
     return Ops(xp)

@@ -6,7 +6,8 @@ standard calls only; a subclass for one family of backends overrides a step wher
 measured to be faster (``benchmarks/RESULTS.md``) and gives the same numbers, which
 ``conformance/test_integrity.py`` checks against array-api-strict (the standard calls,
 computed by NumPy). The subclasses: :class:`NumpyOps` here, ``TorchOps`` in
-:mod:`._torch`, ``JaxOps`` in :mod:`._jax`; :func:`._backends.ops_for` picks one for a namespace.
+:mod:`._torch`, ``JaxOps`` in :mod:`._jax`, ``DaskOps`` in :mod:`._dask`; :func:`._backends.ops_for`
+picks one for a namespace.
 """
 
 from __future__ import annotations
@@ -175,9 +176,32 @@ class Ops:
             return xp.take_along_axis(z, index[..., None], axis=-1)[..., 0]
         # Namespaces without a gather (Dask): select with a comparison, never multiply by a one-hot
         # (0 * -inf would be NaN).
-        classes = xp.arange(z.shape[-1], dtype=index.dtype, device=self.device(z))
+        classes = self.class_indices(z, index.dtype)
         zero = xp.asarray(0, dtype=z.dtype, device=self.device(z))
         return xp.sum(xp.where(classes == index[..., None], z, zero), axis=-1)
+
+    def class_indices(self, z: Array, dtype: Any) -> Array:
+        """``arange(C)`` in ``dtype`` for the last axis (the classes, ``C``) of ``z``, to compare with
+        labels (``classes == labels[..., None]``) and select from ``z``'s rows.
+
+        Blocked like ``z``'s class axis where the library splits arrays into blocks (``DaskOps``):
+        no block of the comparison then spans more classes than a block of ``z``.
+        """
+        return self.xp.arange(z.shape[-1], dtype=dtype, device=self.device(z))
+
+    def has_blocks(self, x: Array) -> bool:
+        """Whether the library splits ``x`` into blocks that it runs as separate tasks (Dask).
+
+        Its blocks then bound each task's memory, and a loop over chunks of rows
+        (``linear_cross_entropy``) would only add tasks: one call serves.
+        """
+        return False
+
+    def in_blocks_of(self, x: Array, like: Array) -> Array:
+        """``x``, of the shape of ``like``, in ``like``'s blocks where the library splits arrays into
+        blocks (Dask): a gradient keeps the blocks of its input, whatever those of the other inputs
+        (labels in other blocks of rows would split it finer). The standard: ``x`` itself."""
+        return x
 
     def as_result(self, out: Array, dtype: object) -> Array:
         """``out`` in the result ``dtype``."""
