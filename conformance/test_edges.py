@@ -39,8 +39,6 @@ def row_shifted(z64):
     return z64 - z64.max(axis=-1, keepdims=True)
 
 
-
-
 def labels_of(backend, values):
     return backend.asarray(values, "int32")
 
