@@ -68,7 +68,7 @@ class LabelOptions(NamedTuple):
 
 def check_label_options(
     labels: Array,
-    num_classes: int,
+    num_classes: int | None,
     example_shape: tuple[int, ...],
     ops: Ops,
     *,
@@ -81,7 +81,11 @@ def check_label_options(
     chunk_size: int | None,
     softcap: float | None,
 ) -> LabelOptions:
-    """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them."""
+    """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them.
+
+    ``num_classes=None``: the classes are not known here (a vocabulary sharded over ranks), labels
+    are checked to be non-negative and ``class_weights`` must be None.
+    """
     check_reduction(reduction)
     if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < math.inf):
         raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
@@ -91,7 +95,7 @@ def check_label_options(
         ignore_index = as_index("ignore_index", ignore_index)
     if not z_loss >= 0:
         raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
-    if class_weights is not None:
+    if class_weights is not None and num_classes is not None:
         check_class_weights(class_weights, num_classes, ops)
     check_labels(labels, example_shape, ops.xp)
     if weights is not None:
@@ -214,13 +218,44 @@ def losses_from_row_stats(
     """Per-row cross entropy of ``z`` (classes last) from the rows' ``shift`` and ``log_sum`` (kept axis,
     as from :func:`~._lib._softmax.shifted_log_sum`) and in-range labels."""
     xp = ops.xp
+    label_gap = ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0]
+    # the mean of (z - shift), not of z: the mean of huge z would be rounded
+    mean_gap = xp.mean(z - shift, axis=-1) if label_smoothing else None
+    return losses_from_gaps(
+        shift[..., 0],
+        log_sum[..., 0],
+        label_gap,
+        mean_gap,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+
+
+def losses_from_gaps(
+    shift: Array,
+    log_sum: Array,
+    label_gap: Array,
+    mean_gap: Array | None,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+) -> Array:
+    r"""The rows' cross entropy from their statistics, each of the rows' leading shape.
+
+    ``lse = shift + log_sum`` is the log-sum-exp of a row, ``label_gap`` is :math:`z_y -`
+    ``shift`` and ``mean_gap`` the mean of :math:`z_c -` ``shift`` over the classes (needed
+    only with ``label_smoothing``). The statistics may come from one array of logits
+    (:func:`losses_from_row_stats`) or be summed over shards of the classes
+    (:mod:`arrayloss.distributed`).
+    """
     # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
-    loss = log_sum[..., 0] - (ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0])
+    loss = log_sum - label_gap
     if label_smoothing:
-        smooth = log_sum[..., 0] - xp.mean(z - shift, axis=-1)  # the mean of huge z would be rounded
+        assert mean_gap is not None
+        smooth = log_sum - mean_gap
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
-        lse = log_sum[..., 0] + shift[..., 0]
+        lse = log_sum + shift
         loss = loss + z_loss * lse * lse
     return loss
 
@@ -290,19 +325,30 @@ def sparse_losses(
 
 
 def subtract_targets(
-    grad: Array, safe_labels: Array, scale: Array, label_smoothing: float, ops: Ops
+    grad: Array,
+    safe_labels: Array,
+    scale: Array,
+    label_smoothing: float,
+    ops: Ops,
+    *,
+    num_classes: Array | None = None,
+    owned: Array | None = None,
 ) -> Array:
     """``grad`` minus the smoothed one-hot targets of ``safe_labels`` times ``scale`` (one per row).
 
-    ``grad`` is a temporary of the caller. Where ``Ops.views`` (NumPy, PyTorch), on rows
+    The targets spread ``label_smoothing`` over ``num_classes`` classes (a 0-d array; None: the
+    classes of ``grad``). ``owned`` (one per row; None: all) marks the rows whose label is a
+    class of ``grad``: the others (a shard of the classes, :mod:`arrayloss.distributed`) get the
+    uniform part only. ``grad`` is a temporary of the caller. Where ``Ops.views`` (NumPy, PyTorch), on rows
     (2-d), its label entries are assigned by index: the comparison with every class
     costs a pass over the block. Both compute ``grad - target`` in the same order: the
     same numbers.
     """
     xp = ops.xp
-    num_classes = grad.shape[-1]
-    uniform = scale * (label_smoothing / num_classes)
+    uniform = scale * (label_smoothing / (grad.shape[-1] if num_classes is None else num_classes))
     at_label = scale * (1.0 - label_smoothing) + uniform
+    if owned is not None:
+        at_label = xp.where(owned, at_label, uniform)
     index = label_indices(safe_labels, ops)
     if grad.ndim == 2 and ops.views:
         at_labels = xp.take_along_axis(grad, index[:, None], axis=-1)[:, 0] - at_label
@@ -310,7 +356,7 @@ def subtract_targets(
             grad -= uniform[:, None]
         grad[xp.arange(grad.shape[0], dtype=index.dtype, device=ops.device(grad)), index] = at_labels
         return grad
-    classes = xp.arange(num_classes, dtype=index.dtype, device=ops.device(grad))
+    classes = xp.arange(grad.shape[-1], dtype=index.dtype, device=ops.device(grad))
     return grad - xp.where(classes == index[..., None], at_label[..., None], uniform[..., None])
 
 
@@ -325,6 +371,8 @@ def sparse_logits_vjp(
     ops: Ops,
     row_stats: tuple[Array, Array] | None = None,
     softcap: float | None = None,
+    num_classes: Array | None = None,
+    owned: Array | None = None,
 ) -> Array:
     r"""Gradient of :math:`\sum_i s_i \ell_i` with respect to ``z`` (classes last, accumulation dtype).
 
@@ -338,22 +386,28 @@ def sparse_logits_vjp(
     ``row_stats`` are the rows' ``(shift, log_sum)`` from the forward pass
     (:func:`losses_and_row_stats`), which spare the reduction of every row; None
     computes them. With ``softcap``, the loss of the capped logits (:func:`capped`).
+    ``num_classes`` and ``owned`` as in :func:`subtract_targets`: ``z`` may be a shard of
+    the classes, whose softmax then needs the ``row_stats`` of all of them.
     Computed in blocks of rows (:func:`~._lib._blocks.in_row_blocks`).
     """
 
     def rows(
-        z: Array, safe_labels: Array, scale: Array, *stats: Array, scratch: Array | None = None
+        z: Array, safe_labels: Array, scale: Array, *extra: Array, scratch: Array | None = None
     ) -> tuple[Array]:
+        owned_rows, stats = (None, extra) if owned is None else (extra[0], extra[1:])
         cap = capped(z, softcap, ops)
         softmax, lse = softmax_and_lse(cap.z, scale, stats, masked, ops, scratch)
         coefficient = scale[..., None]
         if z_loss:
             coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
         softmax *= coefficient  # our temporary: in place where the library allows it
-        grad = subtract_targets(softmax, safe_labels, scale, label_smoothing, ops)
+        grad = subtract_targets(
+            softmax, safe_labels, scale, label_smoothing, ops, num_classes=num_classes, owned=owned_rows
+        )
         return (cap.gradient(grad, scale, masked, ops),)
 
-    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), ops, scratch=True)[0]
+    per_row = (safe_labels, scale, *(() if owned is None else (owned,)), *(row_stats or ()))
+    return in_row_blocks(rows, z, per_row, ops, scratch=True)[0]
 
 
 def gradient_rows_and_losses(
