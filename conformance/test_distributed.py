@@ -311,7 +311,7 @@ def test_bad_shapes_name_the_argument(backend):
             backend.asarray(np.ones((ROWS, 4))), z, y, vocab_start=0, collectives=OneRank()
         )
     if backend.eager:
-        with pytest.raises(ValueError, match="labels contains -1; class indices must be non-negative"):
+        with pytest.raises(ValueError, match=r"labels contains -[0-9]+; class indices must be non-negative"):
             vocab_parallel_cross_entropy(z, y - 7, vocab_start=0, collectives=OneRank())
 
 
@@ -386,9 +386,8 @@ def test_torch_distributed_gloo_two_processes(tmp_path):
 
 @pytest.mark.backend("torch")
 def test_torch_collectives_need_an_initialised_group():
-    x = pytest.importorskip("torch").zeros(2)
-    with pytest.raises((RuntimeError, ValueError)):
-        torch_collectives().sum(x)
+    with pytest.raises(RuntimeError, match=r"needs an initialised torch\.distributed process group"):
+        torch_collectives()
 
 
 # --- JAX shard_map on 8 host devices --------------------------------------------------------------

@@ -102,7 +102,8 @@ def torch_collectives(group: Any = None) -> Collectives:
     ``max`` and ``sum`` are ``torch.distributed.all_reduce`` with ``ReduceOp.MAX`` and
     ``ReduceOp.SUM`` on a copy of their argument. The maximum carries no gradient and the
     sum passes the gradient straight through (the loss is replicated on every rank). The
-    process group must be initialised (``torch.distributed.init_process_group``).
+    process group must be initialised (``torch.distributed.init_process_group``): a
+    ``RuntimeError`` says so otherwise.
 
     Examples
     --------
@@ -117,6 +118,12 @@ def torch_collectives(group: Any = None) -> Collectives:
         )
         loss.backward()
     """
+    dist = importlib.import_module("torch.distributed")
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "torch_collectives needs an initialised torch.distributed process group: "
+            "call torch.distributed.init_process_group first"
+        )
     return _TorchCollectives(group)
 
 
