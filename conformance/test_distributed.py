@@ -404,3 +404,29 @@ def test_jax_shard_map_on_eight_devices(tmp_path):
         assert case["grad_error"] <= 1e-10, name
         assert case["all_gathers"] == 0, name
         assert case["largest_all_reduce"] <= case["per_row_limit"], name
+
+
+def test_a_numpy_integer_vocab_start_is_an_int(backend):
+    logits, labels, _ = problem("plain", seed=9)
+    dtype = backend.float_dtypes[-1]
+    z, y = backend.asarray(logits, dtype), backend.asarray(labels)
+    out = vocab_parallel_cross_entropy(z, y, vocab_start=np.int64(0), collectives=OneRank())
+    backend.assert_close(out, ref.sparse_ce(logits, labels), dtype=dtype)
+
+
+@pytest.mark.backend("jax")
+def test_jax_grad_under_jit_on_one_device():
+    """``jax.jit(jax.grad(...))`` takes the rule (``custom_vjp``) with one rank's collectives."""
+    jax = pytest.importorskip("jax")
+    logits, labels, options = problem("everything", seed=10)
+    f = al.value_and_grad(al.sparse_softmax_cross_entropy)
+    _, expected = f(logits, labels, reduction="mean", **options)
+    given = {k: jax.numpy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+
+    def loss(z: Any) -> Any:
+        return vocab_parallel_cross_entropy(
+            z, jax.numpy.asarray(labels), vocab_start=0, collectives=OneRank(), reduction="mean", **given
+        )
+
+    grad = jax.jit(jax.grad(loss))(jax.numpy.asarray(logits))
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-10, atol=1e-12)

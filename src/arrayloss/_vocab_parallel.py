@@ -8,6 +8,7 @@ per-row math of :mod:`._sparse` and the chunks of :mod:`._linear`.
 from __future__ import annotations
 
 import operator
+import sys
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
@@ -62,10 +63,16 @@ def check_collectives(collectives: object) -> Collectives:
     return cast(Collectives, collectives)
 
 
+def is_start_array(vocab_start: object) -> bool:
+    """Whether ``vocab_start`` is an array (a NumPy scalar such as ``np.int64(3)`` counts as an int)."""
+    numpy = sys.modules.get("numpy")
+    return is_array(vocab_start) and not (numpy is not None and isinstance(vocab_start, numpy.generic))
+
+
 def check_vocab_start(vocab_start: object, ops: Ops) -> int | Array:
     """``vocab_start`` as a non-negative Python int or a 0-d integer array (values: eager arrays)."""
     xp = ops.xp
-    if is_array(vocab_start):
+    if is_start_array(vocab_start):
         start = cast(Array, vocab_start)
         if start.ndim != 0 or not xp.isdtype(start.dtype, "integral"):
             raise TypeError(
@@ -89,7 +96,7 @@ def check_vocab_start(vocab_start: object, ops: Ops) -> int | Array:
 
 
 def _ops_and_start(named: dict[str, Any], vocab_start: object, xp: ModuleType | None) -> tuple[Ops, Any]:
-    start = vocab_start if is_array(vocab_start) else None
+    start = vocab_start if is_start_array(vocab_start) else None
     ops = ops_of({**named, "vocab_start": start}, xp, optional=("bias", "weights", "vocab_start"))
     return ops, check_vocab_start(vocab_start, ops)
 
