@@ -32,6 +32,7 @@ This module imports no array library; the adapters import theirs when called.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -69,31 +70,26 @@ class _TorchCollectives:
         return out
 
 
+@functools.cache  # one class, made when first needed (torch is imported then)
 def _pass_through_sum() -> Any:
     """A ``torch.autograd.Function``: all-reduce SUM forward, the identity backward (not
     ``torch.distributed.nn``'s all-reduce of the gradient, which multiplies a replicated loss's
     gradient by the number of ranks)."""
-    global _PASS_THROUGH_SUM
-    if _PASS_THROUGH_SUM is None:
-        function: Any = importlib.import_module("torch.autograd").Function
-        dist = importlib.import_module("torch.distributed")
+    function: Any = importlib.import_module("torch.autograd").Function
+    dist = importlib.import_module("torch.distributed")
 
-        class PassThroughSum(function):  # type: ignore[misc]
-            @staticmethod
-            def forward(ctx: Any, x: Any, group: Any) -> Any:
-                out = x.clone()
-                dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-                return out
+    class PassThroughSum(function):  # type: ignore[misc]
+        @staticmethod
+        def forward(ctx: Any, x: Any, group: Any) -> Any:
+            out = x.clone()
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+            return out
 
-            @staticmethod
-            def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
-                return grad, None
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, None]:
+            return grad, None
 
-        _PASS_THROUGH_SUM = PassThroughSum
-    return _PASS_THROUGH_SUM
-
-
-_PASS_THROUGH_SUM: Any = None
+    return PassThroughSum
 
 
 def torch_collectives(group: Any = None) -> Collectives:
