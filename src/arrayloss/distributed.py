@@ -9,8 +9,10 @@ combined by two all-reduces, never gathering the logits:
 
 1. the row maxima, all-reduced by ``max`` (a constant of differentiation: the shift);
 2. the sums of ``exp(z - shift)``, the label's ``z_y - shift`` on the rank that owns the
-   label (0 elsewhere), the number of ranks owning it, with label smoothing the sums of
-   ``z - shift``, and the ranks' class counts, all-reduced together by one ``sum``.
+   label (0 elsewhere), with label smoothing the sums of ``z - shift``, on eager host
+   arrays the number of ranks owning the label (the check of the labels reads it), and the
+   ranks' class counts, all-reduced together by one ``sum`` (the linear variant all-reduces
+   the class count once per call, the rest once per chunk of rows).
 
 Every rank then holds the loss of :func:`arrayloss.sparse_softmax_cross_entropy` on the
 full logits. The gradient of the local logits is the local slice of the full gradient,
