@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from hypothesis import strategies as st
+from test_properties import backend_property
 
 import arrayloss as al
 from arrayloss.distributed import (
@@ -430,3 +432,43 @@ def test_jax_grad_under_jit_on_one_device():
 
     grad = jax.jit(jax.grad(loss))(jax.numpy.asarray(logits))
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-10, atol=1e-12)
+
+
+@st.composite
+def sharded_problems(draw: Any) -> dict[str, Any]:
+    """Rows (maybe none), classes split into 1-3 shards of any widths, and options."""
+    classes = draw(st.integers(1, 12))
+    ranks = draw(st.integers(1, min(3, classes)))
+    cuts: list[int] = []
+    if ranks > 1:
+        interior = st.lists(st.integers(1, classes - 1), min_size=ranks - 1, max_size=ranks - 1, unique=True)
+        cuts = sorted(draw(interior))
+    rows = draw(st.integers(0, 5))
+    seed = draw(st.integers(0, 2**16))
+    options = {
+        "label_smoothing": draw(st.sampled_from([0.0, 0.3])),
+        "z_loss": draw(st.sampled_from([0.0, 0.1])),
+        "reduction": draw(st.sampled_from(["none", "sum", "mean"])),
+    }
+    return {"classes": classes, "bounds": (0, *cuts, classes), "rows": rows, "seed": seed, "options": options}
+
+
+@backend_property(case=sharded_problems())
+def test_any_split_gives_the_full_loss_and_gradient(backend: Any, case: dict[str, Any]) -> None:
+    rng = np.random.default_rng(case["seed"])
+    logits = rng.normal(size=(case["rows"], case["classes"])) * 5.0
+    labels = rng.integers(0, case["classes"], size=case["rows"])
+    options = case["options"]
+    value, grad = al.value_and_grad(al.sparse_softmax_cross_entropy)(logits, labels, **options)
+    np.testing.assert_allclose(value, ref.sparse_ce(logits, labels, **options), rtol=1e-10, atol=1e-12)
+    dtype = backend.float_dtypes[-1]
+    f = al.value_and_grad(vocab_parallel_cross_entropy)
+
+    def rank(r: int, start: int, stop: int, collectives: Collectives) -> Any:
+        shard, y = backend.asarray(logits[:, start:stop], dtype), backend.asarray(labels)
+        return f(shard, y, vocab_start=start, collectives=collectives, **options)
+
+    bounds = case["bounds"]
+    for r, (out, local) in enumerate(on_ranks(bounds, backend.xp, rank)):
+        backend.assert_close(out, value, dtype=dtype)
+        backend.assert_close(local, grad[:, bounds[r] : bounds[r + 1]], dtype=dtype)

@@ -160,24 +160,42 @@ def shard_losses(
     eager = ops.is_eager(z)
     if eager:
         columns.append(xp.astype(owned, dtype))
-    table = xp.reshape(xp.stack(columns, axis=-1), (-1,))
+    extra = [class_count(num_local, dtype, ops, device)] if num_classes is None else []
+    summed, tail = sum_columns(columns, extra, collectives, ops)
     if num_classes is None:
-        summed = collectives.sum(xp.concat([table, class_count(num_local, dtype, ops, device)]))
-        table, num_classes = summed[:-1], summed[-1]
-    else:
-        table = collectives.sum(table)
-    table = xp.reshape(table, (-1, len(columns)))
-    log_sum = log_of_sum(table[:, 0], ops)
-    mean_gap = table[:, 2] / num_classes if label_smoothing else None
+        num_classes = tail[0]
+    log_sum = log_of_sum(summed[0], ops)
+    mean_gap = summed[2] / num_classes if label_smoothing else None
     loss = losses_from_gaps(
         shift[..., 0],
         log_sum,
-        table[:, 1],
+        summed[1],
         mean_gap,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
     )
-    return ShardStats(loss, shift[..., 0], log_sum, table[:, -1] if eager else None, num_classes)
+    return ShardStats(loss, shift[..., 0], log_sum, summed[-1] if eager else None, num_classes)
+
+
+def sum_columns(
+    columns: list[Array], extra: list[Array], collectives: Collectives, ops: Ops
+) -> tuple[list[Array], list[Array]]:
+    """The columns (one value per row each) and the ``extra`` 1-element arrays, all-reduced by one
+    ``sum`` of them laid end to end; returned apart again (``extra`` as 0-d arrays)."""
+    xp = ops.xp
+    rows = size_of(tuple(columns[0].shape))
+    if rows is None:  # rows of unknown number: a table of them, flattened (one reshape each way)
+        table = xp.reshape(xp.stack(columns, axis=-1), (-1,))
+        summed = collectives.sum(xp.concat([table, *extra]))
+        parts = xp.reshape(summed[: -len(extra) or None], (-1, len(columns)))
+        return [parts[:, k] for k in range(len(columns))], [
+            summed[-k - 1] for k in reversed(range(len(extra)))
+        ]
+    summed = collectives.sum(xp.concat([*columns, *extra]))  # no reshape (Dask cannot reshape empty arrays)
+    count = rows * len(columns)
+    return [summed[k * rows : (k + 1) * rows] for k in range(len(columns))], [
+        summed[count + k] for k in range(len(extra))
+    ]
 
 
 def class_count(num_local: int, dtype: Any, ops: Ops, device: Any) -> Array:
