@@ -203,6 +203,12 @@ def class_count(num_local: int, dtype: Any, ops: Ops, device: Any) -> Array:
     return ops.xp.asarray([num_local], dtype=dtype, device=device)
 
 
+def beyond(labels: Array, num_classes: Array, ops: Ops) -> Array:
+    """Whether each (non-negative) label is at least ``num_classes`` (a 0-d floating array)."""
+    xp = ops.xp
+    return xp.astype(labels, num_classes.dtype) >= num_classes
+
+
 def unowned_labels(stats: ShardStats, options: LabelOptions, ops: Ops, eager: bool) -> Array | None:
     """Counted labels that no rank (or more than one) holds: on ``eager`` arrays a ``ValueError``
     naming one (every rank raises it: the counts are all-reduced); otherwise a mask of the labels
@@ -211,8 +217,7 @@ def unowned_labels(stats: ShardStats, options: LabelOptions, ops: Ops, eager: bo
     labels, counted = options.raw_labels, options.labels.counted
     shape = reshape_target(tuple(labels.shape))
     if stats.owners is None:
-        safe = options.labels.safe
-        bad = xp.reshape(xp.astype(safe, stats.num_classes.dtype) >= stats.num_classes, shape)
+        bad = xp.reshape(beyond(options.labels.safe, stats.num_classes, ops), shape)
     else:
         owners = xp.reshape(stats.owners, shape)
         bad = owners != 1.0
@@ -542,7 +547,8 @@ class VocabParallelLinearCall(NamedTuple):
 
     @property
     def one_pass(self) -> bool:
-        return False
+        # the gradients with the value: one product per chunk fewer (as linear_cross_entropy)
+        return self.linear.options.reduction != "none"
 
 
 def check_vocab_parallel_linear(
@@ -590,39 +596,140 @@ def check_vocab_parallel_linear(
     return VocabParallelLinearCall(linear, start, collectives)
 
 
-def _linear_forward(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
-    """The loss, chunk by chunk (two all-reduces per chunk, and one of the class count), and the rows'
-    global statistics."""
+class _Gradients(NamedTuple):
+    """What a chunk needs for the gradient rows: each example's factor (``scale``, one per row) and
+    whether rows of factor 0 must stay exactly 0 (``masked``)."""
+
+    scale: Array
+    masked: bool
+
+
+def _linear_pass(
+    call: VocabParallelLinearCall,
+    primals: tuple[Array, ...],
+    num_classes: Array,
+    stats: tuple[Array, Array] | None,
+    gradients: _Gradients | None,
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """One pass over chunks of rows: ``(per-row outputs, gradients)``.
+
+    ``num_classes`` is the classes of all ranks (:func:`_num_classes`). Without ``stats`` (the
+    forward and the fused passes) each chunk's statistics come from :func:`shard_losses` (two
+    all-reduces per chunk) and the per-row outputs are ``(loss, shift, log_sum[, owners])``. With
+    ``stats``, the rows' ``(shift, log_sum)`` of a forward pass (the backward pass), no
+    collective but hidden's gradient. With ``gradients``, each chunk's
+    gradient rows (:func:`~arrayloss._sparse.sparse_logits_vjp` of the local classes) go
+    into ``(d_hidden, d_weight[, d_bias])``, hidden's all-reduced by ``sum`` (every rank's
+    classes contribute to it); one matrix product per chunk fewer in the fused pass than a
+    forward and a backward pass.
+    """
     linear, ops = call.linear, call.ops
     xp, options = ops.xp, linear.options
     rows = _rows(linear, primals)
-    # the classes of all ranks: one all-reduce of a scalar for all chunks
-    count = class_count(rows.weight.shape[0], linear.dtype, ops, ops.device(rows.hidden))
-    num_classes = call.collectives.sum(count)[0]
+    num_local = rows.weight.shape[0]
 
-    def chunk(carry: None, hidden_rows: Array, label_rows: Array) -> tuple[None, tuple[Array, ...]]:
-        stats = shard_losses(
-            rows.logits(hidden_rows, ops),
-            label_rows,
-            call.vocab_start,
-            call.collectives,
+    def chunk(
+        totals: tuple[Array, Array | None] | None, hidden_rows: Array, label_rows: Array, *given: Array
+    ) -> tuple[tuple[Array, Array | None] | None, tuple[Array, ...]]:
+        h = xp.astype(hidden_rows, linear.dtype, copy=False)
+        z = rows.logits(h, ops)
+        outputs: tuple[Array, ...] = ()
+        if stats is None:
+            found = shard_losses(
+                z,
+                label_rows,
+                call.vocab_start,
+                call.collectives,
+                label_smoothing=options.label_smoothing,
+                z_loss=options.z_loss,
+                ops=ops,
+                num_classes=num_classes,
+            )
+            shift_rows, log_sum_rows = found.shift, found.log_sum
+            outputs = (
+                found.loss,
+                shift_rows,
+                log_sum_rows,
+                *(() if found.owners is None else (found.owners,)),
+            )
+        else:
+            shift_rows, log_sum_rows = given[-2], given[-1]
+        if gradients is None or totals is None:
+            return totals, outputs
+        owned, index = local_labels(label_rows, call.vocab_start, num_local, ops)
+        g = sparse_logits_vjp(
+            z,
+            index,
+            given[0],
             label_smoothing=options.label_smoothing,
             z_loss=options.z_loss,
+            masked=gradients.masked,
             ops=ops,
+            row_stats=(shift_rows, log_sum_rows),
             num_classes=num_classes,
+            owned=owned,
         )
-        owners = () if stats.owners is None else (stats.owners,)
-        return None, (stats.loss, stats.shift, stats.log_sum, *owners)
+        d_weight, d_bias = totals
+        d_weight = add_transposed_product(d_weight, g, h, ops)
+        if d_bias is not None:
+            d_bias = d_bias + xp.sum(g, axis=0)
+        return (d_weight, d_bias), (*outputs, xp.matmul(g, rows.weight))
 
-    _, (loss, shift, log_sum, *owners) = ops.scan_row_blocks(
-        chunk, None, (rows.hidden, rows.labels), linear.chunk
-    )
+    def zeros(a: Array | None) -> Array | None:
+        # zeros_like: of the shard's kind too (under shard_map, varying along the vocabulary's axis)
+        return None if a is None else xp.zeros_like(a, dtype=linear.dtype)
+
+    per_row = (rows.hidden, rows.labels)
+    per_row += () if gradients is None else (gradients.scale,)
+    per_row += () if stats is None else stats
+    totals = None if gradients is None else (zeros(rows.weight), zeros(rows.bias))
+    totals, outputs = ops.scan_row_blocks(chunk, totals, per_row, linear.chunk)
+    if totals is None:
+        return outputs, ()
+    d_hidden = call.collectives.sum(outputs[-1])
+    d_weight, d_bias = totals
+    grads = [_rows_as(d_hidden, primals[0], xp), d_weight, *(() if d_bias is None else (d_bias,))]
+    cast_back = tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
+    return outputs[:-1], cast_back
+
+
+def _num_classes(call: VocabParallelLinearCall, primals: tuple[Array, ...]) -> Array:
+    """The classes of all ranks: one all-reduce of a scalar for all chunks."""
+    ops, weight = call.ops, primals[1]
+    count = class_count(weight.shape[0], call.linear.dtype, ops, ops.device(primals[0]))
+    return call.collectives.sum(count)[0]
+
+
+def _linear_value(
+    call: VocabParallelLinearCall, primals: tuple[Array, ...], outputs: tuple[Array, ...], num_classes: Array
+) -> tuple[Array, tuple[Array, ...]]:
+    """The loss from the per-row outputs of :func:`_linear_pass` (labels checked on eager arrays,
+    poisoned on others), and the residuals of the backward pass."""
+    linear, ops = call.linear, call.ops
+    xp, options = ops.xp, linear.options
+    loss, shift, log_sum, *owners = outputs
     stats = ShardStats(loss, shift, log_sum, owners[0] if owners else None, num_classes)
-    poisoned = unowned_labels(stats, options, ops, ops.is_eager(rows.hidden))
+    poisoned = unowned_labels(stats, options, ops, ops.is_eager(primals[0]))
     w = options.example_weights(linear.dtype, ops)
     out = reduce_losses(_rows_as(loss, options.raw_labels, xp), w, options.reduction, ops, poisoned=poisoned)
     value = ops.as_result(out, xp.result_type(primals[0].dtype, primals[1].dtype))
     return value, (shift, log_sum, num_classes) + (() if poisoned is None else (poisoned,))
+
+
+def _linear_scale(call: VocabParallelLinearCall, cotangent: Array, poisoned: Array | None) -> _Gradients:
+    """Each example's gradient factor for ``cotangent`` (NaN for the ``poisoned``), flattened to rows."""
+    linear, ops = call.linear, call.ops
+    options = linear.options
+    w = options.example_weights(linear.dtype, ops)
+    scale = example_scale(cotangent, w, options.reduction, options.raw_labels, linear.dtype, ops)
+    scale = poison(scale, options.labels.poisoned if poisoned is None else poisoned, ops)
+    return _Gradients(ops.xp.reshape(scale, (-1,)), w is not None)
+
+
+def _linear_forward(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    """The loss, chunk by chunk, and the rows' global statistics for the backward pass."""
+    num_classes = _num_classes(call, primals)
+    return _linear_value(call, primals, _linear_pass(call, primals, num_classes, None, None)[0], num_classes)
 
 
 def _linear_backward(
@@ -630,61 +737,42 @@ def _linear_backward(
 ) -> tuple[Array, ...]:
     """Each chunk's logits recomputed, the local gradient rows, and one all-reduce: ``hidden``'s."""
     shift, log_sum, num_classes, *poisoned = residuals
+    if primals[0].shape[0] == 0:  # no rows (on every rank): zero gradients
+        return tuple(call.ops.xp.zeros_like(a) for a in primals)
+    gradients = _linear_scale(call, cotangent, poisoned[0] if poisoned else None)
+    return _linear_pass(call, primals, num_classes, (shift, log_sum), gradients)[1]
+
+
+def _linear_fused(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    """The scalar loss and its gradients in one pass: each chunk's logits computed once.
+
+    The gradient factors are known before the chunks: on arrays that are not checked, the
+    labels outside every shard (at least the class count, all-reduced first) are poisoned up
+    front; on eager arrays a label outside every shard raises after the chunks.
+    """
     linear, ops = call.linear, call.ops
     xp, options = ops.xp, linear.options
-    rows = _rows(linear, primals)
-    w = options.example_weights(linear.dtype, ops)
-    scale = example_scale(cotangent, w, options.reduction, options.raw_labels, linear.dtype, ops)
-    scale = poison(scale, poisoned[0] if poisoned else options.labels.poisoned, ops)
-    scale = xp.reshape(scale, (-1,))
-
-    def chunk(
-        totals: tuple[Array, Array | None], *blocks: Array
-    ) -> tuple[tuple[Array, Array | None], tuple[Array]]:
-        hidden_rows, label_rows, scale_rows, shift_rows, log_sum_rows = blocks
-        d_weight, d_bias = totals
-        h = xp.astype(hidden_rows, linear.dtype, copy=False)
-        owned, index = local_labels(label_rows, call.vocab_start, rows.weight.shape[0], ops)
-        g = sparse_logits_vjp(
-            rows.logits(h, ops),
-            index,
-            scale_rows,
-            label_smoothing=options.label_smoothing,
-            z_loss=options.z_loss,
-            masked=w is not None,
-            ops=ops,
-            row_stats=(shift_rows, log_sum_rows),
-            num_classes=num_classes,
-            owned=owned,
-        )
-        d_weight = add_transposed_product(d_weight, g, h, ops)
-        if d_bias is not None:
-            d_bias = d_bias + xp.sum(g, axis=0)
-        return (d_weight, d_bias), (xp.matmul(g, rows.weight),)
-
-    def zeros(a: Array | None) -> Array | None:
-        # zeros_like: of the shard's kind too (under shard_map, varying along the vocabulary's axis)
-        return None if a is None else xp.zeros_like(a, dtype=linear.dtype)
-
-    if rows.hidden.shape[0] == 0:  # no rows (on every rank): zero gradients
-        return tuple(xp.zeros_like(a) for a in primals)
-    (d_weight, d_bias), (d_hidden,) = ops.scan_row_blocks(
-        chunk,
-        (zeros(rows.weight), zeros(rows.bias)),
-        (rows.hidden, rows.labels, scale, shift, log_sum),
-        linear.chunk,
-    )
-    d_hidden = call.collectives.sum(d_hidden)  # every rank's classes contribute to hidden's gradient
-    grads = [_rows_as(d_hidden, primals[0], xp), d_weight]
-    if d_bias is not None:
-        grads.append(d_bias)
-    return tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
+    if primals[0].shape[0] == 0:
+        value = _linear_forward(call, *primals)[0]
+        return value, tuple(xp.zeros_like(a) for a in primals)
+    num_classes = _num_classes(call, primals)
+    poisoned = None
+    if not ops.is_eager(primals[0]):
+        poisoned = beyond(options.labels.safe, num_classes, ops)
+        if options.labels.counted is not None:
+            poisoned = poisoned & options.labels.counted
+        if options.labels.poisoned is not None:
+            poisoned = poisoned | options.labels.poisoned
+    ones = xp.ones((), dtype=linear.dtype, device=ops.device(primals[0]))
+    outputs, grads = _linear_pass(call, primals, num_classes, None, _linear_scale(call, ones, poisoned))
+    return _linear_value(call, primals, outputs, num_classes)[0], grads
 
 
 LINEAR_RULE = Rule(
     check_vocab_parallel_linear,
     _linear_forward,
     _linear_backward,
+    _linear_fused,
     unpack=lambda call, gradients: gradients,
     with_constants=_with_constants,
 )
