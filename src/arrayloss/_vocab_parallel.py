@@ -806,8 +806,10 @@ def vocab_parallel_linear_cross_entropy(
     ``N x C_local`` logits. Each chunk costs two all-reduces of per-row values. The
     gradients (PyTorch autograd, JAX, :func:`~arrayloss.value_and_grad`) are the full
     one of ``hidden`` (the ranks' contributions all-reduced by one ``sum`` of its size)
-    and the local slices of ``weight``'s and ``bias``'s; the backward pass recomputes
-    each chunk's logits.
+    and the local slices of ``weight``'s and ``bias``'s. For a scalar ``reduction`` they
+    are computed with the value, each chunk's logits once (as
+    :func:`~arrayloss.linear_cross_entropy` does); for ``"none"`` the backward pass recomputes
+    each chunk's logits, with no collective but ``hidden``'s gradient.
 
     Parameters
     ----------
