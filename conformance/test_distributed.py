@@ -417,8 +417,9 @@ def test_a_numpy_integer_vocab_start_is_an_int(backend):
 
 
 @pytest.mark.backend("jax")
-def test_jax_grad_under_jit_on_one_device():
-    """``jax.jit(jax.grad(...))`` takes the rule (``custom_vjp``) with one rank's collectives."""
+def test_jax_grad_under_jit_on_one_device(backend):
+    """``jax.jit(jax.grad(...))`` takes the rule (``custom_vjp``) with one rank's collectives
+    (``backend``: JAX in float64)."""
     jax = pytest.importorskip("jax")
     logits, labels, options = problem("everything", seed=10)
     f = al.value_and_grad(al.sparse_softmax_cross_entropy)
@@ -472,3 +473,46 @@ def test_any_split_gives_the_full_loss_and_gradient(backend: Any, case: dict[str
     for r, (out, local) in enumerate(on_ranks(bounds, backend.xp, rank)):
         backend.assert_close(out, value, dtype=dtype)
         backend.assert_close(local, grad[:, bounds[r] : bounds[r + 1]], dtype=dtype)
+
+
+@pytest.mark.backend("jax")
+def test_jax_gradients_of_the_example_weights_too(backend):
+    """``jax.grad`` with respect to ``weights`` (the custom VJP's perturbed constants) on one device
+    (``backend``: JAX in float64)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(11)
+    logits, labels = jnp.asarray(rng.normal(size=(5, 7))), jnp.asarray(rng.integers(0, 7, 5))
+    hidden, weight = jnp.asarray(rng.normal(size=(5, 3))), jnp.asarray(rng.normal(size=(7, 3)))
+    weights = jnp.asarray(rng.uniform(0.1, 2.0, 5))
+    one = {"vocab_start": 0, "collectives": OneRank()}
+
+    def ours(z: Any, w: Any) -> Any:
+        return vocab_parallel_cross_entropy(
+            z, labels, weights=w, reduction="mean", label_smoothing=0.1, **one
+        )
+
+    def theirs(z: Any, w: Any) -> Any:
+        return al.sparse_softmax_cross_entropy(z, labels, weights=w, reduction="mean", label_smoothing=0.1)
+
+    for got, expected in zip(
+        jax.jit(jax.grad(ours, argnums=(0, 1)))(logits, weights),
+        jax.grad(theirs, argnums=(0, 1))(logits, weights),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-10, atol=1e-12)
+
+    def ours_linear(h: Any, v: Any, w: Any) -> Any:
+        return vocab_parallel_linear_cross_entropy(
+            h, v, labels, weights=w, reduction="sum", chunk_size=2, **one
+        )
+
+    def theirs_linear(h: Any, v: Any, w: Any) -> Any:
+        return al.linear_cross_entropy(h, v, labels, weights=w, reduction="sum", chunk_size=2)
+
+    for got, expected in zip(
+        jax.jit(jax.grad(ours_linear, argnums=(0, 1, 2)))(hidden, weight, weights),
+        jax.grad(theirs_linear, argnums=(0, 1, 2))(hidden, weight, weights),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-10, atol=1e-12)
