@@ -42,6 +42,7 @@ CASES = (
     "binary",
     "ctc",
     "linear",
+    "distributed",
     "sweep",
     "gpu",
     "half",
@@ -62,11 +63,12 @@ class Bench:
     ours: Callable[[], Any]
     peers: dict[str, Callable[[], Any]]
     targets: dict[str, float] = field(default_factory=dict)  # peer -> least speed-up the issue asks for
-    memory: str = "cpu"  # how peak memory is measured: "cpu", "torch-cuda", "cupy", "xla" or "none"
+    memory: str = "cpu"  # how peak memory is measured: "cpu", "torch-cuda", "cupy", "xla", "ranks" or "none"
     xla_temp: dict[str, int] = field(
         default_factory=dict
     )  # memory "xla": XLA's temp bytes of each compiled impl
     classes: int = 0
+    rank_peaks: Callable[[], int] | None = None  # memory "ranks": the largest peak of one call on a rank
     sync: Callable[[], None] = lambda: None
     reset: Callable[[], None] = lambda: None  # before every call: drop what the last call left (gradients)
 
@@ -183,6 +185,9 @@ def measure(bench: Bench, repeat: int) -> list[Result]:
             times[name].append((time.perf_counter() - start) / calls[name])
     if bench.memory == "xla":
         peaks: dict[str, int | None] = {name: bench.xla_temp.get(name) for name in impls}
+    elif bench.memory == "ranks":  # arrayloss runs on worker processes; the peers in this one
+        peaks = {name: peak_memory(fn, "cpu", bench.sync, bench.reset) for name, fn in bench.peers.items()}
+        peaks["arrayloss"] = bench.rank_peaks() if bench.rank_peaks is not None else None
     else:
         peaks = {name: peak_memory(fn, bench.memory, bench.sync, bench.reset) for name, fn in impls.items()}
     ours = statistics.median(times["arrayloss"])
@@ -249,6 +254,7 @@ CASE_SIZES: dict[str, tuple[str, ...]] = {
     "binary": ("rows", "classes"),
     "ctc": ("ctc",),
     "linear": ("linear_rows", "features", "classes"),
+    "distributed": ("rows", "classes"),
     "sweep": ("rows", "sweep"),
     "gpu": ("gpu_rows", "gpu_classes"),
     "half": ("rows", "classes"),
@@ -740,6 +746,96 @@ def linear_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     yield functools.partial(make, 30.0)
 
 
+class _Ranks:
+    """Worker processes (``distributed_worker.py``) forming a gloo group on 127.0.0.1, driven by lines
+    on their stdin; stopped when this object is collected or at exit."""
+
+    def __init__(self, world: int, rows: int, classes: int) -> None:
+        import atexit
+        import socket
+        import subprocess
+        from pathlib import Path
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        script = Path(__file__).resolve().parent / "distributed_worker.py"
+        source = str(Path(al.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(rank), str(world), str(port), str(rows), str(classes)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for rank in range(world)
+        ]
+        atexit.register(self.close)
+
+    def ask(self, command: str) -> list[str]:
+        for worker in self.workers:
+            assert worker.stdin is not None
+            worker.stdin.write(command + "\n")
+            worker.stdin.flush()
+        answers = []
+        for worker in self.workers:
+            assert worker.stdout is not None
+            answer = worker.stdout.readline().strip()
+            if not answer:
+                raise RuntimeError(f"a distributed_worker.py rank exited (code {worker.wait()})")
+            answers.append(answer)
+        return answers
+
+    def close(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                assert worker.stdin is not None
+                worker.stdin.write("quit\n")
+                worker.stdin.close()
+                worker.wait(timeout=30)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def distributed_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
+    """Issue 17: ``vocab_parallel_cross_entropy`` forward + backward on 2 ranks (gloo, one thread each,
+    processes of this machine) against the single-process loss on the full logits: F.cross_entropy
+    and arrayloss (PyTorch's threads). Peak memory: arrayloss's is the largest of a rank's."""
+    if not _installed("torch") or not importlib.import_module("torch.distributed").is_available():
+        return
+
+    def make() -> Bench:
+        torch_f = importlib.import_module("torch.nn.functional")
+        logits, labels = _torch_inputs(s.rows, s.classes)
+        logits.requires_grad_(True)
+        ranks = _Ranks(2, s.rows, s.classes)
+        ranks.ask("run")  # the group is up
+
+        def single(loss: Callable[..., Any]) -> Callable[[], Any]:
+            return lambda: loss(logits, labels, reduction="mean").backward()
+
+        return Bench(
+            "vocab_parallel fwd+bwd 2 ranks",
+            "torch-cpu gloo",
+            f"{s.rows}x{s.classes}",
+            "float32",
+            lambda: ranks.ask("run"),
+            {
+                "F.cross_entropy 1 process": single(torch_f.cross_entropy),
+                "arrayloss 1 process": single(al.sparse_softmax_cross_entropy),
+            },
+            memory="ranks",
+            rank_peaks=lambda: max(int(peak) for peak in ranks.ask("peak")),
+            classes=s.classes,
+            reset=_dropping_grad(logits),
+        )
+
+    yield make
+
+
 def gpu_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     torch = importlib.import_module("torch") if _installed("torch") else None
     if torch is not None and torch.cuda.is_available():
@@ -1020,6 +1116,7 @@ SUITE: dict[str, Callable[[Sizes], Iterator[Callable[[], Bench]]]] = {
     "binary": binary_cases,
     "ctc": ctc_cases,
     "linear": linear_cases,
+    "distributed": distributed_cases,
     "sweep": sweep_cases,
     "gpu": gpu_cases,
     "half": half_cases,

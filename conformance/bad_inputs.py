@@ -25,6 +25,7 @@ import numpy as np
 
 import arrayloss as al
 from arrayloss.compat import tf
+from arrayloss.distributed import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 Build = Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -95,6 +96,26 @@ def ctc(**kwargs: Any) -> Build:
     return lambda b: (
         (logits(b, SEQ_LOGITS), kwargs.get("labels", lambda b: labels(b, CTC_LABELS))(b)),
         {k: v(b) if callable(v) else v for k, v in given.items()},
+    )
+
+
+class OneRank:
+    """The collectives of a group of one rank (every all-reduce returns its argument)."""
+
+    def max(self, x: Any, /) -> Any:
+        return x
+
+    def sum(self, x: Any, /) -> Any:
+        return x
+
+
+def shard(**kwargs: Any) -> Build:
+    """``vocab_parallel_cross_entropy``'s ``(local_logits, labels)`` (one rank holding the 3 classes),
+    ``vocab_start=0`` and one-rank collectives, with options; a callable option gets the backend."""
+    given = {"vocab_start": 0, "collectives": OneRank(), **kwargs}
+    return lambda b: (
+        (logits(b), labels(b)),
+        {k: v(b) if callable(v) and k != "collectives" else v for k, v in given.items()},
     )
 
 
@@ -1102,6 +1123,102 @@ CASES: list[BadInput] = [
         "zero_infinity must be a bool, got int",
         "zero_infinity",
     ),
+    # --- arrayloss.distributed: one rank holding the 3 classes
+    BadInput(
+        "vocab-parallel-collectives",
+        vocab_parallel_cross_entropy,
+        "collectives without max and sum",
+        shard(collectives=object()),
+        TypeError,
+        "collectives must have methods max(x) and sum(x) that all-reduce an array over the ranks",
+        "collectives",
+    ),
+    BadInput(
+        "vocab-parallel-start-float",
+        vocab_parallel_cross_entropy,
+        "vocab_start=1.5",
+        shard(vocab_start=1.5),
+        TypeError,
+        "vocab_start must be an int or a 0-d integer array, got float",
+        "vocab_start",
+    ),
+    BadInput(
+        "vocab-parallel-start-vector",
+        vocab_parallel_cross_entropy,
+        "vocab_start an array of shape (4,)",
+        shard(vocab_start=lambda b: labels(b)),
+        TypeError,
+        "vocab_start must be an int or a 0-d integer array, got an array of shape (4,)",
+        "vocab_start",
+    ),
+    BadInput(
+        "vocab-parallel-start-negative",
+        vocab_parallel_cross_entropy,
+        "vocab_start=-1",
+        shard(vocab_start=-1),
+        ValueError,
+        "vocab_start must be non-negative, got -1",
+        "vocab_start",
+    ),
+    BadInput(
+        "vocab-parallel-integer-logits",
+        vocab_parallel_cross_entropy,
+        "integer local_logits",
+        lambda b: ((ones(b, (4, 3), "int32"), labels(b)), {"vocab_start": 0, "collectives": OneRank()}),
+        TypeError,
+        "local_logits must have a real floating dtype",
+        "local_logits",
+    ),
+    BadInput(
+        "vocab-parallel-labels-shape",
+        vocab_parallel_cross_entropy,
+        "labels of shape (3,) for local_logits (4, 3)",
+        lambda b: ((logits(b), labels(b, [0, 1, 2])), {"vocab_start": 0, "collectives": OneRank()}),
+        ValueError,
+        "labels has shape (3,)",
+        "labels",
+    ),
+    BadInput(
+        "vocab-parallel-label-out-of-range",
+        vocab_parallel_cross_entropy,
+        "a label that no rank's shard holds",
+        lambda b: ((logits(b), labels(b, [0, 7, 1, 1])), {"vocab_start": 0, "collectives": OneRank()}),
+        ValueError,
+        "labels contains 7, outside the valid range [0, 3) of class indices",
+        "labels",
+        eager_only=True,
+    ),
+    BadInput(
+        "vocab-parallel-label-negative",
+        vocab_parallel_cross_entropy,
+        "a negative label",
+        lambda b: ((logits(b), labels(b, [0, -1, 1, 1])), {"vocab_start": 0, "collectives": OneRank()}),
+        ValueError,
+        "labels contains -1; class indices must be non-negative",
+        "labels",
+        eager_only=True,
+    ),
+    BadInput(
+        "vocab-parallel-linear-weight-shape",
+        vocab_parallel_linear_cross_entropy,
+        "local_weight of shape (3, 5) for hidden (4, 2)",
+        lambda b: (
+            (ones(b, (4, 2)), ones(b, (3, 5)), labels(b)),
+            {"vocab_start": 0, "collectives": OneRank()},
+        ),
+        ValueError,
+        "local_weight must have shape (classes, 2) with at least one class to match hidden of shape (4, 2)",
+        "local_weight",
+    ),
+    BadInput(
+        "vocab-parallel-linear-weight-none",
+        vocab_parallel_linear_cross_entropy,
+        "local_weight None",
+        lambda b: ((ones(b, (4, 2)), None, labels(b)), {"vocab_start": 0, "collectives": OneRank()}),
+        TypeError,
+        "local_weight must be an array, got NoneType",
+        "local_weight",
+    ),
     # --- compat.tf
     BadInput(
         "tf-labels-shape",
@@ -1116,8 +1233,13 @@ CASES: list[BadInput] = [
 
 
 def function_name(function: Callable[..., Any]) -> str:
-    """The public name: ``compat.tf.`` and the name for TensorFlow's conventions, else the bare name."""
-    return f"compat.tf.{function.__name__}" if function.__module__ == tf.__name__ else function.__name__
+    """The public name: ``compat.tf.`` and the name for TensorFlow's conventions, ``distributed.`` and the
+    name for the vocab-parallel losses, else the bare name."""
+    if function.__module__ == tf.__name__:
+        return f"compat.tf.{function.__name__}"
+    if function.__name__.startswith("vocab_parallel"):
+        return f"distributed.{function.__name__}"
+    return function.__name__
 
 
 def markdown_table() -> str:

@@ -58,7 +58,38 @@ def test_compat_modules_by_attribute_access_import_no_array_library(module, func
         al.compat.missing  # noqa: B018
 
 
-@pytest.mark.parametrize("function", LOSSES, ids=lambda f: f.__name__)
+DISTRIBUTED = [
+    al.distributed.vocab_parallel_cross_entropy,
+    al.distributed.vocab_parallel_linear_cross_entropy,
+]
+
+
+def test_distributed_by_attribute_access_imports_no_array_library():
+    code = (
+        "import sys, arrayloss; f = arrayloss.distributed.vocab_parallel_cross_entropy; "
+        "arrayloss.distributed.torch_collectives; arrayloss.distributed.jax_collectives; "
+        "print(f.__module__); print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded_from, loaded = out.splitlines()
+    assert loaded_from == "arrayloss._vocab_parallel"
+    assert not {m for m in loaded.split() if m.split(".")[0] in HEAVY}
+
+
+def test_distributed_declares_its_public_names():
+    """``__all__`` lists exactly the public functions and classes that ``arrayloss.distributed`` offers."""
+    module = al.distributed
+    public = {
+        name
+        for name, value in vars(module).items()
+        if (inspect.isfunction(value) or inspect.isclass(value))
+        and not name.startswith("_")
+        and value.__module__.startswith("arrayloss")
+    }
+    assert set(module.__all__) == public
+
+
+@pytest.mark.parametrize("function", LOSSES + DISTRIBUTED, ids=lambda f: f.__name__)
 def test_signature_arrays_positional_options_keyword_xp_last(function):
     params = list(inspect.signature(function).parameters.values())
     kinds = [p.kind for p in params]
@@ -73,7 +104,7 @@ def test_signature_arrays_positional_options_keyword_xp_last(function):
     assert params[-1].name == "xp" and params[-1].default is None
 
 
-@pytest.mark.parametrize("function", LOSSES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("function", LOSSES + DISTRIBUTED, ids=lambda f: f.__name__)
 def test_public_functions_have_runnable_examples(function):
     assert ">>> " in (function.__doc__ or "")
 
@@ -84,7 +115,7 @@ def test_py_typed_marker_ships():
 
 def test_public_names():
     assert set(al.__all__) >= {f.__name__ for f in LOSSES}
-    assert all(callable(getattr(al, name)) for name in al.__all__ if name != "compat")
+    assert all(callable(getattr(al, name)) for name in al.__all__ if name not in ("compat", "distributed"))
 
 
 @pytest.mark.parametrize("module", ["tf", "tfa", "torch", "optax"])

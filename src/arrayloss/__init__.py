@@ -23,6 +23,7 @@ from ._sparse import sparse_softmax_cross_entropy
 __all__ = [
     "compat",
     "ctc_loss",
+    "distributed",
     "kl_divergence",
     "linear_cross_entropy",
     "log_softmax",
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> ModuleType:
-    """``arrayloss.compat`` on first access: no ``import arrayloss.compat`` needed."""
-    if name == "compat":
-        return importlib.import_module(f"{__name__}.compat")
+    """``arrayloss.compat`` and ``arrayloss.distributed`` on first access: no import statement needed."""
+    if name in ("compat", "distributed"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -150,8 +150,10 @@ def value_and_grad(loss: Callable[P, Array], /) -> Callable[P, tuple[Array, Any]
     loss : callable
         One of :func:`sparse_softmax_cross_entropy`, :func:`softmax_cross_entropy`,
         :func:`sequence_loss`, :func:`sequence_loss_by_example`,
-        :func:`linear_cross_entropy`, :func:`ctc_loss` (a loss module adds one with
-        :func:`~arrayloss._autodiff.differentiable`).
+        :func:`linear_cross_entropy`, :func:`ctc_loss`, and
+        :func:`arrayloss.distributed.vocab_parallel_cross_entropy` and
+        :func:`arrayloss.distributed.vocab_parallel_linear_cross_entropy` (a loss module adds one
+        with :func:`~arrayloss._autodiff.differentiable`).
 
     Returns
     -------
@@ -161,8 +163,8 @@ def value_and_grad(loss: Callable[P, Array], /) -> Callable[P, tuple[Array, Any]
         ``sum(value)`` (for ``reduction="none"``, the vector-Jacobian product with
         ones) with respect to the first argument, in its shape, dtype, namespace and
         device: for :func:`sequence_loss_by_example` with a list of per-step logits,
-        a list of per-step gradients; for :func:`linear_cross_entropy`, the tuple
-        ``(d_hidden, d_weight)`` (and ``d_bias`` with a bias). Half precision is
+        a list of per-step gradients; for :func:`linear_cross_entropy` (and the vocab-parallel
+        linear loss), the tuple ``(d_hidden, d_weight)`` (and ``d_bias`` with a bias). Half precision is
         computed in float32. Lazy arrays (Dask) stay lazy. An example whose label is
         out of range on arrays that are not checked eagerly has a NaN loss and a NaN
         gradient row; an example of weight 0 has a gradient of exactly 0.

@@ -77,11 +77,18 @@ def check_linear(
     chunk_size: int | None,
     softcap: float | None,
     xp: ModuleType | None,
+    vocab_shard: bool = False,
 ) -> LinearCall:
-    """Check the arguments of :func:`linear_cross_entropy` once; return the call's record."""
+    """Check the arguments of :func:`linear_cross_entropy` once; return the call's record.
+
+    ``vocab_shard``: ``weight`` is one rank's shard of the classes, called ``local_weight``
+    (:func:`arrayloss.distributed.vocab_parallel_linear_cross_entropy`); labels are global
+    class indices, checked here to be non-negative only.
+    """
+    name = "local_weight" if vocab_shard else "weight"
     arrays = {
         "hidden": hidden,
-        "weight": weight,
+        name: weight,
         "labels": labels,
         "bias": bias,
         "weights": weights,
@@ -90,12 +97,12 @@ def check_linear(
     ops = ops_of(arrays, xp, optional=("bias", "weights", "class_weights"))
     xp = ops.xp
     check_floating("hidden", hidden, xp)
-    check_floating("weight", weight, xp)
+    check_floating(name, weight, xp)
     if hidden.ndim == 0:
         raise ValueError("hidden must have at least one dimension (the features), got a 0-d array")
     if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
         raise ValueError(
-            f"weight must have shape (classes, {hidden.shape[-1]}) with at least one class to match "
+            f"{name} must have shape (classes, {hidden.shape[-1]}) with at least one class to match "
             f"hidden of shape {tuple(hidden.shape)}, got {tuple(weight.shape)}"
         )
     num_classes = weight.shape[0]
@@ -105,7 +112,7 @@ def check_linear(
             raise ValueError(f"bias must have shape ({num_classes},), got {tuple(bias.shape)}")
     options = check_label_options(
         labels,
-        num_classes,
+        None if vocab_shard else num_classes,
         tuple(hidden.shape[:-1]),
         ops,
         weights=weights,

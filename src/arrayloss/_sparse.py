@@ -69,7 +69,7 @@ class LabelOptions(NamedTuple):
 
 def check_label_options(
     labels: Array,
-    num_classes: int,
+    num_classes: int | None,
     example_shape: tuple[int, ...],
     ops: Ops,
     *,
@@ -82,7 +82,11 @@ def check_label_options(
     chunk_size: int | None,
     softcap: float | None,
 ) -> LabelOptions:
-    """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them."""
+    """Check the labels (of ``example_shape``, values on eager arrays) and the options; return them.
+
+    ``num_classes=None``: the classes are not known here (a vocabulary sharded over ranks), labels
+    are checked to be non-negative and ``class_weights`` must be None.
+    """
     check_reduction(reduction)
     if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < math.inf):
         raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
@@ -92,7 +96,7 @@ def check_label_options(
         ignore_index = as_index("ignore_index", ignore_index)
     if not z_loss >= 0:
         raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
-    if class_weights is not None:
+    if class_weights is not None and num_classes is not None:
         check_class_weights(class_weights, num_classes, ops)
     check_labels(labels, example_shape, ops.xp)
     if weights is not None:
@@ -215,19 +219,55 @@ def losses_from_row_stats(
     """Per-row cross entropy of ``z`` (classes last) from the rows' ``shift`` and ``log_sum`` (kept axis,
     as from :func:`~._lib._softmax.shifted_log_sum`) and in-range labels."""
     xp = ops.xp
-    # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
-    loss = subtract(log_sum[..., 0], ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0], ops)
+    label_gap = ops.pick(z, label_indices(safe_labels, ops)) - shift[..., 0]
+    mean_gap = None
     if label_smoothing:
-        shifted = z - shift  # the mean of huge z would be rounded
-        # lse(z) - mean(z) is NaN in a row holding NaN, +inf or only -inf (inf - inf): NaN there, computed
-        # without the warning of a sum of +inf and -inf
+        gaps = z - shift  # the mean of (z - shift), not of z: the mean of huge z would be rounded
+        # A row holding NaN, +inf or only -inf (log_sum not finite) would add +inf and -inf (a warning):
+        # its mean is taken of zeros, and losses_from_gaps gives it NaN.
         undefined = ~xp.isfinite(log_sum)
         if not ops.is_eager(z) or not ops.all_true(~undefined):
-            shifted = xp.where(undefined, 0.0, shifted)
-        smooth = xp.where(undefined[..., 0], math.nan, log_sum[..., 0] - xp.mean(shifted, axis=-1))
+            gaps = xp.where(undefined, 0.0, gaps)
+        mean_gap = xp.mean(gaps, axis=-1)
+    return losses_from_gaps(
+        shift[..., 0],
+        log_sum[..., 0],
+        label_gap,
+        mean_gap,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        ops=ops,
+    )
+
+
+def losses_from_gaps(
+    shift: Array,
+    log_sum: Array,
+    label_gap: Array,
+    mean_gap: Array | None,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    ops: Ops,
+) -> Array:
+    r"""The rows' cross entropy from their statistics, each of the rows' leading shape.
+
+    ``lse = shift + log_sum`` is the log-sum-exp of a row, ``label_gap`` is :math:`z_y -`
+    ``shift`` and ``mean_gap`` the mean of :math:`z_c -` ``shift`` over the classes (needed
+    only with ``label_smoothing``). The statistics may come from one array of logits
+    (:func:`losses_from_row_stats`) or be summed over shards of the classes
+    (:mod:`arrayloss.distributed`). Where ``log_sum`` is not finite the loss is NaN or ``+inf``,
+    computed without an ``inf - inf`` warning.
+    """
+    # lse(z) - z_y as log_sum - (z_y - shift): lse(z) itself would round log_sum away for huge logits.
+    loss = subtract(log_sum, label_gap, ops)
+    if label_smoothing:
+        assert mean_gap is not None  # given with label_smoothing
+        xp = ops.xp
+        smooth = xp.where(xp.isfinite(log_sum), log_sum - mean_gap, math.nan)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
-        lse = log_sum[..., 0] + shift[..., 0]
+        lse = log_sum + shift
         loss = loss + z_loss * lse * lse
     return loss
 
@@ -297,19 +337,30 @@ def sparse_losses(
 
 
 def subtract_targets(
-    grad: Array, safe_labels: Array, scale: Array, label_smoothing: float, ops: Ops
+    grad: Array,
+    safe_labels: Array,
+    scale: Array,
+    label_smoothing: float,
+    ops: Ops,
+    *,
+    num_classes: Array | None = None,
+    owned: Array | None = None,
 ) -> Array:
     """``grad`` minus the smoothed one-hot targets of ``safe_labels`` times ``scale`` (one per row).
 
-    ``grad`` is a temporary of the caller. Where ``Ops.views`` (NumPy, PyTorch), on rows
+    The targets spread ``label_smoothing`` over ``num_classes`` classes (a 0-d array; None: the
+    classes of ``grad``). ``owned`` (one per row; None: all) marks the rows whose label is a
+    class of ``grad``: the others (a shard of the classes, :mod:`arrayloss.distributed`) get the
+    uniform part only. ``grad`` is a temporary of the caller. Where ``Ops.views`` (NumPy, PyTorch), on rows
     (2-d), its label entries are assigned by index: the comparison with every class
     costs a pass over the block. Both compute ``grad - target`` in the same order: the
     same numbers.
     """
     xp = ops.xp
-    num_classes = grad.shape[-1]
-    uniform = scale * (label_smoothing / num_classes)
+    uniform = scale * (label_smoothing / (grad.shape[-1] if num_classes is None else num_classes))
     at_label = scale * (1.0 - label_smoothing) + uniform
+    if owned is not None:
+        at_label = xp.where(owned, at_label, uniform)
     index = label_indices(safe_labels, ops)
     if grad.ndim == 2 and ops.views:
         at_labels = xp.take_along_axis(grad, index[:, None], axis=-1)[:, 0] - at_label
@@ -332,6 +383,8 @@ def sparse_logits_vjp(
     ops: Ops,
     row_stats: tuple[Array, Array] | None = None,
     softcap: float | None = None,
+    num_classes: Array | None = None,
+    owned: Array | None = None,
 ) -> Array:
     r"""Gradient of :math:`\sum_i s_i \ell_i` with respect to ``z`` (classes last, accumulation dtype).
 
@@ -345,22 +398,28 @@ def sparse_logits_vjp(
     ``row_stats`` are the rows' ``(shift, log_sum)`` from the forward pass
     (:func:`losses_and_row_stats`), which spare the reduction of every row; None
     computes them. With ``softcap``, the loss of the capped logits (:func:`capped`).
+    ``num_classes`` and ``owned`` as in :func:`subtract_targets`: ``z`` may be a shard of
+    the classes, whose softmax then needs the ``row_stats`` of all of them.
     Computed in blocks of rows (:func:`~._lib._blocks.in_row_blocks`).
     """
 
     def rows(
-        z: Array, safe_labels: Array, scale: Array, *stats: Array, scratch: Array | None = None
+        z: Array, safe_labels: Array, scale: Array, *extra: Array, scratch: Array | None = None
     ) -> tuple[Array]:
+        owned_rows, stats = (None, extra) if owned is None else (extra[0], extra[1:])
         cap = capped(z, softcap, ops)
         softmax, lse = softmax_and_lse(cap.z, scale, stats, masked, ops, scratch)
         coefficient = scale[..., None]
         if z_loss:
             coefficient = coefficient * (1.0 + 2.0 * z_loss * lse)
         softmax *= coefficient  # our temporary: in place where the library allows it
-        grad = subtract_targets(softmax, safe_labels, scale, label_smoothing, ops)
+        grad = subtract_targets(
+            softmax, safe_labels, scale, label_smoothing, ops, num_classes=num_classes, owned=owned_rows
+        )
         return (cap.gradient(grad, scale, masked, ops),)
 
-    return in_row_blocks(rows, z, (safe_labels, scale, *(row_stats or ())), ops, scratch=True)[0]
+    per_row = (safe_labels, scale, *(() if owned is None else (owned,)), *(row_stats or ()))
+    return in_row_blocks(rows, z, per_row, ops, scratch=True)[0]
 
 
 def gradient_rows_and_losses(

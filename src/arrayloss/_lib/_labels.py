@@ -32,9 +32,13 @@ class Labels(NamedTuple):
 
 
 def checked_labels(
-    labels: Array, num_classes: int, ignore_index: int | None, ops: Ops, name: str = "labels"
+    labels: Array, num_classes: int | None, ignore_index: int | None, ops: Ops, name: str = "labels"
 ) -> Labels:
-    """Check integer ``labels`` against ``num_classes`` (values: eager arrays; errors call them ``name``)."""
+    """Check integer ``labels`` against ``num_classes`` (values: eager arrays; errors call them ``name``).
+
+    ``num_classes=None``: a number of classes not known here (the classes of a vocabulary sharded
+    over ranks, :mod:`arrayloss.distributed`), labels are checked to be non-negative only.
+    """
     xp = ops.xp
     counted = None
     if ignore_index is not None:
@@ -43,11 +47,11 @@ def checked_labels(
         counted = labels != ignore_index if info.min <= ignore_index <= info.max else None
     poisoned = None
     eager = ops.is_eager(labels)
-    if eager and counted is None:
+    if eager and counted is None and num_classes is not None:
         if not ops.all_in_range(labels, num_classes):
             check_labels_in_range(labels, num_classes, counted, xp, name)  # raises, naming a bad label
         return Labels(labels, counted, poisoned)  # every label is in range
-    in_range = (labels >= 0) & (labels < num_classes)
+    in_range = labels >= 0 if num_classes is None else (labels >= 0) & (labels < num_classes)
     if eager:
         accepted = in_range if counted is None else in_range | ~counted
         if not ops.all_true(accepted):

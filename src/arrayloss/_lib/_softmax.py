@@ -40,13 +40,25 @@ def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
     if size_of(tuple(z.shape[:-1])) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
         shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=ops.device(z))
         return ExpSums(shift, xp.exp(z), shift, shift)
-    shift = ops.constant(ops.row_max(z))  # d lse / d shift = 0: autodiff need not go through the maximum
-    finite = ops.is_eager(z) and ops.all_true(xp.isfinite(shift))
-    if not finite:
-        shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    shift, finite = finite_shift(ops.row_max(z), ops, eager=ops.is_eager(z))
     exps = ops.exp_of_temporary(difference(z, shift, ops, scratch=scratch))
     total = ops.row_sum(exps)
     return ExpSums(shift, exps, total, xp.log(total) if finite else log_of_sum(total, ops))
+
+
+def finite_shift(row_max: Array, ops: Ops, *, eager: bool) -> tuple[Array, bool]:
+    """The shift of :func:`exp_sums` from the rows' maximum (kept axis), and whether every row's was finite.
+
+    A constant of differentiation (``d lse / d shift = 0``: autodiff need not go through the
+    maximum), 0 where the maximum is not finite. On ``eager`` arrays the maxima are read once:
+    when all are finite the mask is skipped (and True returned); otherwise False.
+    """
+    xp = ops.xp
+    shift = ops.constant(row_max)
+    finite = eager and ops.all_true(xp.isfinite(shift))
+    if not finite:
+        shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    return shift, finite
 
 
 def shifted_log_sum(z: Array, ops: Ops, *, scratch: Array | None = None) -> tuple[Array, Array]:

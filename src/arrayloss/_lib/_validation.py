@@ -182,14 +182,18 @@ def check_fraction(name: str, value: float) -> None:
 
 
 def check_labels_in_range(
-    labels: Array, num_classes: int, valid: Array | None, xp: ModuleType, name: str = "labels"
+    labels: Array, num_classes: int | None, valid: Array | None, xp: ModuleType, name: str = "labels"
 ) -> None:
-    """Raise ``ValueError`` naming a counted label outside ``[0, num_classes)`` (eager arrays only)."""
-    bad = (labels < 0) | (labels >= num_classes)
+    """Raise ``ValueError`` naming a counted label outside ``[0, num_classes)`` (eager arrays only;
+    ``num_classes=None``: negative labels)."""
+    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
     if valid is not None:
         bad = bad & valid
     if bool(xp.any(bad)):
         zero = xp.zeros_like(labels)
+        if num_classes is None:
+            value = int(xp.min(xp.where(bad, labels, zero)))
+            raise ValueError(f"{name} contains {value}; class indices must be non-negative")
         largest = int(xp.max(xp.where(bad, labels, zero)))
         value = largest if largest >= num_classes else int(xp.min(xp.where(bad, labels, zero)))
         raise ValueError(

@@ -1,0 +1,882 @@
+"""Vocab-parallel cross entropy: the checks, the per-row math over shards of the classes, the rules.
+
+The public module is :mod:`arrayloss.distributed` (its docstring describes the algorithm);
+this module follows the loss modules' pattern (``docs/architecture.md``) and reuses the
+per-row math of :mod:`._sparse` and the chunks of :mod:`._linear`.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
+
+from ._autodiff import Rule, compute, differentiable
+from ._lib._backends import is_array
+from ._lib._labels import Labels, label_indices
+from ._lib._ops import Ops
+from ._lib._reduce import example_scale, poison, reduce_losses
+from ._lib._softmax import difference, finite_shift, log_of_sum
+from ._lib._validation import (
+    Array,
+    ArrayT,
+    Reduction,
+    check_logits,
+    compute_dtype,
+    in_compute_dtype,
+    ops_of,
+    reshape_target,
+    size_of,
+)
+from ._linear import LinearCall, _rows, _rows_as, add_transposed_product, check_linear
+from ._sparse import (
+    LabelOptions,
+    SparseCall,
+    _weights_and_scale,
+    check_label_options,
+    losses_from_gaps,
+    sparse_logits_vjp,
+)
+
+
+@runtime_checkable
+class Collectives(Protocol):
+    """All-reduces over the ranks of a group: each returns, on every rank, the element-wise
+    maximum (``max``) or sum (``sum``) of the arrays that the ranks pass, of one shape and dtype."""
+
+    def max(self, x: Any, /) -> Any: ...
+
+    def sum(self, x: Any, /) -> Any: ...
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+def check_collectives(collectives: object) -> Collectives:
+    """``collectives`` if it has callable ``max`` and ``sum``; ``TypeError`` naming it otherwise."""
+    if not all(callable(getattr(collectives, name, None)) for name in ("max", "sum")):
+        raise TypeError(
+            "collectives must have methods max(x) and sum(x) that all-reduce an array over the ranks "
+            f"(e.g. arrayloss.distributed.torch_collectives()), got {type(collectives).__name__}"
+        )
+    return cast(Collectives, collectives)
+
+
+def is_start_array(vocab_start: object) -> bool:
+    """Whether ``vocab_start`` is an array (a NumPy scalar such as ``np.int64(3)`` counts as an int)."""
+    numpy = sys.modules.get("numpy")
+    return is_array(vocab_start) and not (numpy is not None and isinstance(vocab_start, numpy.generic))
+
+
+def check_vocab_start(vocab_start: object, ops: Ops) -> int | Array:
+    """``vocab_start`` as a non-negative Python int or a 0-d integer array (values: eager arrays)."""
+    xp = ops.xp
+    if is_start_array(vocab_start):
+        start = cast(Array, vocab_start)
+        if start.ndim != 0 or not xp.isdtype(start.dtype, "integral"):
+            raise TypeError(
+                f"vocab_start must be an int or a 0-d integer array, got an array of shape "
+                f"{tuple(start.shape)} and dtype {start.dtype}"
+            )
+        if ops.is_eager(start) and not ops.all_true(start >= 0):
+            raise ValueError(f"vocab_start must be non-negative, got {int(start)}")
+        return start
+    if isinstance(vocab_start, bool):
+        raise TypeError("vocab_start must be an int or a 0-d integer array, got bool")
+    try:
+        value = operator.index(cast(Any, vocab_start))
+    except TypeError:
+        raise TypeError(
+            f"vocab_start must be an int or a 0-d integer array, got {type(vocab_start).__name__}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"vocab_start must be non-negative, got {value}")
+    return value
+
+
+def _ops_and_start(named: dict[str, Any], vocab_start: object, xp: ModuleType | None) -> tuple[Ops, Any]:
+    start = vocab_start if is_start_array(vocab_start) else None
+    ops = ops_of({**named, "vocab_start": start}, xp, optional=("bias", "weights", "vocab_start"))
+    return ops, check_vocab_start(vocab_start, ops)
+
+
+# --- the per-row math ---------------------------------------------------------------------------
+
+
+def local_labels(labels: Array, vocab_start: int | Array, num_local: int, ops: Ops) -> tuple[Array, Array]:
+    """``(owned, index)``: whether each global label is a class of this shard, and its index in the
+    shard (0 where not owned, so that every gather is in range)."""
+    xp = ops.xp
+    index = label_indices(labels, ops) - vocab_start
+    owned = (index >= 0) & (index < num_local)
+    return owned, xp.where(owned, index, xp.zeros_like(index))
+
+
+class ShardStats(NamedTuple):
+    """The rows' statistics over all ranks, of :func:`shard_losses`: one value per row but
+    ``num_classes`` (0-d), in the accumulation dtype."""
+
+    loss: Array  # unweighted
+    shift: Array
+    log_sum: Array  # log-sum-exp over every class = shift + log_sum
+    owners: Array | None  # eager arrays: how many ranks hold the label (1 in range, 0 outside every shard)
+    num_classes: Array  # the classes of all ranks
+
+
+def shard_losses(
+    z: Array,
+    labels: Array,
+    vocab_start: int | Array,
+    collectives: Collectives,
+    *,
+    label_smoothing: float,
+    z_loss: float,
+    ops: Ops,
+    num_classes: Array | None = None,
+) -> ShardStats:
+    """The cross entropy of rows whose classes are sharded over the ranks, from this rank's ``z``.
+
+    ``z`` are rows ``(R, C_local)`` in the accumulation dtype holding the classes
+    ``[vocab_start, vocab_start + C_local)``; ``labels`` ``(R,)`` are global, in range or not.
+    Two all-reduces: the rows' maxima, then one sum of the table of per-row sums (exponentials,
+    label logit, with smoothing the logits, on eager arrays the label's owners, which the check
+    of the labels reads) and the class count (unless ``num_classes``, the classes of all ranks, is
+    given). The losses are :func:`arrayloss._sparse.losses_from_gaps` of the summed statistics.
+    """
+    xp = ops.xp
+    dtype, device = z.dtype, ops.device(z)
+    rows, num_local = z.shape[0], z.shape[-1]
+    # no rows: no maximum to take (Dask's max fails on an empty array)
+    empty = size_of((rows,)) == 0
+    row_max = xp.zeros((0, 1), dtype=dtype, device=device) if empty else ops.row_max(z)
+    shift, _ = finite_shift(collectives.max(row_max), ops, eager=ops.is_eager(z))
+    owned, index = local_labels(labels, vocab_start, num_local, ops)
+    zero = xp.zeros_like(shift[..., 0])
+    label_gap = xp.where(owned, ops.pick(z, index) - shift[..., 0], zero)
+    columns = [ops.row_sum(ops.exp_of_temporary(difference(z, shift, ops)))[..., 0], label_gap]
+    if label_smoothing:
+        columns.append(ops.row_sum(z - shift)[..., 0])
+    eager = ops.is_eager(z)
+    if eager:
+        columns.append(xp.astype(owned, dtype))
+    extra = [class_count(num_local, dtype, ops, device)] if num_classes is None else []
+    summed, tail = sum_columns(columns, extra, collectives, ops)
+    if num_classes is None:
+        num_classes = tail[0]
+    log_sum = log_of_sum(summed[0], ops)
+    mean_gap = summed[2] / num_classes if label_smoothing else None
+    loss = losses_from_gaps(
+        shift[..., 0],
+        log_sum,
+        summed[1],
+        mean_gap,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        ops=ops,
+    )
+    return ShardStats(loss, shift[..., 0], log_sum, summed[-1] if eager else None, num_classes)
+
+
+def sum_columns(
+    columns: list[Array], extra: list[Array], collectives: Collectives, ops: Ops
+) -> tuple[list[Array], list[Array]]:
+    """The columns (one value per row each) and the ``extra`` 1-element arrays, all-reduced by one
+    ``sum`` of them laid end to end; returned apart again (``extra`` as 0-d arrays)."""
+    xp = ops.xp
+    rows = size_of(tuple(columns[0].shape))
+    if rows is None:  # rows of unknown number: a table of them, flattened (one reshape each way)
+        table = xp.reshape(xp.stack(columns, axis=-1), (-1,))
+        summed = collectives.sum(xp.concat([table, *extra]))
+        parts = xp.reshape(summed[: -len(extra) or None], (-1, len(columns)))
+        return [parts[:, k] for k in range(len(columns))], [
+            summed[-k - 1] for k in reversed(range(len(extra)))
+        ]
+    summed = collectives.sum(xp.concat([*columns, *extra]))  # no reshape (Dask cannot reshape empty arrays)
+    count = rows * len(columns)
+    return [summed[k * rows : (k + 1) * rows] for k in range(len(columns))], [
+        summed[count + k] for k in range(len(extra))
+    ]
+
+
+def class_count(num_local: int, dtype: Any, ops: Ops, device: Any) -> Array:
+    """This rank's number of classes, a 1-element array to all-reduce by ``sum``."""
+    return ops.xp.asarray([num_local], dtype=dtype, device=device)
+
+
+def beyond(labels: Array, num_classes: Array, ops: Ops) -> Array:
+    """Whether each (non-negative) label is at least ``num_classes`` (a 0-d floating array)."""
+    xp = ops.xp
+    return xp.astype(labels, num_classes.dtype) >= num_classes
+
+
+def unowned_labels(stats: ShardStats, options: LabelOptions, ops: Ops, eager: bool) -> Array | None:
+    """Counted labels that no rank (or more than one) holds: on ``eager`` arrays a ``ValueError``
+    naming one (every rank raises it: the counts are all-reduced); otherwise a mask of the labels
+    outside ``[0, C)`` (or None with the labels' own poisoned mask), whose losses are NaN."""
+    xp = ops.xp
+    labels, counted = options.raw_labels, options.labels.counted
+    shape = reshape_target(tuple(labels.shape))
+    if stats.owners is None:
+        bad = xp.reshape(beyond(options.labels.safe, stats.num_classes, ops), shape)
+    else:
+        owners = xp.reshape(stats.owners, shape)
+        bad = owners != 1.0
+    if counted is not None:
+        bad = bad & counted
+    if eager:
+        if ops.all_true(~bad):
+            return None
+        total = int(stats.num_classes)
+        owners = xp.reshape(stats.owners, shape)
+        first = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int8)))
+        value = int(xp.reshape(labels, (-1,))[first])
+        owners_of = int(xp.reshape(owners, (-1,))[first])
+        if owners_of == 0:
+            raise ValueError(
+                f"labels contains {value}, outside the valid range [0, {total}) of class indices "
+                "(the classes of every rank's shard)"
+            )
+        raise ValueError(
+            f"labels contains {value}, a class that {owners_of} ranks hold: the shards "
+            "[vocab_start, vocab_start + C_local) of the ranks overlap"
+        )
+    poisoned = options.labels.poisoned
+    return bad if poisoned is None else bad | poisoned
+
+
+# --- vocab_parallel_cross_entropy ---------------------------------------------------------------
+
+
+class VocabParallelCall(NamedTuple):
+    """A checked call of :func:`vocab_parallel_cross_entropy` (see :class:`~arrayloss._autodiff.Call`).
+
+    ``sparse`` is the record of :func:`~arrayloss.sparse_softmax_cross_entropy` for the
+    local logits (class axis last), whose labels are global.
+    """
+
+    sparse: SparseCall
+    vocab_start: int | Array
+    collectives: Collectives
+
+    @property
+    def ops(self) -> Ops:
+        return self.sparse.ops
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return (self.sparse.logits,)
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return constants_of(self.sparse.options, self.vocab_start)
+
+    @property
+    def one_pass(self) -> bool:
+        return False
+
+
+def check_vocab_parallel(
+    *,
+    local_logits: Array,
+    labels: Array,
+    vocab_start: int | Array,
+    collectives: Collectives,
+    weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: Reduction,
+    xp: ModuleType | None,
+) -> VocabParallelCall:
+    """Check the arguments of :func:`vocab_parallel_cross_entropy` once; return the call's record."""
+    named = {"local_logits": local_logits, "labels": labels, "weights": weights}
+    ops, start = _ops_and_start(named, vocab_start, xp)
+    check_collectives(collectives)
+    axis = check_logits(local_logits, -1, ops.xp, name="local_logits")
+    options = check_label_options(
+        labels,
+        None,
+        tuple(local_logits.shape[:-1]),
+        ops,
+        weights=weights,
+        class_weights=None,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=None,
+        softcap=None,
+    )
+    return VocabParallelCall(SparseCall(ops, local_logits, axis, options), start, collectives)
+
+
+def _poisoned(call: SparseCall, poisoned: Array | None) -> SparseCall:
+    """``call`` whose out-of-range labels are ``poisoned`` (None: unchanged)."""
+    if poisoned is None:
+        return call
+    options = call.options
+    return call._replace(options=options._replace(labels=options.labels._replace(poisoned=poisoned)))
+
+
+def _forward(call: VocabParallelCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
+    """The loss, and the rows' global ``(shift, log_sum, num_classes[, poisoned])`` for the backward pass."""
+    sparse, ops = call.sparse, call.ops
+    xp = ops.xp
+    options = sparse.options
+    dtype = compute_dtype(logits.dtype, xp)
+    z = xp.reshape(in_compute_dtype(logits, xp), (-1, logits.shape[-1]))
+    stats = shard_losses(
+        z,
+        xp.reshape(options.labels.safe, (-1,)),
+        call.vocab_start,
+        call.collectives,
+        label_smoothing=options.label_smoothing,
+        z_loss=options.z_loss,
+        ops=ops,
+    )
+    poisoned = unowned_labels(stats, options, ops, ops.is_eager(logits))
+    loss = xp.reshape(stats.loss, reshape_target(tuple(options.raw_labels.shape)))
+    w = options.example_weights(dtype, ops)
+    out = reduce_losses(loss, w, options.reduction, ops, poisoned=poisoned)
+    residuals = (stats.shift, stats.log_sum, stats.num_classes)
+    return ops.as_result(out, logits.dtype), residuals + (() if poisoned is None else (poisoned,))
+
+
+def _backward(
+    call: VocabParallelCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array]:
+    """The local slice of the full gradient: no collective."""
+    (logits,) = primals
+    shift, log_sum, num_classes, *poisoned = residuals
+    sparse = _poisoned(call.sparse, poisoned[0] if poisoned else None)
+    ops = call.ops
+    xp, options = ops.xp, sparse.options
+    dtype = compute_dtype(logits.dtype, xp)
+    w, scale = _weights_and_scale(sparse, cotangent, dtype)
+    num_local = logits.shape[-1]
+    owned, index = local_labels(xp.reshape(options.labels.safe, (-1,)), call.vocab_start, num_local, ops)
+    grad = sparse_logits_vjp(
+        xp.reshape(logits, (-1, num_local)),
+        index,
+        xp.reshape(scale, (-1,)),
+        label_smoothing=options.label_smoothing,
+        z_loss=options.z_loss,
+        masked=w is not None,
+        ops=ops,
+        row_stats=(shift, log_sum),
+        num_classes=num_classes,
+        owned=owned,
+    )
+    return (xp.astype(xp.reshape(grad, tuple(logits.shape)), logits.dtype, copy=False),)
+
+
+def constants_of(options: LabelOptions, vocab_start: int | Array) -> tuple[Any, ...]:
+    """A call's arrays besides the primals: the example weights, and the labels and ``vocab_start``.
+
+    Integer arrays have no gradient, but JAX receives them as arguments of its custom VJP
+    (:class:`~arrayloss._lib._jax.JaxOps`) rather than closed over: the backward pass of
+    ``shard_map`` is traced apart from its forward pass, where a closed-over traced label
+    would leak.
+    """
+    labels = options.labels
+    start = None if isinstance(vocab_start, int) else vocab_start
+    return (options.weights, labels.safe, labels.counted, labels.poisoned, options.raw_labels, start)
+
+
+def _with_constants(call: Any, constants: tuple[Any, ...]) -> Any:
+    """``call`` with the arrays of :func:`constants_of` replaced by ``constants``."""
+    weights, safe, counted, poisoned, raw_labels, start = constants
+    record = call.sparse if isinstance(call, VocabParallelCall) else call.linear
+    options = record.options._replace(
+        weights=weights, labels=Labels(safe, counted, poisoned), raw_labels=raw_labels
+    )
+    record = record._replace(options=options)
+    start = call.vocab_start if start is None else start
+    if isinstance(call, VocabParallelCall):
+        return call._replace(sparse=record, vocab_start=start)
+    return call._replace(linear=record, vocab_start=start)
+
+
+RULE = Rule(check_vocab_parallel, _forward, _backward, with_constants=_with_constants)
+
+
+@differentiable(RULE)
+def vocab_parallel_cross_entropy(
+    local_logits: ArrayT,
+    labels: Array,
+    /,
+    *,
+    vocab_start: int | Array,
+    collectives: Collectives,
+    weights: Array | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+    xp: ModuleType | None = None,
+) -> ArrayT:
+    r"""Softmax cross entropy of logits sharded along the classes across ranks.
+
+    Each rank passes its shard ``local_logits`` of the logits, the classes
+    ``[vocab_start, vocab_start + C_local)`` (``C_local`` may differ between ranks; the
+    shards of the ranks must cover ``[0, C)`` once), and the same global ``labels``.
+    Every rank gets the value of :func:`~arrayloss.sparse_softmax_cross_entropy` on the
+    full logits :math:`z \in \mathbb{R}^{C}` of each example:
+
+    .. math::
+
+        \ell = (1-\varepsilon)\,(\operatorname{lse}(z) - z_y)
+               + \varepsilon\,\Big(\operatorname{lse}(z) - \frac{1}{C}\sum_c z_c\Big)
+               + \lambda\,\operatorname{lse}(z)^2,
+        \qquad \operatorname{lse}(z) = m + \log \sum_{r} \sum_{c \in r} e^{z_c - m},
+        \quad m = \max_r \max_{c \in r} z_c
+
+    with two all-reduces of per-row values (``max`` of the row maxima :math:`m`, one
+    ``sum`` of the rows' exponential sums, label logits, smoothing sums and the class
+    counts). The gradient of ``local_logits`` (PyTorch autograd, JAX, and
+    :func:`~arrayloss.value_and_grad`) is the local slice of the full gradient,
+    :math:`(1 + 2\lambda\operatorname{lse})\operatorname{softmax}(z) - (1-\varepsilon)
+    \mathrm{onehot}(y) - \varepsilon / C`, scaled by the example's weight and the
+    reduction, computed without any collective.
+
+    Parameters
+    ----------
+    local_logits : array, shape ``(..., C_local)``
+        This rank's logits, real floating, classes last. float16 and bfloat16 are
+        accumulated in float32 and the result is cast back.
+    labels : array of integers, shape ``local_logits.shape[:-1]``
+        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank.
+    vocab_start : int or 0-d integer array
+        The global index of this rank's first class (inside ``shard_map``, a traced
+        ``lax.axis_index(name) * C_local``).
+    collectives : Collectives
+        An object with ``max(x)`` and ``sum(x)`` that all-reduce an array over the ranks
+        (:func:`torch_collectives`, :func:`jax_collectives`, or your own).
+    weights, ignore_index, label_smoothing, z_loss, reduction
+        As in :func:`~arrayloss.sparse_softmax_cross_entropy`, the same on every rank.
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        The same on every rank: in the namespace, on the device and with the dtype of
+        ``local_logits``; the shape of ``labels`` for ``reduction="none"``, else 0-d.
+
+    Raises
+    ------
+    TypeError
+        As :func:`~arrayloss.sparse_softmax_cross_entropy`; a ``vocab_start`` that is not
+        an int or a 0-d integer array; ``collectives`` without ``max`` and ``sum``.
+    ValueError
+        As :func:`~arrayloss.sparse_softmax_cross_entropy`, and a negative ``vocab_start``.
+        On eager host arrays, after the all-reduces (on every rank alike), a counted label
+        that no rank's shard holds, or that several hold (overlapping shards). On other
+        arrays such an example's loss is NaN instead.
+
+    Notes
+    -----
+    Megatron-LM's vocab-parallel cross entropy, with its options. The all-reduces are
+    made inside the loss's forward pass, whose analytic gradient PyTorch and JAX
+    (``jax.custom_vjp``; so ``jax.jvp`` of this loss is not available) take: autodiff
+    never differentiates a collective.
+
+    References
+    ----------
+    Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using
+    Model Parallelism", 2019.
+
+    Examples
+    --------
+    One rank holding every class (collectives that return their argument) gives
+    :func:`~arrayloss.sparse_softmax_cross_entropy`; two shards reduced together give it too:
+
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> from arrayloss.distributed import vocab_parallel_cross_entropy
+    >>> class OneRank:
+    ...     def max(self, x):
+    ...         return x
+    ...
+    ...     def sum(self, x):
+    ...         return x
+    >>> logits = np.asarray([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    >>> labels = np.asarray([0, 2])
+    >>> vocab_parallel_cross_entropy(logits, labels, vocab_start=0, collectives=OneRank())
+    array([0.2413113 , 1.00194285])
+    >>> al.sparse_softmax_cross_entropy(logits, labels)
+    array([0.2413113 , 1.00194285])
+    """
+    call = check_vocab_parallel(
+        local_logits=local_logits,
+        labels=labels,
+        vocab_start=vocab_start,
+        collectives=collectives,
+        weights=weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        xp=xp,
+    )
+    return cast(ArrayT, compute(RULE, call))
+
+
+# --- vocab_parallel_linear_cross_entropy --------------------------------------------------------
+
+
+class VocabParallelLinearCall(NamedTuple):
+    """A checked call of :func:`vocab_parallel_linear_cross_entropy`: ``linear`` is the record of
+    :func:`~arrayloss.linear_cross_entropy` for this rank's rows of the output layer."""
+
+    linear: LinearCall
+    vocab_start: int | Array
+    collectives: Collectives
+
+    @property
+    def ops(self) -> Ops:
+        return self.linear.ops
+
+    @property
+    def primals(self) -> tuple[Array, ...]:
+        return self.linear.primals
+
+    @property
+    def constants(self) -> tuple[Any, ...]:
+        return constants_of(self.linear.options, self.vocab_start)
+
+    @property
+    def one_pass(self) -> bool:
+        # the gradients with the value: one product per chunk fewer (as linear_cross_entropy)
+        return self.linear.options.reduction != "none"
+
+
+def check_vocab_parallel_linear(
+    *,
+    hidden: Array,
+    local_weight: Array,
+    labels: Array,
+    vocab_start: int | Array,
+    collectives: Collectives,
+    bias: Array | None,
+    weights: Array | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: Reduction,
+    chunk_size: int | None,
+    xp: ModuleType | None,
+) -> VocabParallelLinearCall:
+    """Check the arguments of :func:`vocab_parallel_linear_cross_entropy` once; return the record."""
+    named = {
+        "hidden": hidden,
+        "local_weight": local_weight,
+        "labels": labels,
+        "bias": bias,
+        "weights": weights,
+    }
+    ops, start = _ops_and_start(named, vocab_start, xp)
+    check_collectives(collectives)
+    linear = check_linear(
+        hidden=hidden,
+        weight=local_weight,
+        labels=labels,
+        bias=bias,
+        weights=weights,
+        class_weights=None,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        softcap=None,
+        xp=ops.xp,
+        vocab_shard=True,
+    )
+    return VocabParallelLinearCall(linear, start, collectives)
+
+
+class _Gradients(NamedTuple):
+    """What a chunk needs for the gradient rows: each example's factor (``scale``, one per row) and
+    whether rows of factor 0 must stay exactly 0 (``masked``)."""
+
+    scale: Array
+    masked: bool
+
+
+def _linear_pass(
+    call: VocabParallelLinearCall,
+    primals: tuple[Array, ...],
+    num_classes: Array,
+    stats: tuple[Array, Array] | None,
+    gradients: _Gradients | None,
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """One pass over chunks of rows: ``(per-row outputs, gradients)``.
+
+    ``num_classes`` is the classes of all ranks (:func:`_num_classes`). Without ``stats`` (the
+    forward and the fused passes) each chunk's statistics come from :func:`shard_losses` (two
+    all-reduces per chunk) and the per-row outputs are ``(loss, shift, log_sum[, owners])``. With
+    ``stats``, the rows' ``(shift, log_sum)`` of a forward pass (the backward pass), no
+    collective but hidden's gradient. With ``gradients``, each chunk's
+    gradient rows (:func:`~arrayloss._sparse.sparse_logits_vjp` of the local classes) go
+    into ``(d_hidden, d_weight[, d_bias])``, hidden's all-reduced by ``sum`` (every rank's
+    classes contribute to it); one matrix product per chunk fewer in the fused pass than a
+    forward and a backward pass.
+    """
+    linear, ops = call.linear, call.ops
+    xp, options = ops.xp, linear.options
+    rows = _rows(linear, primals)
+    num_local = rows.weight.shape[0]
+
+    def chunk(
+        totals: tuple[Array, Array | None] | None, hidden_rows: Array, label_rows: Array, *given: Array
+    ) -> tuple[tuple[Array, Array | None] | None, tuple[Array, ...]]:
+        h = xp.astype(hidden_rows, linear.dtype, copy=False)
+        z = rows.logits(h, ops)
+        outputs: tuple[Array, ...] = ()
+        if stats is None:
+            found = shard_losses(
+                z,
+                label_rows,
+                call.vocab_start,
+                call.collectives,
+                label_smoothing=options.label_smoothing,
+                z_loss=options.z_loss,
+                ops=ops,
+                num_classes=num_classes,
+            )
+            shift_rows, log_sum_rows = found.shift, found.log_sum
+            outputs = (
+                found.loss,
+                shift_rows,
+                log_sum_rows,
+                *(() if found.owners is None else (found.owners,)),
+            )
+        else:
+            shift_rows, log_sum_rows = given[-2], given[-1]
+        if gradients is None or totals is None:
+            return totals, outputs
+        owned, index = local_labels(label_rows, call.vocab_start, num_local, ops)
+        g = sparse_logits_vjp(
+            z,
+            index,
+            given[0],
+            label_smoothing=options.label_smoothing,
+            z_loss=options.z_loss,
+            masked=gradients.masked,
+            ops=ops,
+            row_stats=(shift_rows, log_sum_rows),
+            num_classes=num_classes,
+            owned=owned,
+        )
+        d_weight, d_bias = totals
+        d_weight = add_transposed_product(d_weight, g, h, ops)
+        if d_bias is not None:
+            d_bias = d_bias + xp.sum(g, axis=0)
+        return (d_weight, d_bias), (*outputs, xp.matmul(g, rows.weight))
+
+    def zeros(a: Array | None) -> Array | None:
+        # zeros_like: of the shard's kind too (under shard_map, varying along the vocabulary's axis)
+        return None if a is None else xp.zeros_like(a, dtype=linear.dtype)
+
+    per_row = (rows.hidden, rows.labels)
+    per_row += () if gradients is None else (gradients.scale,)
+    per_row += () if stats is None else stats
+    totals = None if gradients is None else (zeros(rows.weight), zeros(rows.bias))
+    totals, outputs = ops.scan_row_blocks(chunk, totals, per_row, linear.chunk)
+    if totals is None:
+        return outputs, ()
+    d_hidden = call.collectives.sum(outputs[-1])
+    d_weight, d_bias = totals
+    grads = [_rows_as(d_hidden, primals[0], xp), d_weight, *(() if d_bias is None else (d_bias,))]
+    cast_back = tuple(xp.astype(g, a.dtype, copy=False) for g, a in zip(grads, primals, strict=True))
+    return outputs[:-1], cast_back
+
+
+def _num_classes(call: VocabParallelLinearCall, primals: tuple[Array, ...]) -> Array:
+    """The classes of all ranks: one all-reduce of a scalar for all chunks."""
+    ops, weight = call.ops, primals[1]
+    count = class_count(weight.shape[0], call.linear.dtype, ops, ops.device(primals[0]))
+    return call.collectives.sum(count)[0]
+
+
+def _linear_value(
+    call: VocabParallelLinearCall, primals: tuple[Array, ...], outputs: tuple[Array, ...], num_classes: Array
+) -> tuple[Array, tuple[Array, ...]]:
+    """The loss from the per-row outputs of :func:`_linear_pass` (labels checked on eager arrays,
+    poisoned on others), and the residuals of the backward pass."""
+    linear, ops = call.linear, call.ops
+    xp, options = ops.xp, linear.options
+    loss, shift, log_sum, *owners = outputs
+    stats = ShardStats(loss, shift, log_sum, owners[0] if owners else None, num_classes)
+    poisoned = unowned_labels(stats, options, ops, ops.is_eager(primals[0]))
+    w = options.example_weights(linear.dtype, ops)
+    out = reduce_losses(_rows_as(loss, options.raw_labels, xp), w, options.reduction, ops, poisoned=poisoned)
+    value = ops.as_result(out, xp.result_type(primals[0].dtype, primals[1].dtype))
+    return value, (shift, log_sum, num_classes) + (() if poisoned is None else (poisoned,))
+
+
+def _linear_scale(call: VocabParallelLinearCall, cotangent: Array, poisoned: Array | None) -> _Gradients:
+    """Each example's gradient factor for ``cotangent`` (NaN for the ``poisoned``), flattened to rows."""
+    linear, ops = call.linear, call.ops
+    options = linear.options
+    w = options.example_weights(linear.dtype, ops)
+    scale = example_scale(cotangent, w, options.reduction, options.raw_labels, linear.dtype, ops)
+    scale = poison(scale, options.labels.poisoned if poisoned is None else poisoned, ops)
+    return _Gradients(ops.xp.reshape(scale, (-1,)), w is not None)
+
+
+def _linear_forward(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    """The loss, chunk by chunk, and the rows' global statistics for the backward pass."""
+    num_classes = _num_classes(call, primals)
+    return _linear_value(call, primals, _linear_pass(call, primals, num_classes, None, None)[0], num_classes)
+
+
+def _linear_backward(
+    call: VocabParallelLinearCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
+) -> tuple[Array, ...]:
+    """Each chunk's logits recomputed, the local gradient rows, and one all-reduce: ``hidden``'s."""
+    shift, log_sum, num_classes, *poisoned = residuals
+    if primals[0].shape[0] == 0:  # no rows (on every rank): zero gradients
+        return tuple(call.ops.xp.zeros_like(a) for a in primals)
+    gradients = _linear_scale(call, cotangent, poisoned[0] if poisoned else None)
+    return _linear_pass(call, primals, num_classes, (shift, log_sum), gradients)[1]
+
+
+def _linear_fused(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]:
+    """The scalar loss and its gradients in one pass: each chunk's logits computed once.
+
+    The gradient factors are known before the chunks: on arrays that are not checked, the
+    labels outside every shard (at least the class count, all-reduced first) are poisoned up
+    front; on eager arrays a label outside every shard raises after the chunks.
+    """
+    linear, ops = call.linear, call.ops
+    xp, options = ops.xp, linear.options
+    if primals[0].shape[0] == 0:
+        value = _linear_forward(call, *primals)[0]
+        return value, tuple(xp.zeros_like(a) for a in primals)
+    num_classes = _num_classes(call, primals)
+    poisoned = None
+    if not ops.is_eager(primals[0]):
+        poisoned = beyond(options.labels.safe, num_classes, ops)
+        if options.labels.counted is not None:
+            poisoned = poisoned & options.labels.counted
+        if options.labels.poisoned is not None:
+            poisoned = poisoned | options.labels.poisoned
+    ones = xp.ones((), dtype=linear.dtype, device=ops.device(primals[0]))
+    outputs, grads = _linear_pass(call, primals, num_classes, None, _linear_scale(call, ones, poisoned))
+    return _linear_value(call, primals, outputs, num_classes)[0], grads
+
+
+LINEAR_RULE = Rule(
+    check_vocab_parallel_linear,
+    _linear_forward,
+    _linear_backward,
+    _linear_fused,
+    unpack=lambda call, gradients: gradients,
+    with_constants=_with_constants,
+)
+
+
+@differentiable(LINEAR_RULE)
+def vocab_parallel_linear_cross_entropy(
+    hidden: ArrayT,
+    local_weight: Array,
+    labels: Array,
+    /,
+    *,
+    vocab_start: int | Array,
+    collectives: Collectives,
+    bias: Array | None = None,
+    weights: Array | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+    chunk_size: int | None = None,
+    xp: ModuleType | None = None,
+) -> ArrayT:
+    r"""Cross entropy of ``hidden @ weight.T + bias`` with the output layer's rows sharded across ranks.
+
+    Each rank holds the rows ``local_weight`` (and ``bias``) of the classes
+    ``[vocab_start, vocab_start + C_local)`` and the same ``hidden`` and global
+    ``labels``. Every rank gets the value of :func:`~arrayloss.linear_cross_entropy` with
+    the full weight (the loss of :func:`vocab_parallel_cross_entropy`), computed
+    ``chunk_size`` rows at a time: no rank holds more than a chunk of its
+    ``N x C_local`` logits. Each chunk costs two all-reduces of per-row values. The
+    gradients (PyTorch autograd, JAX, :func:`~arrayloss.value_and_grad`) are the full
+    one of ``hidden`` (the ranks' contributions all-reduced by one ``sum`` of its size)
+    and the local slices of ``weight``'s and ``bias``'s. For a scalar ``reduction`` they
+    are computed with the value, each chunk's logits once (as
+    :func:`~arrayloss.linear_cross_entropy` does); for ``"none"`` the backward pass recomputes
+    each chunk's logits, with no collective but ``hidden``'s gradient.
+
+    Parameters
+    ----------
+    hidden : array, shape ``(..., D)``
+        Real floating features, the same on every rank.
+    local_weight : array, shape ``(C_local, D)``
+        This rank's rows of the output layer.
+    labels : array of integers, shape ``hidden.shape[:-1]``
+        Global class indices in ``[0, C)`` or ``ignore_index``, the same on every rank.
+    vocab_start, collectives
+        As in :func:`vocab_parallel_cross_entropy`.
+    bias : array, shape ``(C_local,)``, optional
+        This rank's part of the bias.
+    weights, ignore_index, label_smoothing, z_loss, reduction
+        As in :func:`~arrayloss.sparse_softmax_cross_entropy`.
+    chunk_size : int, optional
+        Rows per chunk, as in :func:`~arrayloss.linear_cross_entropy` (default: chunks of
+        about 32 MiB of local logits). The same on every rank: the ranks' all-reduces
+        must pair up.
+    xp : namespace, optional
+        Force an array namespace; inferred from the arrays when omitted.
+
+    Returns
+    -------
+    array
+        The same on every rank, in the dtype of ``hidden @ local_weight.T``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`~arrayloss.linear_cross_entropy` (the weight is called ``local_weight``)
+        and :func:`vocab_parallel_cross_entropy`.
+
+    Examples
+    --------
+    Two shards of the classes, whose collectives are computed in one process by hand,
+    give :func:`~arrayloss.linear_cross_entropy` of the whole weight:
+
+    >>> import numpy as np
+    >>> import arrayloss as al
+    >>> from arrayloss.distributed import vocab_parallel_linear_cross_entropy
+    >>> class OneRank:
+    ...     def max(self, x):
+    ...         return x
+    ...
+    ...     def sum(self, x):
+    ...         return x
+    >>> hidden = np.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> weight = np.asarray([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
+    >>> labels = np.asarray([0, 1, 2])
+    >>> vocab_parallel_linear_cross_entropy(hidden, weight, labels, vocab_start=0, collectives=OneRank())
+    array([0.16984602, 0.68026967, 2.87153903])
+    """
+    call = check_vocab_parallel_linear(
+        hidden=hidden,
+        local_weight=local_weight,
+        labels=labels,
+        vocab_start=vocab_start,
+        collectives=collectives,
+        bias=bias,
+        weights=weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        xp=xp,
+    )
+    return cast(ArrayT, compute(LINEAR_RULE, call))
