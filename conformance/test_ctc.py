@@ -227,6 +227,57 @@ def test_masked_garbage_is_ignored(backend, reduction):
     np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("garbage", ["nan_inf", "finite"])
+@pytest.mark.parametrize("label_type", ["int64", "int32", "int16"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, garbage):
+    """Through autograd (on the delegated path, ``F.ctc_loss``, too): NaN, inf or large finite values
+    in frames past logit_lengths and garbage labels past label_lengths give the loss and gradient of
+    the clean inputs (NumPy's rule), exactly 0 on those frames."""
+    torch = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(2)
+    feasible = [0, 1, 3, 4, 5]
+    logits, labels = logits[feasible], labels[feasible]
+    logit_lengths, label_lengths = logit_lengths[feasible], label_lengths[feasible]
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": reduction}
+    clean_value, clean_grad = al.value_and_grad(al.ctc_loss)(logits, np.maximum(labels, 0), **options)
+    past = np.arange(logits.shape[1])[None, :] >= logit_lengths[:, None]
+    dirty = logits.copy()
+    fill = [np.nan, np.inf] if garbage == "nan_inf" else [1e4, -3e4]
+    dirty[past] = np.where(np.arange(logits.shape[2]) % 2 == 0, *fill)
+    garbage_labels = np.where(labels < 0, 10**4, labels)
+    z = backend.asarray(dirty).requires_grad_()
+    given = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    value = al.ctc_loss(z, backend.asarray(garbage_labels, label_type), **given)
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    backend.assert_close(value, clean_value, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    assert (got[past] == 0).all()
+    np.testing.assert_allclose(got, clean_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_paths_agree(backend, dtype, configure):
+    """The hand-off to ``F.ctc_loss`` and the array-API recursion: the same values and gradients."""
+    torch = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(10, batch=5, time=20, classes=7, width=5)
+    arguments = (backend.asarray(np.maximum(labels, 0)),)
+    given = {"logit_lengths": backend.asarray(logit_lengths), "label_lengths": backend.asarray(label_lengths)}
+    results = []
+    for delegate in (True, False):
+        configure(delegate_to_torch=delegate)
+        z = backend.asarray(logits, dtype).requires_grad_()
+        value = al.ctc_loss(z, *arguments, reduction="mean", zero_infinity=True, **given)
+        results.append((value, *torch.autograd.grad(value, z)))
+    rtol, atol = {"float32": (1e-4, 1e-6), "float64": (1e-12, 1e-15)}[dtype]
+    for delegated, standard in zip(*results, strict=True):
+        np.testing.assert_allclose(
+            backend.to_numpy(delegated), backend.to_numpy(standard), rtol=rtol, atol=atol
+        )
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_accumulates_in_float32(backend, dtype):
     """Half-precision logits: the result in their dtype, computed in float32 from the held values."""

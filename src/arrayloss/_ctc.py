@@ -36,6 +36,7 @@ class CTCCall(NamedTuple):
     blank: int
     reduction: Reduction
     zero_infinity: bool
+    log_epsilon: float | None = None  # optax's stand-in for log(0) (compat.optax); None: exact
 
     @property
     def primals(self) -> tuple[Array, ...]:
@@ -452,4 +453,5 @@ def ctc_loss(
         zero_infinity=zero_infinity,
         xp=xp,
     )
-    return cast(ArrayT, compute(RULE, call))
+    native = call.ops.native_ctc_loss(call)
+    return cast(ArrayT, compute(RULE, call) if native is None else native)
