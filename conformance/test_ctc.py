@@ -354,6 +354,76 @@ def test_compat_torch_matches_f_ctc_loss(backend, reduction, zero_infinity):
     np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
 
 
+def torch_layouts(seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """PyTorch's other layouts of ``ctc_loss``'s arguments: ``(log_probs, targets, input_lengths,
+    target_lengths)`` with concatenated 1-D targets (batched), and unbatched ``(T, C)`` inputs with 1-D
+    targets and lengths of shape ``()`` and ``(1,)``."""
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+    time_major = np.ascontiguousarray(np.transpose(log_probs, (1, 0, 2)))
+    used = np.arange(labels.shape[1])[None, :] < label_lengths[:, None]
+    concatenated = labels[labels >= 0]
+    single = np.maximum(labels[0], 1)
+    assert used[0].all() and logit_lengths[0] == logits.shape[1]
+    return {
+        "concatenated": (time_major, concatenated, logit_lengths, label_lengths),
+        "unbatched-0d": (time_major[:, 0], single, np.array(logits.shape[1]), np.array(len(single))),
+        "unbatched-1": (time_major[:5, 0], single[:2], np.array([5]), np.array([2])),
+    }
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", ["concatenated", "unbatched-0d", "unbatched-1"])
+def test_compat_torch_other_layouts_match_f_ctc_loss(backend, layout, reduction, zero_infinity):
+    """Concatenated targets and unbatched inputs, as ``F.ctc_loss`` takes them: values, their shapes,
+    and gradients w.r.t. ``log_probs``; lengths as tensors and as tuples of ints."""
+    torch = backend.module
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    log_probs, targets, input_lengths, target_lengths = torch_layouts(14)[layout]
+    options = {"reduction": reduction, "zero_infinity": zero_infinity}
+    for as_tuple in (False, True):
+        lengths = [
+            tuple(int(n) for n in np.atleast_1d(a)) if as_tuple else backend.asarray(a)
+            for a in (input_lengths, target_lengths)
+        ]
+        ours_in = backend.asarray(log_probs).requires_grad_()
+        theirs_in = backend.asarray(log_probs).requires_grad_()
+        ours = compat.ctc_loss(ours_in, backend.asarray(targets), *lengths, **options)
+        theirs = functional.ctc_loss(theirs_in, backend.asarray(targets), *lengths, **options)
+        assert tuple(ours.shape) == tuple(theirs.shape)
+        (grad,) = torch.autograd.grad(ours.sum(), ours_in)
+        (expected,) = torch.autograd.grad(theirs.sum(), theirs_in)
+        np.testing.assert_allclose(backend.to_numpy(ours), backend.to_numpy(theirs), rtol=1e-10)
+        np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
+    if layout == "concatenated":  # PyTorch's rule: exactly sum(target_lengths) labels
+        longer = backend.asarray(np.concatenate([targets, [1]]))
+        with pytest.raises(ValueError, match=r"sum\(target_lengths\) = 14 labels, got 15"):
+            compat.ctc_loss(backend.asarray(log_probs), longer, *lengths, **options)
+
+
+@pytest.mark.parametrize("layout", ["concatenated", "unbatched-0d", "unbatched-1"])
+def test_compat_torch_other_layouts_on_every_backend(backend, layout):
+    """The same layouts on every backend (concatenated targets laid out as wide as all of them where
+    values are not read): ``F.ctc_loss``'s values."""
+    torch = pytest.importorskip("torch")
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    log_probs, targets, input_lengths, target_lengths = torch_layouts(15)[layout]
+    expected = functional.ctc_loss(
+        *(torch.asarray(a) for a in (log_probs, targets, input_lengths, target_lengths)), reduction="none"
+    ).numpy()
+    index = label_dtype(backend)
+    arguments = [backend.asarray(log_probs)] + [
+        backend.asarray(a, index) for a in (targets, input_lengths, target_lengths)
+    ]
+    with no_compute(backend):
+        got = compat.ctc_loss(*arguments, reduction="none")
+    backend.assert_close(got, expected, dtype="float64")
+
+
 @pytest.mark.backend("jax")
 def test_compat_optax_matches_optax(backend):
     """``compat.optax.ctc_loss`` on optax's arguments (paddings), feasible sequences: values and gradients."""
@@ -387,6 +457,68 @@ def test_compat_optax_matches_optax(backend):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
 
 
+def paddings_of(logits: np.ndarray, labels: np.ndarray, logit_lengths, label_lengths) -> list[np.ndarray]:
+    """optax's paddings (1.0 past each sequence's end) of the frames and the labels."""
+    return [
+        (np.arange(n)[None, :] >= lengths[:, None]).astype(np.float64)
+        for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
+    ]
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize("log_epsilon", [-1e5, -30.0, -1.0])
+@pytest.mark.parametrize("seed", [11])
+def test_compat_optax_log_epsilon_matches_optax(backend, seed, log_epsilon):
+    """Infeasible sequences included (optax's large finite loss), repeats, lengths of 0: values and
+    gradients of ``optax.ctc_loss`` for its ``log_epsilon``, under ``jax.jit``."""
+    optax = pytest.importorskip("optax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    labels = np.maximum(labels, 1)
+    paddings = [jnp.asarray(p) for p in paddings_of(logits, labels, logit_lengths, label_lengths)]
+    y = jnp.asarray(labels)
+    infeasible = ~np.isfinite(
+        al.ctc_loss(logits, labels, logit_lengths=logit_lengths, label_lengths=label_lengths)
+    )
+    assert infeasible.any()
+
+    def ours(x):
+        return compat.ctc_loss(x, paddings[0], y, paddings[1], log_epsilon=log_epsilon)
+
+    def theirs(x):
+        return optax.ctc_loss(x, paddings[0], y, paddings[1], log_epsilon=log_epsilon)
+
+    z = jnp.asarray(logits)
+    value, expected = jax.jit(ours)(z), theirs(z)
+    assert np.isfinite(np.asarray(value)).all()
+    np.testing.assert_allclose(np.asarray(value), np.asarray(expected), rtol=1e-10, atol=1e-12)
+    grad = jax.jit(jax.grad(lambda x: ours(x).sum()))(z)
+    expected_grad = jax.grad(lambda x: theirs(x).sum())(z)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
+
+
+def test_compat_optax_infeasible_on_every_backend(backend):
+    """optax's large finite losses of infeasible sequences on every backend (optax computed in JAX's
+    default float32)."""
+    optax = pytest.importorskip("optax")
+    jnp = importlib.import_module("jax.numpy")
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(13)
+    labels = np.maximum(labels, 1)
+    paddings = paddings_of(logits, labels, logit_lengths, label_lengths)
+    expected = optax.ctc_loss(
+        *(jnp.asarray(a, "float32") for a in (logits, paddings[0])), labels, paddings[1]
+    )
+    assert (np.asarray(expected) > 1e4).any()
+    z, y = backend.asarray(logits), backend.asarray(labels, label_dtype(backend))
+    with no_compute(backend):
+        got = compat.ctc_loss(z, backend.asarray(paddings[0]), y, backend.asarray(paddings[1]))
+    got = backend.check_result(got, dtype="float64", shape=(len(labels),))
+    np.testing.assert_allclose(got, np.asarray(expected, np.float64), rtol=1e-5)
+
+
 def test_compat_adapters_on_every_backend(backend):
     """The adapters' layouts and lengths: the numbers of ``ctc_loss`` itself."""
     compat_torch = importlib.import_module("arrayloss.compat.torch")
@@ -405,7 +537,11 @@ def test_compat_adapters_on_every_backend(backend):
         backend.asarray(np.arange(n)[None, :] >= lengths[:, None], "float64")
         for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
     ]
-    backend.assert_close(compat_optax.ctc_loss(z, paddings[0], y, paddings[1]), expected, dtype="float64")
+    got = compat_optax.ctc_loss(z, paddings[0], y, paddings[1])
+    got = backend.check_result(got, dtype="float64", shape=expected.shape)
+    feasible = np.isfinite(expected)
+    np.testing.assert_allclose(got[feasible], expected[feasible], rtol=1e-10)
+    assert (got[~feasible] > 1e4).all()  # optax's log_epsilon: large and finite
 
 
 @pytest.mark.backend("torch", "jax")

@@ -139,7 +139,8 @@ class Lattice(NamedTuple):
 
     states: Array  # [B, W] class index of each state (W = 2S+1, blanks at even states)
     emissions: Array  # [T, B, W] log-probability of each state's class at each frame
-    skips: Array  # [B, W] whether a state may be entered from two states back
+    skips: Array  # [B, W] log weight of entering a state from two states back: 0, or -inf where barred
+    previous: Array | None  # [B, W] log weight of entering a state from the one before (None: all 0)
     ends: Array  # [B, W] the last two states of each sequence (the last one for label length 0)
     frames: Array  # [T, B] whether each frame lies before its sequence's logit length
     lengths: Array  # [B] the logit lengths
@@ -185,7 +186,19 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
     differs = xp.zeros(tuple(labels.shape), dtype=xp.bool, device=dev)
     if labels.shape[1] > 1:
         differs = xp.concat([differs[:, :1], labels[:, 1:] != labels[:, :-1]], axis=1)
-    skips = _interleave(xp.zeros((batch, labels.shape[1] + 1), dtype=xp.bool, device=dev), differs, xp)
+    allowed = _interleave(xp.zeros((batch, labels.shape[1] + 1), dtype=xp.bool, device=dev), differs, xp)
+    zero = xp.zeros((batch, width), dtype=log_probs.dtype, device=dev)
+    barred = _neg_inf((batch, width), log_probs, ops)
+    previous = None
+    if call.log_epsilon is not None:  # optax's: a repeat entered from two states back at log_epsilon
+        repeats = _interleave(xp.zeros_like(allowed[:, : labels.shape[1] + 1]), ~differs, xp)
+        repeats = repeats & (xp.arange(width, device=dev)[None, :] > 1)
+        barred = xp.where(repeats, zero + call.log_epsilon, barred)
+        # and a blank after a label entered with weight 1 + epsilon
+        after_label = (xp.arange(width, device=dev) % 2 == 0) & (xp.arange(width, device=dev) > 0)
+        extra = math.log1p(math.exp(call.log_epsilon))
+        previous = xp.where(xp.broadcast_to(after_label[None, :], (batch, width)), zero + extra, zero)
+    skips = xp.where(allowed, zero, barred)
     count = xp.sum(xp.astype(used, labels.dtype), axis=1)
     positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
     ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
@@ -203,7 +216,8 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
         lengths = xp.full((batch,), frames, dtype=index_dtype, device=dev)
     else:
         lengths = xp.astype(call.logit_lengths, index_dtype)
-    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), lengths, poisoned)
+    frame_ok = _frames(call, log_probs)
+    return Lattice(states, emissions, skips, previous, ends, frame_ok, lengths, poisoned)
 
 
 def _log_sum(x: Array, ops: Ops) -> Array:
@@ -229,25 +243,29 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     return log_add
 
 
-def _alphas(lattice: Lattice, ops: Ops, differentiated: bool) -> tuple[Array, Array]:
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Array]:
     """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
     every frame ``[T, B, W]`` (held past a sequence's logit length). ``differentiated``: the
-    library's autodiff may differentiate the recursion."""
+    library's autodiff may differentiate the recursion; ``floor``: the log weight of the states other
+    than the first before the first frame (``-inf``; optax's ``log_epsilon``)."""
     xp = ops.xp
     emissions = lattice.emissions
     frames, batch, width = emissions.shape
     gap = _neg_inf((batch, 2), emissions, ops)
-    no_skip = _neg_inf((batch, width), emissions, ops)
+    unreached = _neg_inf((batch, width), emissions, ops)
     first = xp.arange(width, device=ops.device(emissions))[None, :] == 0
-    start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
+    if floor != -math.inf:  # optax's stand-in for log(0): every state reached with that weight
+        unreached = xp.zeros_like(unreached) + floor
+    start = xp.where(first, xp.zeros_like(unreached), unreached)  # before the first frame: in state 0
     if frames == 0:
         return start, emissions
     log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
+    previous = lattice.previous
 
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
         padded = xp.concat([gap, alpha], axis=1)
-        skip = xp.where(lattice.skips, padded[:, :width], no_skip)
-        entered = log_add(log_add(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
+        before = padded[:, 1 : width + 1] if previous is None else padded[:, 1 : width + 1] + previous
+        entered = log_add(log_add(alpha, before), padded[:, :width] + lattice.skips) + emission[0, ...]
         alpha = xp.where(valid[0, :, None], entered, alpha)
         return alpha, (alpha[None, ...],)
 
@@ -263,17 +281,18 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
     frames, batch, width = emissions.shape
     gap = _neg_inf((batch, 2), emissions, ops)
     end = xp.where(lattice.ends, xp.zeros_like(gap[:, :1]), _neg_inf((batch, width), emissions, ops))
-    skips = xp.concat(
-        [lattice.skips, xp.zeros((batch, 2), dtype=xp.bool, device=ops.device(emissions))], axis=1
-    )
-    skips = skips[:, 2 : width + 2]
-    no_skip = _neg_inf((batch, width), emissions, ops)
+    # The weights of leaving each state for the next one and the one after it.
+    skips = xp.concat([lattice.skips, gap], axis=1)[:, 2 : width + 2]
+    following_weights = None
+    if lattice.previous is not None:
+        following_weights = xp.concat([lattice.previous, gap], axis=1)[:, 1 : width + 1]
 
     def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
         # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
         padded = xp.concat([following, gap], axis=1)
-        skip = xp.where(skips, padded[:, 2:], no_skip)
-        left = ops.logaddexp(ops.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
+        after = padded[:, 1 : width + 1]
+        after = after if following_weights is None else after + following_weights
+        left = ops.logaddexp(ops.logaddexp(padded[:, :width], after), padded[:, 2:] + skips)
         beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
         return beta + emission[0, ...], (beta[None, ...],)
 
@@ -311,7 +330,8 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     differentiated = ops.records_gradient([logits]) or not (
         ops.is_eager(logits) or ops.takes_analytic_backward(RULE, call)
     )
-    last, alphas = _alphas(lattice, ops, differentiated)
+    floor = -math.inf if call.log_epsilon is None else call.log_epsilon
+    last, alphas = _alphas(lattice, ops, differentiated, floor)
     log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
     loss = _losses(call, log_likelihood)
     per_label = _per_label(call, loss)
@@ -420,10 +440,12 @@ def ctc_loss(
     The time loop is sequential: a Python loop on eager arrays, ``lax.scan`` under a
     JAX trace; each step works on ``(B, 2S+1)`` states. The gradient rule serves
     :func:`value_and_grad`, PyTorch autograd and JAX (``jax.custom_vjp``, so ``jax.jvp``
-    is not available). PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
+    is not available). On eager PyTorch CPU tensors of float32 or float64 the call is
+    handed to ``F.ctc_loss`` (of the ``log_softmax``), which gives the same numbers
+    faster. PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
     (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
     with paddings instead of lengths, and gives a large finite loss where this one
-    gives ``inf`` (``arrayloss.compat.optax.ctc_loss``).
+    gives ``inf`` (``arrayloss.compat.optax.ctc_loss`` gives optax's).
 
     References
     ----------
