@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from test_autodiff import DYNAMO_WARNINGS, compiling
 from test_grad import GRAD_TOLERANCE, label_dtype, needs, no_compute, rounded
 
 import arrayloss as al
+from arrayloss.compat import optax as compat_optax
+from arrayloss.compat import torch as compat_torch
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -618,3 +621,47 @@ def test_logaddexp_is_stable_on_every_backend(backend):
     for ops in (backends.ops_for(backend.xp), ops_module.Ops(backend.xp)):
         got = ops.logaddexp(backend.asarray(a, dtype), backend.asarray(b, dtype))
         backend.assert_close(got, np.logaddexp(a, b), dtype=dtype)
+
+
+def _paddings(lengths, width: int):
+    return (lengths.new_tensor(range(width))[None, :] >= lengths[:, None]).double()
+
+
+COMPILED = {
+    "ctc_loss": lambda z, y, a, b: al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, reduction="mean"),
+    "compat.torch": lambda z, y, a, b: compat_torch.ctc_loss(
+        z.transpose(0, 1), y, a, b, reduction="sum", zero_infinity=True
+    ),
+    "compat.torch-concatenated": lambda z, y, a, b: compat_torch.ctc_loss(
+        z.transpose(0, 1), y, a, b, reduction="mean"
+    ),
+    "compat.optax": lambda z, y, a, b: compat_optax.ctc_loss(
+        z, _paddings(a, z.shape[1]), y, _paddings(b, y.shape[1])
+    ),
+}
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("name", list(COMPILED))
+def test_torch_compile_fullgraph(backend, name):
+    """``torch.compile(fullgraph=True)``, forward and backward (the rule through the autograd Function,
+    the recursion unrolled over frames): the values and gradients of eager PyTorch, which for
+    ``ctc_loss`` and ``compat.torch`` are ``F.ctc_loss``'s (delegated) or the recursion's."""
+    torch = compiling(backend)
+    logits, labels, options = tiny_case("lengths")  # 3 sequences of at most 4 frames: compiled quickly
+    logit_lengths, label_lengths = options["logit_lengths"], options["label_lengths"]
+    if name == "compat.torch-concatenated":
+        labels = labels[np.arange(2)[None, :] < label_lengths[:, None]]
+    y, a, b = (backend.asarray(v) for v in (labels, logit_lengths, label_lengths))
+    loss = COMPILED[name]
+    z_compiled = backend.asarray(logits).requires_grad_()
+    z_eager = backend.asarray(logits).requires_grad_()
+    compiled = torch.compile(lambda z: torch.sum(loss(z, y, a, b)), fullgraph=True)(z_compiled)
+    eager = torch.sum(loss(z_eager, y, a, b))
+    compiled.backward()
+    eager.backward()
+    np.testing.assert_allclose(backend.to_numpy(compiled), backend.to_numpy(eager), rtol=1e-10)
+    np.testing.assert_allclose(
+        backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
+    )

@@ -22,6 +22,8 @@ from ._lib._validation import (
     check_reduction,
     compute_dtype,
     ops_of,
+    same_shape,
+    unknown,
 )
 
 
@@ -58,7 +60,7 @@ def _check_lengths(name: str, lengths: Array | None, batch: Any, stop: Any, what
     xp = ops.xp
     if not xp.isdtype(lengths.dtype, "integral"):
         raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
-    if tuple(lengths.shape) != (batch,):
+    if not same_shape(tuple(lengths.shape), (batch,)):
         raise ValueError(
             f"{name} must have shape ({batch},), one length per sequence, got {tuple(lengths.shape)}"
         )
@@ -93,7 +95,7 @@ def check_ctc(
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     batch, frames, classes = logits.shape
-    if labels.ndim != 2 or labels.shape[0] != batch:
+    if labels.ndim != 2 or not same_shape(tuple(labels.shape[:1]), (batch,)):
         raise ValueError(
             f"labels must have shape ({batch}, max_label_length), one row per sequence of logits, "
             f"got shape {tuple(labels.shape)}"
@@ -121,17 +123,23 @@ def _label_mask(labels: Array, label_lengths: Array | None, ops: Ops) -> Array:
     xp = ops.xp
     positions = xp.arange(labels.shape[1], device=ops.device(labels))
     if label_lengths is None:
-        return xp.broadcast_to(positions < labels.shape[1], tuple(labels.shape))
+        return xp.ones_like(labels, dtype=xp.bool)
     return positions[None, :] < xp.astype(label_lengths, positions.dtype)[:, None]
 
 
-def _interleave(even: Array, odd: Array, xp: ModuleType) -> Array:
-    """``[B, 2S+1]``: ``even[:, k]`` (``[B, S+1]``) at ``2k``, ``odd[:, k]`` (``[B, S]``) at ``2k+1``."""
-    batch, width = odd.shape
-    if width == 0:  # no labels (strict slicing and Dask's reshape refuse the empty steps below)
+def _interleave(even: Array, odd: Array, ops: Ops) -> Array:
+    """``[B, 2S+1]``: ``even[:, k]`` (``[B, S+1]``) at ``2k``, ``odd[:, k]`` (``[B, S]``) at ``2k+1``.
+
+    Gathers along the columns and a selection, not a stack and a reshape: Dask refuses to
+    stack arrays whose number of rows is unknown."""
+    xp = ops.xp
+    width = odd.shape[1]
+    if width == 0:  # no labels
         return even
-    pairs = xp.reshape(xp.stack([even[:, :width], odd], axis=-1), (batch, 2 * width))
-    return xp.concat([pairs, even[:, width:]], axis=1)
+    columns = xp.arange(2 * width + 1, device=ops.device(odd))
+    from_even = xp.take(even, columns // 2, axis=1)
+    from_odd = xp.take(odd, xp.clip((columns - 1) // 2, 0, width - 1), axis=1)
+    return xp.where(columns % 2 == 0, from_even, from_odd)
 
 
 class Lattice(NamedTuple):
@@ -150,11 +158,12 @@ class Lattice(NamedTuple):
 def _frames(call: CTCCall, logits: Array) -> Array:
     """``[T, B]``: whether each frame lies before its sequence's logit length."""
     xp = call.ops.xp
-    batch, frames, _ = logits.shape
+    frames = logits.shape[1]
     times = xp.arange(frames, device=call.ops.device(logits))
     lengths = call.logit_lengths
-    frame_ok = times[:, None] < (frames if lengths is None else xp.astype(lengths, times.dtype)[None, :])
-    return xp.broadcast_to(frame_ok, (frames, batch))
+    if lengths is None:  # every frame, of every sequence (whose number may be unknown)
+        return xp.permute_dims(xp.ones_like(logits[:, :, 0], dtype=xp.bool), (1, 0))
+    return times[:, None] < xp.astype(lengths, times.dtype)[None, :]
 
 
 def _log_probs(call: CTCCall, logits: Array) -> Array:
@@ -179,41 +188,46 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
     poisoned = None if ops.is_eager(call.labels) else xp.any(used & ~in_range, axis=1)
     blank = xp.full_like(labels, call.blank)
     labels = xp.where(used & in_range, labels, blank)
-    blanks = xp.full((batch, labels.shape[1] + 1), call.blank, dtype=labels.dtype, device=dev)
-    states = _interleave(blanks, labels, xp)
+    # Shapes built by broadcasting from the labels: the number of sequences may be unknown.
+    column = xp.sum(xp.zeros_like(labels), axis=1, keepdims=True)  # [B, 1] of zeros, S may be 0
+    blanks = column + xp.full((1, labels.shape[1] + 1), call.blank, dtype=labels.dtype, device=dev)
+    states = _interleave(blanks, labels, ops)
     width = states.shape[1]
     # A label state is entered from two states back unless it repeats the previous label.
-    differs = xp.zeros(tuple(labels.shape), dtype=xp.bool, device=dev)
+    differs = xp.zeros_like(labels, dtype=xp.bool)
     if labels.shape[1] > 1:
-        differs = xp.concat([differs[:, :1], labels[:, 1:] != labels[:, :-1]], axis=1)
-    allowed = _interleave(xp.zeros((batch, labels.shape[1] + 1), dtype=xp.bool, device=dev), differs, xp)
-    zero = xp.zeros((batch, width), dtype=log_probs.dtype, device=dev)
-    barred = _neg_inf((batch, width), log_probs, ops)
+        nothing = xp.zeros((), dtype=labels.dtype, device=dev)
+        previous_label = _shifts(labels, ops, (1,), nothing)[0]
+        differs = (labels != previous_label) & (xp.arange(labels.shape[1], device=dev) > 0)
+    allowed = _interleave(xp.zeros_like(blanks, dtype=xp.bool), differs, ops)
+    zero = xp.zeros_like(states, dtype=log_probs.dtype)
+    barred = xp.full_like(zero, -math.inf)
     previous = None
     if call.log_epsilon is not None:  # optax's: a repeat entered from two states back at log_epsilon
-        repeats = _interleave(xp.zeros_like(allowed[:, : labels.shape[1] + 1]), ~differs, xp)
+        repeats = _interleave(xp.zeros_like(allowed[:, : labels.shape[1] + 1]), ~differs, ops)
         repeats = repeats & (xp.arange(width, device=dev)[None, :] > 1)
         barred = xp.where(repeats, zero + call.log_epsilon, barred)
         # and a blank after a label entered with weight 1 + epsilon
         after_label = (xp.arange(width, device=dev) % 2 == 0) & (xp.arange(width, device=dev) > 0)
         extra = math.log1p(math.exp(call.log_epsilon))
-        previous = xp.where(xp.broadcast_to(after_label[None, :], (batch, width)), zero + extra, zero)
+        previous = xp.where(after_label[None, :], zero + extra, zero)
     skips = xp.where(allowed, zero, barred)
     count = xp.sum(xp.astype(used, labels.dtype), axis=1)
     positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
     ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
 
-    index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
     if hasattr(xp, "take_along_axis"):  # a gather of the W states from the C classes
+        if unknown(batch):
+            index = states[:, None, :] + xp.zeros_like(log_probs[:, :, :1], dtype=states.dtype)
+        else:
+            index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
         emissions = xp.take_along_axis(log_probs, index, axis=-1)
-    else:  # Dask: the comparison-based selection of Ops.pick, over the states broadcast
-        emissions = ops.pick(
-            xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)), index
-        )
+    else:  # Dask: the comparison-based selection of Ops.pick, broadcast over frames and states
+        emissions = ops.pick(log_probs[:, :, None, :], states[:, None, :])
     emissions = xp.permute_dims(emissions, (1, 0, 2))
     index_dtype = xp.arange(1, device=dev).dtype
     if call.logit_lengths is None:
-        lengths = xp.full((batch,), frames, dtype=index_dtype, device=dev)
+        lengths = xp.astype(column[:, 0], index_dtype) + frames
     else:
         lengths = xp.astype(call.logit_lengths, index_dtype)
     frame_ok = _frames(call, log_probs)
@@ -226,8 +240,63 @@ def _log_sum(x: Array, ops: Ops) -> Array:
     return (parts.shift + parts.log_sum)[..., 0]
 
 
-def _neg_inf(shape: tuple[int, ...], like: Array, ops: Ops) -> Array:
-    return ops.xp.full(shape, -math.inf, dtype=like.dtype, device=ops.device(like))
+def _neg_inf(like: Array, ops: Ops) -> Array:
+    """``-inf`` in the shape, dtype and device of ``like``."""
+    return ops.xp.full_like(like, -math.inf)
+
+
+def _shifts(x: Array, ops: Ops, by: tuple[int, ...], fill: Array) -> list[Array]:
+    """``x`` ``[B, W]`` shifted along its columns by each of ``by`` (positive: to the right; ``-2 <=
+    by <= 2``), ``fill`` (``[B, 2]``, or 0-d) in the columns left empty.
+
+    One concatenation, sliced; where the number of rows is unknown (Dask refuses to
+    concatenate or gather such arrays), a comparison of every pair of columns (``[B, W, W]``).
+    """
+    xp = ops.xp
+    batch, width = x.shape
+    if not unknown(batch):
+        gap = fill if fill.ndim == 2 else xp.broadcast_to(fill, (batch, 2))
+        padded = xp.concat([gap, x, gap], axis=1)
+        return [padded[:, 2 - k : 2 - k + width] for k in by]
+    columns = xp.arange(width, device=ops.device(x))
+    zero = xp.zeros((), dtype=x.dtype, device=ops.device(x))
+    empty = fill if fill.ndim == 0 else fill[:, :1]
+    out = []
+    for k in by:
+        source = columns - k
+        chosen = source[:, None] == columns[None, :]  # [W, W]: column s takes column s - k
+        taken = xp.sum(xp.where(chosen, x[:, None, :], zero), axis=-1)
+        out.append(xp.where((source >= 0) & (source < width), taken, empty))
+    return out
+
+
+def _scan(
+    step: Callable[..., tuple[Array, tuple[Array]]],
+    start: Array,
+    rows: tuple[Array, ...],
+    ops: Ops,
+    *,
+    reverse: bool = False,
+) -> tuple[Array, Array]:
+    """The time loop: ``ops.scan_row_blocks`` over frames, one at a time; the last state and the
+    state of every frame ``[T, B, W]``.
+
+    Where the number of sequences is unknown (Dask refuses to concatenate such arrays),
+    each frame's state is put in its place by a selection over all frames (``T`` times
+    ``[T, B, W]``: for lazy graphs of unknown shape only).
+    """
+    if not unknown(start.shape[0]):
+        last, (history,) = ops.scan_row_blocks(step, start, rows, 1, reverse=reverse)
+        return last, history
+    xp = ops.xp
+    frames = rows[0].shape[0]
+    times = xp.arange(frames, device=ops.device(start))[:, None, None]
+    history = xp.zeros((), dtype=start.dtype, device=ops.device(start))
+    state = start
+    for t in reversed(range(frames)) if reverse else range(frames):
+        state, (out,) = step(state, *(a[t : t + 1, ...] for a in rows))
+        history = history + xp.where(times == t, out, xp.zeros_like(out))
+    return state, history
 
 
 def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
@@ -250,9 +319,9 @@ def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> t
     than the first before the first frame (``-inf``; optax's ``log_epsilon``)."""
     xp = ops.xp
     emissions = lattice.emissions
-    frames, batch, width = emissions.shape
-    gap = _neg_inf((batch, 2), emissions, ops)
-    unreached = _neg_inf((batch, width), emissions, ops)
+    frames, _, width = emissions.shape
+    unreached = _neg_inf(lattice.skips, ops)
+    gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
     first = xp.arange(width, device=ops.device(emissions))[None, :] == 0
     if floor != -math.inf:  # optax's stand-in for log(0): every state reached with that weight
         unreached = xp.zeros_like(unreached) + floor
@@ -263,13 +332,13 @@ def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> t
     previous = lattice.previous
 
     def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
-        padded = xp.concat([gap, alpha], axis=1)
-        before = padded[:, 1 : width + 1] if previous is None else padded[:, 1 : width + 1] + previous
-        entered = log_add(log_add(alpha, before), padded[:, :width] + lattice.skips) + emission[0, ...]
+        before, two_before = _shifts(alpha, ops, (1, 2), gap)
+        before = before if previous is None else before + previous
+        entered = log_add(log_add(alpha, before), two_before + lattice.skips) + emission[0, ...]
         alpha = xp.where(valid[0, :, None], entered, alpha)
         return alpha, (alpha[None, ...],)
 
-    last, (history,) = ops.scan_row_blocks(step, start, (emissions, lattice.frames), 1)
+    last, history = _scan(step, start, (emissions, lattice.frames), ops)
     return last, history
 
 
@@ -278,26 +347,26 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
     labels from each state at each frame, the frame's own emission excluded (``-inf`` past the end)."""
     xp = ops.xp
     emissions = lattice.emissions
-    frames, batch, width = emissions.shape
-    gap = _neg_inf((batch, 2), emissions, ops)
-    end = xp.where(lattice.ends, xp.zeros_like(gap[:, :1]), _neg_inf((batch, width), emissions, ops))
+    frames, _, width = emissions.shape
+    unreached = _neg_inf(lattice.skips, ops)
+    gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
+    end = xp.where(lattice.ends, xp.zeros_like(unreached), unreached)
     # The weights of leaving each state for the next one and the one after it.
-    skips = xp.concat([lattice.skips, gap], axis=1)[:, 2 : width + 2]
+    (skips,) = _shifts(lattice.skips, ops, (-2,), gap)
     following_weights = None
     if lattice.previous is not None:
-        following_weights = xp.concat([lattice.previous, gap], axis=1)[:, 1 : width + 1]
+        (following_weights,) = _shifts(lattice.previous, ops, (-1,), gap)
 
     def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
         # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
-        padded = xp.concat([following, gap], axis=1)
-        after = padded[:, 1 : width + 1]
+        after, two_after = _shifts(following, ops, (-1, -2), gap)
         after = after if following_weights is None else after + following_weights
-        left = ops.logaddexp(ops.logaddexp(padded[:, :width], after), padded[:, 2:] + skips)
+        left = ops.logaddexp(ops.logaddexp(following, after), two_after + skips)
         beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
         return beta + emission[0, ...], (beta[None, ...],)
 
     times = xp.arange(frames, device=ops.device(emissions))
-    _, (history,) = ops.scan_row_blocks(step, end, (emissions, times), 1, reverse=True)
+    _, history = _scan(step, end, (emissions, times), ops, reverse=True)
     return history
 
 
@@ -332,7 +401,7 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     )
     floor = -math.inf if call.log_epsilon is None else call.log_epsilon
     last, alphas = _alphas(lattice, ops, differentiated, floor)
-    log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
+    log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(last, ops)), ops)
     loss = _losses(call, log_likelihood)
     per_label = _per_label(call, loss)
     scaled = loss if per_label is None else loss * per_label
@@ -356,7 +425,7 @@ def _backward(
     # exp(alpha + beta - log p): the posterior of each state at each frame, 0 where it cannot be.
     occupancy = alphas + _betas(lattice, ops) - shift[None, :, None]
     kept = lattice.frames[:, :, None] & feasible[None, :, None]
-    occupancy = xp.exp(xp.where(kept, occupancy, _neg_inf(tuple(occupancy.shape), occupancy, ops)))
+    occupancy = xp.exp(xp.where(kept, occupancy, _neg_inf(occupancy, ops)))
     classes_of = xp.arange(classes, dtype=lattice.states.dtype, device=ops.device(logits))
     one_hot = xp.astype(lattice.states[:, :, None] == classes_of, occupancy.dtype)  # [B, W, C]
     posterior = xp.matmul(xp.permute_dims(occupancy, (1, 0, 2)), one_hot)  # [B, T, C]

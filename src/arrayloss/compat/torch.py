@@ -254,12 +254,10 @@ def _padded_targets(targets: Array, target_lengths: Array, ops: Ops) -> Array:
         raise TypeError(f"target_lengths must have an integer dtype, got {target_lengths.dtype}")
     total = targets.shape[0]
     counts = xp.astype(target_lengths, xp.int64)
-    if hasattr(xp, "cumulative_sum"):
-        ends = xp.cumulative_sum(counts)
-    else:  # namespaces before the 2023.12 standard: a product with a triangle of ones
-        batch = counts.shape[0]
-        ranks = xp.arange(batch, device=ops.device(counts))
-        ends = xp.matmul(xp.astype(ranks[:, None] >= ranks[None, :], xp.int64), counts)
+    # The running sum as a product with a triangle of ones (array-api-compat's cumulative_sum is
+    # cached per type, which torch.compile refuses to trace; the batch is small).
+    ranks = xp.arange(counts.shape[0], device=ops.device(counts))
+    ends = xp.matmul(xp.astype(ranks[:, None] >= ranks[None, :], xp.int64), counts)
     width = total
     if ops.is_eager(target_lengths) and counts.shape[0] > 0 and ops.all_true(counts >= 0):
         needed = int(ends[-1])
