@@ -312,22 +312,23 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     return log_add
 
 
-def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Array]:
-    """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
-    every frame ``[T, B, W]`` (held past a sequence's logit length). ``differentiated``: the
-    library's autodiff may differentiate the recursion; ``floor``: the log weight of the states other
-    than the first before the first frame (``-inf``; optax's ``log_epsilon``)."""
+Step = Callable[..., tuple[Array, tuple[Array]]]
+
+
+def _alpha_step(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Step]:
+    """The forward recursion's state before the first frame ``[B, W]`` and its step
+    ``(alpha, emission, valid) -> (alpha, (alpha[None],))`` over one frame (held past a sequence's
+    logit length). ``differentiated``: the library's autodiff may differentiate the recursion;
+    ``floor``: the log weight of the states other than the first before the first frame
+    (``-inf``; optax's ``log_epsilon``)."""
     xp = ops.xp
-    emissions = lattice.emissions
-    frames, _, width = emissions.shape
+    width = lattice.skips.shape[1]
     unreached = _neg_inf(lattice.skips, ops)
     gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
-    first = xp.arange(width, device=ops.device(emissions))[None, :] == 0
+    first = xp.arange(width, device=ops.device(unreached))[None, :] == 0
     if floor != -math.inf:  # optax's stand-in for log(0): every state reached with that weight
         unreached = xp.zeros_like(unreached) + floor
     start = xp.where(first, xp.zeros_like(unreached), unreached)  # before the first frame: in state 0
-    if frames == 0:
-        return start, emissions
     log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
     previous = lattice.previous
 
@@ -338,16 +339,16 @@ def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> t
         alpha = xp.where(valid[0, :, None], entered, alpha)
         return alpha, (alpha[None, ...],)
 
-    last, history = _scan(step, start, (emissions, lattice.frames), ops)
-    return last, history
+    return start, step
 
 
-def _betas(lattice: Lattice, ops: Ops) -> Array:
-    """The backward recursion: ``log beta`` ``[T, B, W]``, the log-probability of completing the
-    labels from each state at each frame, the frame's own emission excluded (``-inf`` past the end)."""
+def _beta_step(lattice: Lattice, ops: Ops) -> tuple[Array, Step]:
+    """The backward recursion's state after the last frame (the end states) and its step
+    ``(following, emission, time) -> (beta + emission, (beta[None],))`` over one frame, where
+    ``following`` is log beta of frame t+1 plus its emission and ``beta`` that of frame ``time``,
+    the log-probability of completing the labels from each state, its own emission excluded."""
     xp = ops.xp
-    emissions = lattice.emissions
-    frames, _, width = emissions.shape
+    width = lattice.skips.shape[1]
     unreached = _neg_inf(lattice.skips, ops)
     gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
     end = xp.where(lattice.ends, xp.zeros_like(unreached), unreached)
@@ -358,16 +359,30 @@ def _betas(lattice: Lattice, ops: Ops) -> Array:
         (following_weights,) = _shifts(lattice.previous, ops, (-1,), gap)
 
     def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
-        # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
         after, two_after = _shifts(following, ops, (-1, -2), gap)
         after = after if following_weights is None else after + following_weights
         left = ops.logaddexp(ops.logaddexp(following, after), two_after + skips)
         beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
         return beta + emission[0, ...], (beta[None, ...],)
 
-    times = xp.arange(frames, device=ops.device(emissions))
-    _, history = _scan(step, end, (emissions, times), ops, reverse=True)
-    return history
+    return end, step
+
+
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Array]:
+    """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
+    every frame ``[T, B, W]`` (see :func:`_alpha_step`)."""
+    start, step = _alpha_step(lattice, ops, differentiated, floor)
+    if lattice.emissions.shape[0] == 0:
+        return start, lattice.emissions
+    return _scan(step, start, (lattice.emissions, lattice.frames), ops)
+
+
+def _betas(lattice: Lattice, ops: Ops) -> Array:
+    """The backward recursion: ``log beta`` ``[T, B, W]`` (see :func:`_beta_step`; ``-inf`` past the
+    end)."""
+    end, step = _beta_step(lattice, ops)
+    times = ops.xp.arange(lattice.emissions.shape[0], device=ops.device(lattice.emissions))
+    return _scan(step, end, (lattice.emissions, times), ops, reverse=True)[1]
 
 
 def _losses(call: CTCCall, log_likelihood: Array) -> Array:

@@ -282,8 +282,11 @@ def ctc_loss(call: Any) -> Array:
         input_lengths = torch.full((batch,), frames, dtype=torch.int64, device=logits.device)
     else:
         input_lengths = call.logit_lengths.to(torch.int64)
-        past = torch.arange(frames, device=logits.device) >= input_lengths[:, None]
-        if not bool(torch.isfinite(logits[past]).all()):  # reads the masked frames only
+        # The sum of each sequence's masked frames: not finite where one holds NaN or inf (or the
+        # sum overflows: then they are replaced needlessly). Reads those frames only, writes nothing.
+        tails = [logits[b, n:].sum() for b, n in enumerate(input_lengths.tolist()) if n < frames]
+        if tails and not bool(torch.isfinite(torch.stack(tails)).all()):
+            past = torch.arange(frames, device=logits.device) >= input_lengths[:, None]
             logits = torch.where(past[:, :, None], 0.0, logits)
     if call.label_lengths is None:
         target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
