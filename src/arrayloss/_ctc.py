@@ -177,10 +177,25 @@ def _log_probs(call: CTCCall, logits: Array) -> Array:
     return (z - parts.shift) - parts.log_sum
 
 
-def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
+def _emissions(log_probs: Array, states: Array, ops: Ops) -> Array:
+    """``[T, B, W]``: the log-probability of each state's class (``states`` ``[B, W]``) at each frame."""
+    xp = ops.xp
+    batch, frames, _ = log_probs.shape
+    if not hasattr(xp, "take_along_axis"):  # Dask: Ops.pick's comparison, broadcast over frames and states
+        return xp.permute_dims(ops.pick(log_probs[:, :, None, :], states[:, None, :]), (1, 0, 2))
+    if unknown(batch):
+        index = states[:, None, :] + xp.zeros_like(log_probs[:, :, :1], dtype=states.dtype)
+    else:
+        index = xp.broadcast_to(states[:, None, :], (batch, frames, states.shape[1]))
+    return xp.permute_dims(xp.take_along_axis(log_probs, index, axis=-1), (1, 0, 2))
+
+
+def _lattice(call: CTCCall, log_probs: Array, emissions: Array | None = None) -> Lattice:
+    """The lattice of a call's labels over its frames; ``emissions``: those of the forward pass, which
+    the backward pass does not gather again."""
     ops = call.ops
     xp = ops.xp
-    batch, frames, classes = log_probs.shape
+    frames, classes = log_probs.shape[1:]
     dev = ops.device(log_probs)
     used = _label_mask(call.labels, call.label_lengths, ops)
     labels = label_indices(call.labels, ops)
@@ -216,15 +231,8 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
     positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
     ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
 
-    if hasattr(xp, "take_along_axis"):  # a gather of the W states from the C classes
-        if unknown(batch):
-            index = states[:, None, :] + xp.zeros_like(log_probs[:, :, :1], dtype=states.dtype)
-        else:
-            index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
-        emissions = xp.take_along_axis(log_probs, index, axis=-1)
-    else:  # Dask: the comparison-based selection of Ops.pick, broadcast over frames and states
-        emissions = ops.pick(log_probs[:, :, None, :], states[:, None, :])
-    emissions = xp.permute_dims(emissions, (1, 0, 2))
+    if emissions is None:
+        emissions = _emissions(log_probs, states, ops)
     index_dtype = xp.arange(1, device=dev).dtype
     if call.logit_lengths is None:
         lengths = xp.astype(column[:, 0], index_dtype) + frames
@@ -421,19 +429,19 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     per_label = _per_label(call, loss)
     scaled = loss if per_label is None else loss * per_label
     value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
-    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood)
+    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood, lattice.emissions)
 
 
 def _backward(
     call: CTCCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
 ) -> tuple[Array]:
     (logits,) = primals
-    log_probs, alphas, log_likelihood = residuals
+    log_probs, alphas, log_likelihood, emissions = residuals
     ops = call.ops
     xp = ops.xp
     if logits.shape[1] == 0:  # no frames
         return (xp.zeros_like(logits),)
-    lattice = _lattice(call, log_probs)
+    lattice = _lattice(call, log_probs, emissions)
     classes = logits.shape[2]
     feasible = log_likelihood > -math.inf
     shift = xp.where(feasible, log_likelihood, xp.zeros_like(log_likelihood))
