@@ -31,6 +31,11 @@ or one for all), which multiply PyTorch's per-example losses; not ``z_loss`` or
 the errors are arrayloss's. Examples of weight 0 are handed over as ignored, as arrayloss
 drops them (PyTorch would compute ``0 * inf = NaN`` for a logit of ``-inf``), and a mean
 over no weight is 0, where PyTorch's is NaN.
+
+``ctc_loss`` on eager CPU tensors of float32 or float64 goes to ``F.ctc_loss`` of the
+``log_softmax`` (:func:`ctc_loss`): one C++ kernel per recursion, where the array-API
+time loop is about ten small calls per frame (``benchmarks/RESULTS.md``); its numbers are
+the recursion's to rounding (``conformance/test_ctc.py`` runs both paths).
 """
 
 from __future__ import annotations
