@@ -128,17 +128,21 @@ def _label_mask(labels: Array, label_lengths: Array | None, ops: Ops) -> Array:
 
 
 def _interleave(even: Array, odd: Array, ops: Ops) -> Array:
-    """``[B, 2S+1]``: ``even[:, k]`` (``[B, S+1]``) at ``2k``, ``odd[:, k]`` (``[B, S]``) at ``2k+1``.
+    """``[..., 2S+1]``: ``even[..., k]`` (``[..., S+1]``) at ``2k``, ``odd[..., k]`` (``[..., S]``) at
+    ``2k+1``.
 
-    Gathers along the columns and a selection, not a stack and a reshape: Dask refuses to
-    stack arrays whose number of rows is unknown."""
+    A stack and a reshape; where the number of rows is unknown (Dask refuses to stack such
+    arrays), gathers along the last axis and a selection."""
     xp = ops.xp
-    width = odd.shape[1]
+    width = odd.shape[-1]
     if width == 0:  # no labels
         return even
+    if not any(unknown(d) for d in odd.shape):
+        pairs = xp.reshape(xp.stack([even[..., :width], odd], axis=-1), (*odd.shape[:-1], 2 * width))
+        return xp.concat([pairs, even[..., width:]], axis=-1)
     columns = xp.arange(2 * width + 1, device=ops.device(odd))
-    from_even = xp.take(even, columns // 2, axis=1)
-    from_odd = xp.take(odd, xp.clip((columns - 1) // 2, 0, width - 1), axis=1)
+    from_even = xp.take(even, columns // 2, axis=-1)
+    from_odd = xp.take(odd, xp.clip((columns - 1) // 2, 0, width - 1), axis=-1)
     return xp.where(columns % 2 == 0, from_even, from_odd)
 
 
@@ -253,58 +257,61 @@ def _neg_inf(like: Array, ops: Ops) -> Array:
     return ops.xp.full_like(like, -math.inf)
 
 
-def _shifts(x: Array, ops: Ops, by: tuple[int, ...], fill: Array) -> list[Array]:
-    """``x`` ``[B, W]`` shifted along its columns by each of ``by`` (positive: to the right; ``-2 <=
-    by <= 2``), ``fill`` (``[B, 2]``, or 0-d) in the columns left empty.
+def _shifts(x: Array, ops: Ops, by: tuple[int, ...], fill: Array, width: int | None = None) -> list[Array]:
+    """``x`` ``[B, V]`` shifted along its columns by each of ``by`` (positive: to the right; ``-2 <=
+    by <= 2``) into ``width`` columns (``V`` or ``V + 1``; default ``V``), ``fill`` (``[B, 2]``, or
+    0-d) in the columns left empty.
 
     One concatenation, sliced; where the number of rows is unknown (Dask refuses to
     concatenate or gather such arrays), a comparison of every pair of columns (``[B, W, W]``).
     """
     xp = ops.xp
-    batch, width = x.shape
+    batch, given = x.shape
+    width = given if width is None else width
     if not unknown(batch):
         gap = fill if fill.ndim == 2 else xp.broadcast_to(fill, (batch, 2))
         padded = xp.concat([gap, x, gap], axis=1)
         return [padded[:, 2 - k : 2 - k + width] for k in by]
     columns = xp.arange(width, device=ops.device(x))
+    inputs = xp.arange(given, device=ops.device(x))
     zero = xp.zeros((), dtype=x.dtype, device=ops.device(x))
     empty = fill if fill.ndim == 0 else fill[:, :1]
     out = []
     for k in by:
         source = columns - k
-        chosen = source[:, None] == columns[None, :]  # [W, W]: column s takes column s - k
+        chosen = source[:, None] == inputs[None, :]  # [width, V]: column s takes column s - k
         taken = xp.sum(xp.where(chosen, x[:, None, :], zero), axis=-1)
-        out.append(xp.where((source >= 0) & (source < width), taken, empty))
+        out.append(xp.where((source >= 0) & (source < given), taken, empty))
     return out
 
 
 def _scan(
-    step: Callable[..., tuple[Array, tuple[Array]]],
-    start: Array,
+    step: Step,
+    start: tuple[Array, Array],
     rows: tuple[Array, ...],
     ops: Ops,
     *,
     reverse: bool = False,
-) -> tuple[Array, Array]:
-    """The time loop: ``ops.scan_row_blocks`` over frames, one at a time; the last state and the
-    state of every frame ``[T, B, W]``.
+) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+    """The time loop: ``ops.scan_row_blocks`` over frames, one at a time; the last state (blank and
+    label states) and the states of every frame (``[T, B, S+1]`` and ``[T, B, S]``).
 
     Where the number of sequences is unknown (Dask refuses to concatenate such arrays),
-    each frame's state is put in its place by a selection over all frames (``T`` times
+    each frame's states are put in their place by a selection over all frames (``T`` times
     ``[T, B, W]``: for lazy graphs of unknown shape only).
     """
-    if not unknown(start.shape[0]):
-        last, (history,) = ops.scan_row_blocks(step, start, rows, 1, reverse=reverse)
-        return last, history
+    if not unknown(start[0].shape[0]):
+        return ops.scan_row_blocks(step, start, rows, 1, reverse=reverse)
     xp = ops.xp
     frames = rows[0].shape[0]
-    times = xp.arange(frames, device=ops.device(start))[:, None, None]
-    history = xp.zeros((), dtype=start.dtype, device=ops.device(start))
+    times = xp.arange(frames, device=ops.device(start[0]))[:, None, None]
+    zero = xp.zeros((), dtype=start[0].dtype, device=ops.device(start[0]))
+    histories = [zero, zero]
     state = start
     for t in reversed(range(frames)) if reverse else range(frames):
-        state, (out,) = step(state, *(a[t : t + 1, ...] for a in rows))
-        history = history + xp.where(times == t, out, xp.zeros_like(out))
-    return state, history
+        state, outs = step(state, *(a[t : t + 1, ...] for a in rows))
+        histories = [h + xp.where(times == t, out, zero) for h, out in zip(histories, outs, strict=True)]
+    return state, (histories[0], histories[1])
 
 
 def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
@@ -320,17 +327,26 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     return log_add
 
 
-Step = Callable[..., tuple[Array, tuple[Array]]]
+Pair = tuple[Array, Array]  # blank states [..., S+1] (even states) and label states [..., S] (odd ones)
+Step = Callable[..., tuple[Pair, Pair]]
+
+
+def _halves(x: Array) -> Pair:
+    """The blank (even) and label (odd) states of ``x`` ``[..., 2S+1]``."""
+    return x[..., 0::2], x[..., 1::2]
 
 
 def _alpha_step(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Step]:
     """The forward recursion's state before the first frame ``[B, W]`` and its step
-    ``(alpha, emission, valid) -> (alpha, (alpha[None],))`` over one frame (held past a sequence's
-    logit length). ``differentiated``: the library's autodiff may differentiate the recursion;
-    ``floor``: the log weight of the states other than the first before the first frame
-    (``-inf``; optax's ``log_epsilon``)."""
+    ``((blank, label), emission_blank, emission_label, valid) -> (states, (blank[None], label[None]))``
+    over one frame (held past a sequence's logit length), on the blank and label states apart: a
+    blank is entered from itself and the label before it, a label from itself, its blank and (unless
+    it repeats) the label before it. ``differentiated``: the library's autodiff may differentiate
+    the recursion; ``floor``: the log weight of the states other than the first before the first
+    frame (``-inf``; optax's ``log_epsilon``)."""
     xp = ops.xp
     width = lattice.skips.shape[1]
+    labels = width // 2
     unreached = _neg_inf(lattice.skips, ops)
     gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
     first = xp.arange(width, device=ops.device(unreached))[None, :] == 0
@@ -338,40 +354,52 @@ def _alpha_step(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) 
         unreached = xp.zeros_like(unreached) + floor
     start = xp.where(first, xp.zeros_like(unreached), unreached)  # before the first frame: in state 0
     log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
-    previous = lattice.previous
+    after_label = None if lattice.previous is None else _halves(lattice.previous)[0]
+    skips = _halves(lattice.skips)[1]
 
-    def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
-        before, two_before = _shifts(alpha, ops, (1, 2), gap)
-        before = before if previous is None else before + previous
-        entered = log_add(log_add(alpha, before), two_before + lattice.skips) + emission[0, ...]
-        alpha = xp.where(valid[0, :, None], entered, alpha)
-        return alpha, (alpha[None, ...],)
+    def step(states: Pair, emission_blank: Array, emission_label: Array, valid: Array) -> tuple[Pair, Pair]:
+        blank, label = states
+        (label_before,) = _shifts(label, ops, (1,), gap, labels + 1)  # [B, S+1]
+        from_label = label_before if after_label is None else label_before + after_label
+        new_blank = log_add(blank, from_label) + emission_blank[0, ...]
+        stay_or_enter = log_add(label, blank[:, :labels])
+        new_label = log_add(stay_or_enter, label_before[:, :labels] + skips) + emission_label[0, ...]
+        kept = valid[0, :, None]
+        blank, label = xp.where(kept, new_blank, blank), xp.where(kept, new_label, label)
+        return (blank, label), (blank[None, ...], label[None, ...])
 
     return start, step
 
 
 def _beta_step(lattice: Lattice, ops: Ops) -> tuple[Array, Step]:
-    """The backward recursion's state after the last frame (the end states) and its step
-    ``(following, emission, time) -> (beta + emission, (beta[None],))`` over one frame, where
-    ``following`` is log beta of frame t+1 plus its emission and ``beta`` that of frame ``time``,
-    the log-probability of completing the labels from each state, its own emission excluded."""
+    """The backward recursion's state after the last frame (the end states ``[B, W]``) and its step
+    ``((blank, label), emission_blank, emission_label, time) -> (beta + emission, beta[None])`` over
+    one frame, on the blank and label states apart (as :func:`_alpha_step`): the states hold
+    log beta of frame t+1 plus its emission, the outputs log beta of frame ``time``, the
+    log-probability of completing the labels from each state, its own emission excluded."""
     xp = ops.xp
     width = lattice.skips.shape[1]
+    labels = width // 2
     unreached = _neg_inf(lattice.skips, ops)
     gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
     end = xp.where(lattice.ends, xp.zeros_like(unreached), unreached)
-    # The weights of leaving each state for the next one and the one after it.
-    (skips,) = _shifts(lattice.skips, ops, (-2,), gap)
-    following_weights = None
-    if lattice.previous is not None:
-        (following_weights,) = _shifts(lattice.previous, ops, (-1,), gap)
+    end_blank, end_label = _halves(end)
+    # The weights of leaving a label for the next blank, and for the next label.
+    after_label = None if lattice.previous is None else _halves(lattice.previous)[0][:, 1:]
+    (skips,) = _shifts(_halves(lattice.skips)[1], ops, (-1,), gap)
 
-    def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
-        after, two_after = _shifts(following, ops, (-1, -2), gap)
-        after = after if following_weights is None else after + following_weights
-        left = ops.logaddexp(ops.logaddexp(following, after), two_after + skips)
-        beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
-        return beta + emission[0, ...], (beta[None, ...],)
+    def step(states: Pair, emission_blank: Array, emission_label: Array, time: Array) -> tuple[Pair, Pair]:
+        blank, label = states
+        next_blank = blank[:, 1:] if after_label is None else blank[:, 1:] + after_label
+        (next_label,) = _shifts(label, ops, (-1,), gap)
+        left_label = ops.logaddexp(ops.logaddexp(label, next_blank), next_label + skips)
+        (own_label,) = _shifts(label, ops, (0,), gap, labels + 1)  # [B, S+1], -inf for the last blank
+        left_blank = ops.logaddexp(blank, own_label)
+        alive = (time[0] + 1 < lattice.lengths)[:, None]
+        beta_blank = xp.where(alive, left_blank, end_blank)
+        beta_label = xp.where(alive, left_label, end_label)
+        following = (beta_blank + emission_blank[0, ...], beta_label + emission_label[0, ...])
+        return following, (beta_blank[None, ...], beta_label[None, ...])
 
     return end, step
 
@@ -382,15 +410,21 @@ def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> t
     start, step = _alpha_step(lattice, ops, differentiated, floor)
     if lattice.emissions.shape[0] == 0:
         return start, lattice.emissions
-    return _scan(step, start, (lattice.emissions, lattice.frames), ops)
+    emissions = lattice.emissions
+    rows = (emissions[:, :, :1], emissions[:, :, 1::2], lattice.frames)
+    (blank, label), (blanks, labels) = _scan(step, _halves(start), rows, ops)
+    return _interleave(blank, label, ops), _interleave(blanks, labels, ops)
 
 
 def _betas(lattice: Lattice, ops: Ops) -> Array:
     """The backward recursion: ``log beta`` ``[T, B, W]`` (see :func:`_beta_step`; ``-inf`` past the
     end)."""
     end, step = _beta_step(lattice, ops)
-    times = ops.xp.arange(lattice.emissions.shape[0], device=ops.device(lattice.emissions))
-    return _scan(step, end, (lattice.emissions, times), ops, reverse=True)[1]
+    emissions = lattice.emissions
+    times = ops.xp.arange(emissions.shape[0], device=ops.device(emissions))
+    rows = (emissions[:, :, :1], emissions[:, :, 1::2], times)
+    _, (blanks, labels) = _scan(step, _halves(end), rows, ops, reverse=True)
+    return _interleave(blanks, labels, ops)
 
 
 def _losses(call: CTCCall, log_likelihood: Array) -> Array:
