@@ -289,7 +289,8 @@ def ctc_loss(call: Any) -> Array:
         input_lengths = call.logit_lengths.to(torch.int64)
         # The sum of each sequence's masked frames: not finite where one holds NaN or inf (or the
         # sum overflows: then they are replaced needlessly). Reads those frames only, writes nothing.
-        tails = [logits[b, n:].sum() for b, n in enumerate(input_lengths.tolist()) if n < frames]
+        values = logits.detach()  # no autograd record of the check
+        tails = [values[b, n:].sum() for b, n in enumerate(input_lengths.tolist()) if n < frames]
         if tails and not bool(torch.isfinite(torch.stack(tails)).all()):
             past = torch.arange(frames, device=logits.device) >= input_lengths[:, None]
             logits = torch.where(past[:, :, None], 0.0, logits)
