@@ -404,27 +404,27 @@ def _beta_step(lattice: Lattice, ops: Ops) -> tuple[Array, Step]:
     return end, step
 
 
-def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Array]:
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Pair]:
     """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
-    every frame ``[T, B, W]`` (see :func:`_alpha_step`)."""
+    every frame, blank and label states apart (``[T, B, S+1]``, ``[T, B, S]``; see
+    :func:`_alpha_step`)."""
     start, step = _alpha_step(lattice, ops, differentiated, floor)
-    if lattice.emissions.shape[0] == 0:
-        return start, lattice.emissions
     emissions = lattice.emissions
+    if emissions.shape[0] == 0:
+        return start, _halves(emissions)
     rows = (emissions[:, :, :1], emissions[:, :, 1::2], lattice.frames)
-    (blank, label), (blanks, labels) = _scan(step, _halves(start), rows, ops)
-    return _interleave(blank, label, ops), _interleave(blanks, labels, ops)
+    (blank, label), history = _scan(step, _halves(start), rows, ops)
+    return _interleave(blank, label, ops), history
 
 
-def _betas(lattice: Lattice, ops: Ops) -> Array:
-    """The backward recursion: ``log beta`` ``[T, B, W]`` (see :func:`_beta_step`; ``-inf`` past the
-    end)."""
+def _betas(lattice: Lattice, ops: Ops) -> Pair:
+    """The backward recursion: ``log beta`` of the blank and label states ``[T, B, S+1]``,
+    ``[T, B, S]`` (see :func:`_beta_step`; ``-inf`` past the end)."""
     end, step = _beta_step(lattice, ops)
     emissions = lattice.emissions
     times = ops.xp.arange(emissions.shape[0], device=ops.device(emissions))
     rows = (emissions[:, :, :1], emissions[:, :, 1::2], times)
-    _, (blanks, labels) = _scan(step, _halves(end), rows, ops, reverse=True)
-    return _interleave(blanks, labels, ops)
+    return _scan(step, _halves(end), rows, ops, reverse=True)[1]
 
 
 def _losses(call: CTCCall, log_likelihood: Array) -> Array:
@@ -463,14 +463,15 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     per_label = _per_label(call, loss)
     scaled = loss if per_label is None else loss * per_label
     value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
-    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood, lattice.emissions)
+    residuals = (log_probs, *alphas, log_likelihood, lattice.emissions)
+    return ops.as_result(value, logits.dtype), residuals
 
 
 def _backward(
     call: CTCCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
 ) -> tuple[Array]:
     (logits,) = primals
-    log_probs, alphas, log_likelihood, emissions = residuals
+    log_probs, alpha_blanks, alpha_labels, log_likelihood, emissions = residuals
     ops = call.ops
     xp = ops.xp
     if logits.shape[1] == 0:  # no frames
@@ -480,12 +481,21 @@ def _backward(
     feasible = log_likelihood > -math.inf
     shift = xp.where(feasible, log_likelihood, xp.zeros_like(log_likelihood))
     # exp(alpha + beta - log p): the posterior of each state at each frame, 0 where it cannot be.
-    occupancy = alphas + _betas(lattice, ops) - shift[None, :, None]
     kept = lattice.frames[:, :, None] & feasible[None, :, None]
-    occupancy = xp.exp(xp.where(kept, occupancy, _neg_inf(occupancy, ops)))
+
+    def occupancy(alpha: Array, beta: Array) -> Array:
+        log_occupancy = alpha + beta - shift[None, :, None]
+        return xp.exp(xp.where(kept, log_occupancy, _neg_inf(log_occupancy, ops)))
+
+    beta_blanks, beta_labels = _betas(lattice, ops)
     classes_of = xp.arange(classes, dtype=lattice.states.dtype, device=ops.device(logits))
-    one_hot = xp.astype(lattice.states[:, :, None] == classes_of, occupancy.dtype)  # [B, W, C]
-    posterior = xp.matmul(xp.permute_dims(occupancy, (1, 0, 2)), one_hot)  # [B, T, C]
+    label_classes = _halves(lattice.states)[1]
+    one_hot = xp.astype(label_classes[:, :, None] == classes_of, log_probs.dtype)  # [B, S, C]
+    labels = occupancy(alpha_labels, beta_labels)  # [T, B, S]
+    posterior = xp.matmul(xp.permute_dims(labels, (1, 0, 2)), one_hot)  # [B, T, C]
+    blanks = xp.permute_dims(xp.sum(occupancy(alpha_blanks, beta_blanks), axis=-1), (1, 0))  # [B, T]
+    nothing = xp.zeros((), dtype=posterior.dtype, device=ops.device(posterior))
+    posterior = posterior + xp.where(classes_of == call.blank, blanks[:, :, None], nothing)
     grad = xp.exp(log_probs) - posterior
     if call.zero_infinity:
         keep = xp.permute_dims(lattice.frames, (1, 0))[:, :, None] & feasible[:, None, None]
