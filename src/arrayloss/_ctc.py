@@ -263,7 +263,7 @@ def _shifts(x: Array, ops: Ops, by: tuple[int, ...], fill: Array, width: int | N
     0-d) in the columns left empty.
 
     One concatenation, sliced; where the number of rows is unknown (Dask refuses to
-    concatenate or gather such arrays), a comparison of every pair of columns (``[B, W, W]``).
+    concatenate or gather such arrays), a comparison of every pair of columns (``[B, width, V]``).
     """
     xp = ops.xp
     batch, given = x.shape
