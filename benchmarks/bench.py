@@ -615,7 +615,8 @@ def _ctc_inputs(batch: int, time: int, classes: int, width: int) -> tuple[Any, A
 
 def ctc_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     """``ctc_loss`` forward + backward of the mean (issue 16): torch CPU against ``F.ctc_loss`` (on the
-    log-softmax, time-major), JAX ``jit(value_and_grad)`` against ``optax.ctc_loss`` (of the sum), and
+    log-softmax, time-major; ``ctc_loss`` hands eager calls to it, and its own recursion is reported
+    too), JAX ``jit(value_and_grad)`` against ``optax.ctc_loss`` (of the sum), and
     NumPy's ``value_and_grad`` reported against both."""
 
     def torch_peer(sizes: tuple[int, int, int, int]) -> tuple[Callable[[], Any], Any]:
@@ -653,14 +654,20 @@ def ctc_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
     def torch_case(sizes: tuple[int, int, int, int]) -> Bench:
         theirs, (logits, labels, logit_lengths, label_lengths) = torch_peer(sizes)
         options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": "mean"}
+        settings = importlib.import_module("arrayloss._lib._settings").settings
         ours = _pass(lambda: al.ctc_loss(logits, labels, **options), True)
+
+        def recursion() -> Any:  # the array-API recursion, not handed to F.ctc_loss
+            with settings(delegate_to_torch=False):
+                return al.ctc_loss(logits, labels, **options)
+
         return Bench(
             "ctc fwd+bwd",
             "torch-cpu",
             size(sizes),
             "float32",
             ours,
-            {"F.ctc_loss": theirs},
+            {"F.ctc_loss": theirs, "arrayloss recursion": _pass(recursion, True)},
             {"F.ctc_loss": 1.0},
             reset=_dropping_grad(logits),
         )

@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from test_autodiff import DYNAMO_WARNINGS, compiling
 from test_grad import GRAD_TOLERANCE, label_dtype, needs, no_compute, rounded
 
 import arrayloss as al
+from arrayloss.compat import optax as compat_optax
+from arrayloss.compat import torch as compat_torch
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -227,6 +230,57 @@ def test_masked_garbage_is_ignored(backend, reduction):
     np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("garbage", ["nan_inf", "finite"])
+@pytest.mark.parametrize("label_type", ["int64", "int32", "int16"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, garbage):
+    """Through autograd (on the delegated path, ``F.ctc_loss``, too): NaN, inf or large finite values
+    in frames past logit_lengths and garbage labels past label_lengths give the loss and gradient of
+    the clean inputs (NumPy's rule), exactly 0 on those frames."""
+    torch = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(2)
+    feasible = [0, 1, 3, 4, 5]
+    logits, labels = logits[feasible], labels[feasible]
+    logit_lengths, label_lengths = logit_lengths[feasible], label_lengths[feasible]
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": reduction}
+    clean_value, clean_grad = al.value_and_grad(al.ctc_loss)(logits, np.maximum(labels, 0), **options)
+    past = np.arange(logits.shape[1])[None, :] >= logit_lengths[:, None]
+    dirty = logits.copy()
+    fill = [np.nan, np.inf] if garbage == "nan_inf" else [1e4, -3e4]
+    dirty[past] = np.where(np.arange(logits.shape[2]) % 2 == 0, *fill)
+    garbage_labels = np.where(labels < 0, 10**4, labels)
+    z = backend.asarray(dirty).requires_grad_()
+    given = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    value = al.ctc_loss(z, backend.asarray(garbage_labels, label_type), **given)
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    backend.assert_close(value, clean_value, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    assert (got[past] == 0).all()
+    np.testing.assert_allclose(got, clean_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_paths_agree(backend, dtype, configure):
+    """The hand-off to ``F.ctc_loss`` and the array-API recursion: the same values and gradients."""
+    torch = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(10, batch=5, time=20, classes=7, width=5)
+    arguments = (backend.asarray(np.maximum(labels, 0)),)
+    given = {"logit_lengths": backend.asarray(logit_lengths), "label_lengths": backend.asarray(label_lengths)}
+    results = []
+    for delegate in (True, False):
+        configure(delegate_to_torch=delegate)
+        z = backend.asarray(logits, dtype).requires_grad_()
+        value = al.ctc_loss(z, *arguments, reduction="mean", zero_infinity=True, **given)
+        results.append((value, *torch.autograd.grad(value, z)))
+    rtol, atol = {"float32": (1e-4, 1e-6), "float64": (1e-12, 1e-15)}[dtype]
+    for delegated, standard in zip(*results, strict=True):
+        np.testing.assert_allclose(
+            backend.to_numpy(delegated), backend.to_numpy(standard), rtol=rtol, atol=atol
+        )
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_accumulates_in_float32(backend, dtype):
     """Half-precision logits: the result in their dtype, computed in float32 from the held values."""
@@ -303,6 +357,76 @@ def test_compat_torch_matches_f_ctc_loss(backend, reduction, zero_infinity):
     np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
 
 
+def torch_layouts(seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """PyTorch's other layouts of ``ctc_loss``'s arguments: ``(log_probs, targets, input_lengths,
+    target_lengths)`` with concatenated 1-D targets (batched), and unbatched ``(T, C)`` inputs with 1-D
+    targets and lengths of shape ``()`` and ``(1,)``."""
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+    time_major = np.ascontiguousarray(np.transpose(log_probs, (1, 0, 2)))
+    used = np.arange(labels.shape[1])[None, :] < label_lengths[:, None]
+    concatenated = labels[labels >= 0]
+    single = np.maximum(labels[0], 1)
+    assert used[0].all() and logit_lengths[0] == logits.shape[1]
+    return {
+        "concatenated": (time_major, concatenated, logit_lengths, label_lengths),
+        "unbatched-0d": (time_major[:, 0], single, np.array(logits.shape[1]), np.array(len(single))),
+        "unbatched-1": (time_major[:5, 0], single[:2], np.array([5]), np.array([2])),
+    }
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("zero_infinity", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("layout", ["concatenated", "unbatched-0d", "unbatched-1"])
+def test_compat_torch_other_layouts_match_f_ctc_loss(backend, layout, reduction, zero_infinity):
+    """Concatenated targets and unbatched inputs, as ``F.ctc_loss`` takes them: values, their shapes,
+    and gradients w.r.t. ``log_probs``; lengths as tensors and as tuples of ints."""
+    torch = backend.module
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    log_probs, targets, input_lengths, target_lengths = torch_layouts(14)[layout]
+    options = {"reduction": reduction, "zero_infinity": zero_infinity}
+    for as_tuple in (False, True):
+        lengths = [
+            tuple(int(n) for n in np.atleast_1d(a)) if as_tuple else backend.asarray(a)
+            for a in (input_lengths, target_lengths)
+        ]
+        ours_in = backend.asarray(log_probs).requires_grad_()
+        theirs_in = backend.asarray(log_probs).requires_grad_()
+        ours = compat.ctc_loss(ours_in, backend.asarray(targets), *lengths, **options)
+        theirs = functional.ctc_loss(theirs_in, backend.asarray(targets), *lengths, **options)
+        assert tuple(ours.shape) == tuple(theirs.shape)
+        (grad,) = torch.autograd.grad(ours.sum(), ours_in)
+        (expected,) = torch.autograd.grad(theirs.sum(), theirs_in)
+        np.testing.assert_allclose(backend.to_numpy(ours), backend.to_numpy(theirs), rtol=1e-10)
+        np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(expected), rtol=1e-9, atol=1e-12)
+    if layout == "concatenated":  # PyTorch's rule: exactly sum(target_lengths) labels
+        longer = backend.asarray(np.concatenate([targets, [1]]))
+        with pytest.raises(ValueError, match=r"sum\(target_lengths\) = 14 labels, got 15"):
+            compat.ctc_loss(backend.asarray(log_probs), longer, *lengths, **options)
+
+
+@pytest.mark.parametrize("layout", ["concatenated", "unbatched-0d", "unbatched-1"])
+def test_compat_torch_other_layouts_on_every_backend(backend, layout):
+    """The same layouts on every backend (concatenated targets laid out as wide as all of them where
+    values are not read): ``F.ctc_loss``'s values."""
+    torch = pytest.importorskip("torch")
+    functional = importlib.import_module("torch.nn.functional")
+    compat = importlib.import_module("arrayloss.compat.torch")
+    log_probs, targets, input_lengths, target_lengths = torch_layouts(15)[layout]
+    expected = functional.ctc_loss(
+        *(torch.asarray(a) for a in (log_probs, targets, input_lengths, target_lengths)), reduction="none"
+    ).numpy()
+    index = label_dtype(backend)
+    arguments = [backend.asarray(log_probs)] + [
+        backend.asarray(a, index) for a in (targets, input_lengths, target_lengths)
+    ]
+    with no_compute(backend):
+        got = compat.ctc_loss(*arguments, reduction="none")
+    backend.assert_close(got, expected, dtype="float64")
+
+
 @pytest.mark.backend("jax")
 def test_compat_optax_matches_optax(backend):
     """``compat.optax.ctc_loss`` on optax's arguments (paddings), feasible sequences: values and gradients."""
@@ -336,6 +460,68 @@ def test_compat_optax_matches_optax(backend):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
 
 
+def paddings_of(logits: np.ndarray, labels: np.ndarray, logit_lengths, label_lengths) -> list[np.ndarray]:
+    """optax's paddings (1.0 past each sequence's end) of the frames and the labels."""
+    return [
+        (np.arange(n)[None, :] >= lengths[:, None]).astype(np.float64)
+        for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
+    ]
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize("log_epsilon", [-1e5, -30.0, -1.0])
+@pytest.mark.parametrize("seed", [11])
+def test_compat_optax_log_epsilon_matches_optax(backend, seed, log_epsilon):
+    """Infeasible sequences included (optax's large finite loss), repeats, lengths of 0: values and
+    gradients of ``optax.ctc_loss`` for its ``log_epsilon``, under ``jax.jit``."""
+    optax = pytest.importorskip("optax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(seed)
+    labels = np.maximum(labels, 1)
+    paddings = [jnp.asarray(p) for p in paddings_of(logits, labels, logit_lengths, label_lengths)]
+    y = jnp.asarray(labels)
+    infeasible = ~np.isfinite(
+        al.ctc_loss(logits, labels, logit_lengths=logit_lengths, label_lengths=label_lengths)
+    )
+    assert infeasible.any()
+
+    def ours(x):
+        return compat.ctc_loss(x, paddings[0], y, paddings[1], log_epsilon=log_epsilon)
+
+    def theirs(x):
+        return optax.ctc_loss(x, paddings[0], y, paddings[1], log_epsilon=log_epsilon)
+
+    z = jnp.asarray(logits)
+    value, expected = jax.jit(ours)(z), theirs(z)
+    assert np.isfinite(np.asarray(value)).all()
+    np.testing.assert_allclose(np.asarray(value), np.asarray(expected), rtol=1e-10, atol=1e-12)
+    grad = jax.jit(jax.grad(lambda x: ours(x).sum()))(z)
+    expected_grad = jax.grad(lambda x: theirs(x).sum())(z)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-7, atol=1e-9)
+
+
+def test_compat_optax_infeasible_on_every_backend(backend):
+    """optax's large finite losses of infeasible sequences on every backend (optax computed in JAX's
+    default float32)."""
+    optax = pytest.importorskip("optax")
+    jnp = importlib.import_module("jax.numpy")
+    compat = importlib.import_module("arrayloss.compat.optax")
+    logits, labels, logit_lengths, label_lengths = random_batch(13)
+    labels = np.maximum(labels, 1)
+    paddings = paddings_of(logits, labels, logit_lengths, label_lengths)
+    expected = optax.ctc_loss(
+        *(jnp.asarray(a, "float32") for a in (logits, paddings[0])), labels, paddings[1]
+    )
+    assert (np.asarray(expected) > 1e4).any()
+    z, y = backend.asarray(logits), backend.asarray(labels, label_dtype(backend))
+    with no_compute(backend):
+        got = compat.ctc_loss(z, backend.asarray(paddings[0]), y, backend.asarray(paddings[1]))
+    got = backend.check_result(got, dtype="float64", shape=(len(labels),))
+    np.testing.assert_allclose(got, np.asarray(expected, np.float64), rtol=1e-5)
+
+
 def test_compat_adapters_on_every_backend(backend):
     """The adapters' layouts and lengths: the numbers of ``ctc_loss`` itself."""
     compat_torch = importlib.import_module("arrayloss.compat.torch")
@@ -354,7 +540,11 @@ def test_compat_adapters_on_every_backend(backend):
         backend.asarray(np.arange(n)[None, :] >= lengths[:, None], "float64")
         for n, lengths in ((logits.shape[1], logit_lengths), (labels.shape[1], label_lengths))
     ]
-    backend.assert_close(compat_optax.ctc_loss(z, paddings[0], y, paddings[1]), expected, dtype="float64")
+    got = compat_optax.ctc_loss(z, paddings[0], y, paddings[1])
+    got = backend.check_result(got, dtype="float64", shape=expected.shape)
+    feasible = np.isfinite(expected)
+    np.testing.assert_allclose(got[feasible], expected[feasible], rtol=1e-10)
+    assert (got[~feasible] > 1e4).all()  # optax's log_epsilon: large and finite
 
 
 @pytest.mark.backend("torch", "jax")
@@ -431,3 +621,47 @@ def test_logaddexp_is_stable_on_every_backend(backend):
     for ops in (backends.ops_for(backend.xp), ops_module.Ops(backend.xp)):
         got = ops.logaddexp(backend.asarray(a, dtype), backend.asarray(b, dtype))
         backend.assert_close(got, np.logaddexp(a, b), dtype=dtype)
+
+
+def _paddings(lengths, width: int):
+    return (lengths.new_tensor(range(width))[None, :] >= lengths[:, None]).double()
+
+
+COMPILED = {
+    "ctc_loss": lambda z, y, a, b: al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, reduction="mean"),
+    "compat.torch": lambda z, y, a, b: compat_torch.ctc_loss(
+        z.transpose(0, 1), y, a, b, reduction="sum", zero_infinity=True
+    ),
+    "compat.torch-concatenated": lambda z, y, a, b: compat_torch.ctc_loss(
+        z.transpose(0, 1), y, a, b, reduction="mean"
+    ),
+    "compat.optax": lambda z, y, a, b: compat_optax.ctc_loss(
+        z, _paddings(a, z.shape[1]), y, _paddings(b, y.shape[1])
+    ),
+}
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("name", list(COMPILED))
+def test_torch_compile_fullgraph(backend, name):
+    """``torch.compile(fullgraph=True)``, forward and backward (the rule through the autograd Function,
+    the recursion unrolled over frames): the values and gradients of eager PyTorch, which for
+    ``ctc_loss`` and ``compat.torch`` are ``F.ctc_loss``'s (delegated) or the recursion's."""
+    torch = compiling(backend)
+    logits, labels, options = tiny_case("lengths")  # 3 sequences of at most 4 frames: compiled quickly
+    logit_lengths, label_lengths = options["logit_lengths"], options["label_lengths"]
+    if name == "compat.torch-concatenated":
+        labels = labels[np.arange(2)[None, :] < label_lengths[:, None]]
+    y, a, b = (backend.asarray(v) for v in (labels, logit_lengths, label_lengths))
+    loss = COMPILED[name]
+    z_compiled = backend.asarray(logits).requires_grad_()
+    z_eager = backend.asarray(logits).requires_grad_()
+    compiled = torch.compile(lambda z: torch.sum(loss(z, y, a, b)), fullgraph=True)(z_compiled)
+    eager = torch.sum(loss(z_eager, y, a, b))
+    compiled.backward()
+    eager.backward()
+    np.testing.assert_allclose(backend.to_numpy(compiled), backend.to_numpy(eager), rtol=1e-10)
+    np.testing.assert_allclose(
+        backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
+    )

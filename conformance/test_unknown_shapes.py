@@ -213,3 +213,31 @@ def test_binary_and_divergence_losses(unknown, name, reduction):
     expected = reference(inputs, targets, weights=weights, reduction=reduction, **options)
     check(got, out=expected, value=reference_value(inputs))
     np.testing.assert_allclose(got["grad"], expected_grad, rtol=1e-6, atol=1e-8)
+
+
+CTC_LOGITS = RNG.normal(size=(N, 4, 3)) * 2
+CTC_LABELS = np.array([[1, 1], [2, 1], [1, 2], [2, 2], [1, 0], [2, 0]])
+CTC_LOGIT_LENGTHS = np.array([4, 3, 4, 2, 1, 0])
+CTC_LABEL_LENGTHS = np.array([2, 2, 1, 1, 1, 0])  # [2, 2] in 2 frames needs 3: infeasible
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_ctc_loss(unknown, reduction):
+    """The number of sequences unknown: the lattice is built by broadcasting, the time loop over the
+    known frames; values against the brute force, the gradient (``zero_infinity``) against its
+    finite differences."""
+    z, y = unknown.array("z", CTC_LOGITS), unknown.array("y", CTC_LABELS)
+    a, b = unknown.array("a", CTC_LOGIT_LENGTHS), unknown.array("b", CTC_LABEL_LENGTHS)
+    options = {"logit_lengths": a, "label_lengths": b, "reduction": reduction}
+    out = al.ctc_loss(z, y, **options)
+    value, grad = al.value_and_grad(al.ctc_loss)(z, y, zero_infinity=True, **options)
+    assert unknown_dimension(out) == (reduction == "none")
+    lengths = {"logit_lengths": CTC_LOGIT_LENGTHS, "label_lengths": CTC_LABEL_LENGTHS}
+
+    def reference_value(x: np.ndarray, zero_infinity: bool = True) -> np.ndarray:
+        return ref.ctc(x, CTC_LABELS, reduction=reduction, zero_infinity=zero_infinity, **lengths)
+
+    expected_grad = ref.numeric_gradient(lambda x: reference_value(x).sum(), CTC_LOGITS, 1e-6)
+    got = unknown.values(out=out, value=value, grad=grad)
+    check(got, out=reference_value(CTC_LOGITS, zero_infinity=False), value=reference_value(CTC_LOGITS))
+    np.testing.assert_allclose(got["grad"], expected_grad, rtol=1e-6, atol=1e-8)

@@ -22,6 +22,8 @@ from ._lib._validation import (
     check_reduction,
     compute_dtype,
     ops_of,
+    same_shape,
+    unknown,
 )
 
 
@@ -36,6 +38,7 @@ class CTCCall(NamedTuple):
     blank: int
     reduction: Reduction
     zero_infinity: bool
+    log_epsilon: float | None = None  # optax's stand-in for log(0) (compat.optax); None: exact
 
     @property
     def primals(self) -> tuple[Array, ...]:
@@ -57,7 +60,7 @@ def _check_lengths(name: str, lengths: Array | None, batch: Any, stop: Any, what
     xp = ops.xp
     if not xp.isdtype(lengths.dtype, "integral"):
         raise TypeError(f"{name} must have an integer dtype, got {lengths.dtype}")
-    if tuple(lengths.shape) != (batch,):
+    if not same_shape(tuple(lengths.shape), (batch,)):
         raise ValueError(
             f"{name} must have shape ({batch},), one length per sequence, got {tuple(lengths.shape)}"
         )
@@ -92,7 +95,7 @@ def check_ctc(
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     batch, frames, classes = logits.shape
-    if labels.ndim != 2 or labels.shape[0] != batch:
+    if labels.ndim != 2 or not same_shape(tuple(labels.shape[:1]), (batch,)):
         raise ValueError(
             f"labels must have shape ({batch}, max_label_length), one row per sequence of logits, "
             f"got shape {tuple(labels.shape)}"
@@ -120,17 +123,27 @@ def _label_mask(labels: Array, label_lengths: Array | None, ops: Ops) -> Array:
     xp = ops.xp
     positions = xp.arange(labels.shape[1], device=ops.device(labels))
     if label_lengths is None:
-        return xp.broadcast_to(positions < labels.shape[1], tuple(labels.shape))
+        return xp.ones_like(labels, dtype=xp.bool)
     return positions[None, :] < xp.astype(label_lengths, positions.dtype)[:, None]
 
 
-def _interleave(even: Array, odd: Array, xp: ModuleType) -> Array:
-    """``[B, 2S+1]``: ``even[:, k]`` (``[B, S+1]``) at ``2k``, ``odd[:, k]`` (``[B, S]``) at ``2k+1``."""
-    batch, width = odd.shape
-    if width == 0:  # no labels (strict slicing and Dask's reshape refuse the empty steps below)
+def _interleave(even: Array, odd: Array, ops: Ops) -> Array:
+    """``[..., 2S+1]``: ``even[..., k]`` (``[..., S+1]``) at ``2k``, ``odd[..., k]`` (``[..., S]``) at
+    ``2k+1``.
+
+    A stack and a reshape; where the number of rows is unknown (Dask refuses to stack such
+    arrays), gathers along the last axis and a selection."""
+    xp = ops.xp
+    width = odd.shape[-1]
+    if width == 0:  # no labels
         return even
-    pairs = xp.reshape(xp.stack([even[:, :width], odd], axis=-1), (batch, 2 * width))
-    return xp.concat([pairs, even[:, width:]], axis=1)
+    if not any(unknown(d) for d in odd.shape):
+        pairs = xp.reshape(xp.stack([even[..., :width], odd], axis=-1), (*odd.shape[:-1], 2 * width))
+        return xp.concat([pairs, even[..., width:]], axis=-1)
+    columns = xp.arange(2 * width + 1, device=ops.device(odd))
+    from_even = xp.take(even, columns // 2, axis=-1)
+    from_odd = xp.take(odd, xp.clip((columns - 1) // 2, 0, width - 1), axis=-1)
+    return xp.where(columns % 2 == 0, from_even, from_odd)
 
 
 class Lattice(NamedTuple):
@@ -138,7 +151,8 @@ class Lattice(NamedTuple):
 
     states: Array  # [B, W] class index of each state (W = 2S+1, blanks at even states)
     emissions: Array  # [T, B, W] log-probability of each state's class at each frame
-    skips: Array  # [B, W] whether a state may be entered from two states back
+    skips: Array  # [B, W] log weight of entering a state from two states back: 0, or -inf where barred
+    previous: Array | None  # [B, W] log weight of entering a state from the one before (None: all 0)
     ends: Array  # [B, W] the last two states of each sequence (the last one for label length 0)
     frames: Array  # [T, B] whether each frame lies before its sequence's logit length
     lengths: Array  # [B] the logit lengths
@@ -148,11 +162,12 @@ class Lattice(NamedTuple):
 def _frames(call: CTCCall, logits: Array) -> Array:
     """``[T, B]``: whether each frame lies before its sequence's logit length."""
     xp = call.ops.xp
-    batch, frames, _ = logits.shape
+    frames = logits.shape[1]
     times = xp.arange(frames, device=call.ops.device(logits))
     lengths = call.logit_lengths
-    frame_ok = times[:, None] < (frames if lengths is None else xp.astype(lengths, times.dtype)[None, :])
-    return xp.broadcast_to(frame_ok, (frames, batch))
+    if lengths is None:  # every frame, of every sequence (whose number may be unknown)
+        return xp.permute_dims(xp.ones_like(logits[:, :, 0], dtype=xp.bool), (1, 0))
+    return times[:, None] < xp.astype(lengths, times.dtype)[None, :]
 
 
 def _log_probs(call: CTCCall, logits: Array) -> Array:
@@ -166,10 +181,25 @@ def _log_probs(call: CTCCall, logits: Array) -> Array:
     return (z - parts.shift) - parts.log_sum
 
 
-def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
+def _emissions(log_probs: Array, states: Array, ops: Ops) -> Array:
+    """``[T, B, W]``: the log-probability of each state's class (``states`` ``[B, W]``) at each frame."""
+    xp = ops.xp
+    batch, frames, _ = log_probs.shape
+    if not hasattr(xp, "take_along_axis"):  # Dask: Ops.pick's comparison, broadcast over frames and states
+        return xp.permute_dims(ops.pick(log_probs[:, :, None, :], states[:, None, :]), (1, 0, 2))
+    if unknown(batch):
+        index = states[:, None, :] + xp.zeros_like(log_probs[:, :, :1], dtype=states.dtype)
+    else:
+        index = xp.broadcast_to(states[:, None, :], (batch, frames, states.shape[1]))
+    return xp.permute_dims(xp.take_along_axis(log_probs, index, axis=-1), (1, 0, 2))
+
+
+def _lattice(call: CTCCall, log_probs: Array, emissions: Array | None = None) -> Lattice:
+    """The lattice of a call's labels over its frames; ``emissions``: those of the forward pass, which
+    the backward pass does not gather again."""
     ops = call.ops
     xp = ops.xp
-    batch, frames, classes = log_probs.shape
+    frames, classes = log_probs.shape[1:]
     dev = ops.device(log_probs)
     used = _label_mask(call.labels, call.label_lengths, ops)
     labels = label_indices(call.labels, ops)
@@ -177,32 +207,43 @@ def _lattice(call: CTCCall, log_probs: Array) -> Lattice:
     poisoned = None if ops.is_eager(call.labels) else xp.any(used & ~in_range, axis=1)
     blank = xp.full_like(labels, call.blank)
     labels = xp.where(used & in_range, labels, blank)
-    blanks = xp.full((batch, labels.shape[1] + 1), call.blank, dtype=labels.dtype, device=dev)
-    states = _interleave(blanks, labels, xp)
+    # Shapes built by broadcasting from the labels: the number of sequences may be unknown.
+    column = xp.sum(xp.zeros_like(labels), axis=1, keepdims=True)  # [B, 1] of zeros, S may be 0
+    blanks = column + xp.full((1, labels.shape[1] + 1), call.blank, dtype=labels.dtype, device=dev)
+    states = _interleave(blanks, labels, ops)
     width = states.shape[1]
     # A label state is entered from two states back unless it repeats the previous label.
-    differs = xp.zeros(tuple(labels.shape), dtype=xp.bool, device=dev)
+    differs = xp.zeros_like(labels, dtype=xp.bool)
     if labels.shape[1] > 1:
-        differs = xp.concat([differs[:, :1], labels[:, 1:] != labels[:, :-1]], axis=1)
-    skips = _interleave(xp.zeros((batch, labels.shape[1] + 1), dtype=xp.bool, device=dev), differs, xp)
+        nothing = xp.zeros((), dtype=labels.dtype, device=dev)
+        previous_label = _shifts(labels, ops, (1,), nothing)[0]
+        differs = (labels != previous_label) & (xp.arange(labels.shape[1], device=dev) > 0)
+    allowed = _interleave(xp.zeros_like(blanks, dtype=xp.bool), differs, ops)
+    zero = xp.zeros_like(states, dtype=log_probs.dtype)
+    barred = xp.full_like(zero, -math.inf)
+    previous = None
+    if call.log_epsilon is not None:  # optax's: a repeat entered from two states back at log_epsilon
+        repeats = _interleave(xp.zeros_like(allowed[:, : labels.shape[1] + 1]), ~differs, ops)
+        repeats = repeats & (xp.arange(width, device=dev)[None, :] > 1)
+        barred = xp.where(repeats, zero + call.log_epsilon, barred)
+        # and a blank after a label entered with weight 1 + epsilon
+        after_label = (xp.arange(width, device=dev) % 2 == 0) & (xp.arange(width, device=dev) > 0)
+        extra = math.log1p(math.exp(call.log_epsilon))
+        previous = xp.where(after_label[None, :], zero + extra, zero)
+    skips = xp.where(allowed, zero, barred)
     count = xp.sum(xp.astype(used, labels.dtype), axis=1)
     positions = xp.arange(width, dtype=labels.dtype, device=dev)[None, :]
     ends = (positions == 2 * count[:, None]) | (positions == 2 * count[:, None] - 1)
 
-    index = xp.broadcast_to(states[:, None, :], (batch, frames, width))
-    if hasattr(xp, "take_along_axis"):  # a gather of the W states from the C classes
-        emissions = xp.take_along_axis(log_probs, index, axis=-1)
-    else:  # Dask: the comparison-based selection of Ops.pick, over the states broadcast
-        emissions = ops.pick(
-            xp.broadcast_to(log_probs[:, :, None, :], (batch, frames, width, classes)), index
-        )
-    emissions = xp.permute_dims(emissions, (1, 0, 2))
+    if emissions is None:
+        emissions = _emissions(log_probs, states, ops)
     index_dtype = xp.arange(1, device=dev).dtype
     if call.logit_lengths is None:
-        lengths = xp.full((batch,), frames, dtype=index_dtype, device=dev)
+        lengths = xp.astype(column[:, 0], index_dtype) + frames
     else:
         lengths = xp.astype(call.logit_lengths, index_dtype)
-    return Lattice(states, emissions, skips, ends, _frames(call, log_probs), lengths, poisoned)
+    frame_ok = _frames(call, log_probs)
+    return Lattice(states, emissions, skips, previous, ends, frame_ok, lengths, poisoned)
 
 
 def _log_sum(x: Array, ops: Ops) -> Array:
@@ -211,8 +252,66 @@ def _log_sum(x: Array, ops: Ops) -> Array:
     return (parts.shift + parts.log_sum)[..., 0]
 
 
-def _neg_inf(shape: tuple[int, ...], like: Array, ops: Ops) -> Array:
-    return ops.xp.full(shape, -math.inf, dtype=like.dtype, device=ops.device(like))
+def _neg_inf(like: Array, ops: Ops) -> Array:
+    """``-inf`` in the shape, dtype and device of ``like``."""
+    return ops.xp.full_like(like, -math.inf)
+
+
+def _shifts(x: Array, ops: Ops, by: tuple[int, ...], fill: Array, width: int | None = None) -> list[Array]:
+    """``x`` ``[B, V]`` shifted along its columns by each of ``by`` (positive: to the right; ``-2 <=
+    by <= 2``) into ``width`` columns (``V`` or ``V + 1``; default ``V``), ``fill`` (``[B, 2]``, or
+    0-d) in the columns left empty.
+
+    One concatenation, sliced; where the number of rows is unknown (Dask refuses to
+    concatenate or gather such arrays), a comparison of every pair of columns (``[B, width, V]``).
+    """
+    xp = ops.xp
+    batch, given = x.shape
+    width = given if width is None else width
+    if not unknown(batch):
+        gap = fill if fill.ndim == 2 else xp.broadcast_to(fill, (batch, 2))
+        padded = xp.concat([gap, x, gap], axis=1)
+        return [padded[:, 2 - k : 2 - k + width] for k in by]
+    columns = xp.arange(width, device=ops.device(x))
+    inputs = xp.arange(given, device=ops.device(x))
+    zero = xp.zeros((), dtype=x.dtype, device=ops.device(x))
+    empty = fill if fill.ndim == 0 else fill[:, :1]
+    out = []
+    for k in by:
+        source = columns - k
+        chosen = source[:, None] == inputs[None, :]  # [width, V]: column s takes column s - k
+        taken = xp.sum(xp.where(chosen, x[:, None, :], zero), axis=-1)
+        out.append(xp.where((source >= 0) & (source < given), taken, empty))
+    return out
+
+
+def _scan(
+    step: Step,
+    start: tuple[Array, Array],
+    rows: tuple[Array, ...],
+    ops: Ops,
+    *,
+    reverse: bool = False,
+) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+    """The time loop: ``ops.scan_row_blocks`` over frames, one at a time; the last state (blank and
+    label states) and the states of every frame (``[T, B, S+1]`` and ``[T, B, S]``).
+
+    Where the number of sequences is unknown (Dask refuses to concatenate such arrays),
+    each frame's states are put in their place by a selection over all frames (``T`` times
+    ``[T, B, W]``: for lazy graphs of unknown shape only).
+    """
+    if not unknown(start[0].shape[0]):
+        return ops.scan_row_blocks(step, start, rows, 1, reverse=reverse)
+    xp = ops.xp
+    frames = rows[0].shape[0]
+    times = xp.arange(frames, device=ops.device(start[0]))[:, None, None]
+    zero = xp.zeros((), dtype=start[0].dtype, device=ops.device(start[0]))
+    histories = [zero, zero]
+    state = start
+    for t in reversed(range(frames)) if reverse else range(frames):
+        state, outs = step(state, *(a[t : t + 1, ...] for a in rows))
+        histories = [h + xp.where(times == t, out, zero) for h, out in zip(histories, outs, strict=True)]
+    return state, (histories[0], histories[1])
 
 
 def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
@@ -228,57 +327,104 @@ def _differentiable_log_add(ops: Ops) -> Callable[[Array, Array], Array]:
     return log_add
 
 
-def _alphas(lattice: Lattice, ops: Ops, differentiated: bool) -> tuple[Array, Array]:
-    """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
-    every frame ``[T, B, W]`` (held past a sequence's logit length). ``differentiated``: the
-    library's autodiff may differentiate the recursion."""
+Pair = tuple[Array, Array]  # blank states [..., S+1] (even states) and label states [..., S] (odd ones)
+Step = Callable[..., tuple[Pair, Pair]]
+
+
+def _halves(x: Array) -> Pair:
+    """The blank (even) and label (odd) states of ``x`` ``[..., 2S+1]``."""
+    return x[..., 0::2], x[..., 1::2]
+
+
+def _alpha_step(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Step]:
+    """The forward recursion's state before the first frame ``[B, W]`` and its step
+    ``((blank, label), emission_blank, emission_label, valid) -> (states, (blank[None], label[None]))``
+    over one frame (held past a sequence's logit length), on the blank and label states apart: a
+    blank is entered from itself and the label before it, a label from itself, its blank and (unless
+    it repeats) the label before it. ``differentiated``: the library's autodiff may differentiate
+    the recursion; ``floor``: the log weight of the states other than the first before the first
+    frame (``-inf``; optax's ``log_epsilon``)."""
     xp = ops.xp
-    emissions = lattice.emissions
-    frames, batch, width = emissions.shape
-    gap = _neg_inf((batch, 2), emissions, ops)
-    no_skip = _neg_inf((batch, width), emissions, ops)
-    first = xp.arange(width, device=ops.device(emissions))[None, :] == 0
-    start = xp.where(first, xp.zeros_like(no_skip), no_skip)  # before the first frame: in state 0
-    if frames == 0:
-        return start, emissions
+    width = lattice.skips.shape[1]
+    labels = width // 2
+    unreached = _neg_inf(lattice.skips, ops)
+    gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
+    first = xp.arange(width, device=ops.device(unreached))[None, :] == 0
+    if floor != -math.inf:  # optax's stand-in for log(0): every state reached with that weight
+        unreached = xp.zeros_like(unreached) + floor
+    start = xp.where(first, xp.zeros_like(unreached), unreached)  # before the first frame: in state 0
     log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
+    after_label = None if lattice.previous is None else _halves(lattice.previous)[0]
+    skips = _halves(lattice.skips)[1]
 
-    def step(alpha: Array, emission: Array, valid: Array) -> tuple[Array, tuple[Array]]:
-        padded = xp.concat([gap, alpha], axis=1)
-        skip = xp.where(lattice.skips, padded[:, :width], no_skip)
-        entered = log_add(log_add(alpha, padded[:, 1 : width + 1]), skip) + emission[0, ...]
-        alpha = xp.where(valid[0, :, None], entered, alpha)
-        return alpha, (alpha[None, ...],)
+    def step(states: Pair, emission_blank: Array, emission_label: Array, valid: Array) -> tuple[Pair, Pair]:
+        blank, label = states
+        (label_before,) = _shifts(label, ops, (1,), gap, labels + 1)  # [B, S+1]
+        from_label = label_before if after_label is None else label_before + after_label
+        new_blank = log_add(blank, from_label) + emission_blank[0, ...]
+        stay_or_enter = log_add(label, blank[:, :labels])
+        new_label = log_add(stay_or_enter, label_before[:, :labels] + skips) + emission_label[0, ...]
+        kept = valid[0, :, None]
+        blank, label = xp.where(kept, new_blank, blank), xp.where(kept, new_label, label)
+        return (blank, label), (blank[None, ...], label[None, ...])
 
-    last, (history,) = ops.scan_row_blocks(step, start, (emissions, lattice.frames), 1)
-    return last, history
+    return start, step
 
 
-def _betas(lattice: Lattice, ops: Ops) -> Array:
-    """The backward recursion: ``log beta`` ``[T, B, W]``, the log-probability of completing the
-    labels from each state at each frame, the frame's own emission excluded (``-inf`` past the end)."""
+def _beta_step(lattice: Lattice, ops: Ops) -> tuple[Array, Step]:
+    """The backward recursion's state after the last frame (the end states ``[B, W]``) and its step
+    ``((blank, label), emission_blank, emission_label, time) -> (beta + emission, beta[None])`` over
+    one frame, on the blank and label states apart (as :func:`_alpha_step`): the states hold
+    log beta of frame t+1 plus its emission, the outputs log beta of frame ``time``, the
+    log-probability of completing the labels from each state, its own emission excluded."""
     xp = ops.xp
+    width = lattice.skips.shape[1]
+    labels = width // 2
+    unreached = _neg_inf(lattice.skips, ops)
+    gap = unreached[:, :2] if width > 1 else xp.concat([unreached, unreached], axis=1)
+    end = xp.where(lattice.ends, xp.zeros_like(unreached), unreached)
+    end_blank, end_label = _halves(end)
+    # The weights of leaving a label for the next blank, and for the next label.
+    after_label = None if lattice.previous is None else _halves(lattice.previous)[0][:, 1:]
+    (skips,) = _shifts(_halves(lattice.skips)[1], ops, (-1,), gap)
+
+    def step(states: Pair, emission_blank: Array, emission_label: Array, time: Array) -> tuple[Pair, Pair]:
+        blank, label = states
+        next_blank = blank[:, 1:] if after_label is None else blank[:, 1:] + after_label
+        (next_label,) = _shifts(label, ops, (-1,), gap)
+        left_label = ops.logaddexp(ops.logaddexp(label, next_blank), next_label + skips)
+        (own_label,) = _shifts(label, ops, (0,), gap, labels + 1)  # [B, S+1], -inf for the last blank
+        left_blank = ops.logaddexp(blank, own_label)
+        alive = (time[0] + 1 < lattice.lengths)[:, None]
+        beta_blank = xp.where(alive, left_blank, end_blank)
+        beta_label = xp.where(alive, left_label, end_label)
+        following = (beta_blank + emission_blank[0, ...], beta_label + emission_label[0, ...])
+        return following, (beta_blank[None, ...], beta_label[None, ...])
+
+    return end, step
+
+
+def _alphas(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) -> tuple[Array, Pair]:
+    """The forward recursion: ``log alpha`` at the last frame of each sequence ``[B, W]`` and at
+    every frame, blank and label states apart (``[T, B, S+1]``, ``[T, B, S]``; see
+    :func:`_alpha_step`)."""
+    start, step = _alpha_step(lattice, ops, differentiated, floor)
     emissions = lattice.emissions
-    frames, batch, width = emissions.shape
-    gap = _neg_inf((batch, 2), emissions, ops)
-    end = xp.where(lattice.ends, xp.zeros_like(gap[:, :1]), _neg_inf((batch, width), emissions, ops))
-    skips = xp.concat(
-        [lattice.skips, xp.zeros((batch, 2), dtype=xp.bool, device=ops.device(emissions))], axis=1
-    )
-    skips = skips[:, 2 : width + 2]
-    no_skip = _neg_inf((batch, width), emissions, ops)
+    if emissions.shape[0] == 0:
+        return start, _halves(emissions)
+    rows = (emissions[:, :, :1], emissions[:, :, 1::2], lattice.frames)
+    (blank, label), history = _scan(step, _halves(start), rows, ops)
+    return _interleave(blank, label, ops), history
 
-    def step(following: Array, emission: Array, time: Array) -> tuple[Array, tuple[Array]]:
-        # ``following``: log beta of frame t+1 plus its emission; at the last frame, the end states.
-        padded = xp.concat([following, gap], axis=1)
-        skip = xp.where(skips, padded[:, 2:], no_skip)
-        left = ops.logaddexp(ops.logaddexp(padded[:, :width], padded[:, 1 : width + 1]), skip)
-        beta = xp.where((time[0] + 1 < lattice.lengths)[:, None], left, end)
-        return beta + emission[0, ...], (beta[None, ...],)
 
-    times = xp.arange(frames, device=ops.device(emissions))
-    _, (history,) = ops.scan_row_blocks(step, end, (emissions, times), 1, reverse=True)
-    return history
+def _betas(lattice: Lattice, ops: Ops) -> Pair:
+    """The backward recursion: ``log beta`` of the blank and label states ``[T, B, S+1]``,
+    ``[T, B, S]`` (see :func:`_beta_step`; ``-inf`` past the end)."""
+    end, step = _beta_step(lattice, ops)
+    emissions = lattice.emissions
+    times = ops.xp.arange(emissions.shape[0], device=ops.device(emissions))
+    rows = (emissions[:, :, :1], emissions[:, :, 1::2], times)
+    return _scan(step, _halves(end), rows, ops, reverse=True)[1]
 
 
 def _losses(call: CTCCall, log_likelihood: Array) -> Array:
@@ -310,35 +456,46 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     differentiated = ops.records_gradient([logits]) or not (
         ops.is_eager(logits) or ops.takes_analytic_backward(RULE, call)
     )
-    last, alphas = _alphas(lattice, ops, differentiated)
-    log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(tuple(last.shape), last, ops)), ops)
+    floor = -math.inf if call.log_epsilon is None else call.log_epsilon
+    last, alphas = _alphas(lattice, ops, differentiated, floor)
+    log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(last, ops)), ops)
     loss = _losses(call, log_likelihood)
     per_label = _per_label(call, loss)
     scaled = loss if per_label is None else loss * per_label
     value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
-    return ops.as_result(value, logits.dtype), (log_probs, alphas, log_likelihood)
+    residuals = (log_probs, *alphas, log_likelihood, lattice.emissions)
+    return ops.as_result(value, logits.dtype), residuals
 
 
 def _backward(
     call: CTCCall, primals: tuple[Array, ...], residuals: tuple[Array, ...], cotangent: Array
 ) -> tuple[Array]:
     (logits,) = primals
-    log_probs, alphas, log_likelihood = residuals
+    log_probs, alpha_blanks, alpha_labels, log_likelihood, emissions = residuals
     ops = call.ops
     xp = ops.xp
     if logits.shape[1] == 0:  # no frames
         return (xp.zeros_like(logits),)
-    lattice = _lattice(call, log_probs)
+    lattice = _lattice(call, log_probs, emissions)
     classes = logits.shape[2]
     feasible = log_likelihood > -math.inf
     shift = xp.where(feasible, log_likelihood, xp.zeros_like(log_likelihood))
     # exp(alpha + beta - log p): the posterior of each state at each frame, 0 where it cannot be.
-    occupancy = alphas + _betas(lattice, ops) - shift[None, :, None]
     kept = lattice.frames[:, :, None] & feasible[None, :, None]
-    occupancy = xp.exp(xp.where(kept, occupancy, _neg_inf(tuple(occupancy.shape), occupancy, ops)))
+
+    def occupancy(alpha: Array, beta: Array) -> Array:
+        log_occupancy = alpha + beta - shift[None, :, None]
+        return xp.exp(xp.where(kept, log_occupancy, _neg_inf(log_occupancy, ops)))
+
+    beta_blanks, beta_labels = _betas(lattice, ops)
     classes_of = xp.arange(classes, dtype=lattice.states.dtype, device=ops.device(logits))
-    one_hot = xp.astype(lattice.states[:, :, None] == classes_of, occupancy.dtype)  # [B, W, C]
-    posterior = xp.matmul(xp.permute_dims(occupancy, (1, 0, 2)), one_hot)  # [B, T, C]
+    label_classes = _halves(lattice.states)[1]
+    one_hot = xp.astype(label_classes[:, :, None] == classes_of, log_probs.dtype)  # [B, S, C]
+    labels = occupancy(alpha_labels, beta_labels)  # [T, B, S]
+    posterior = xp.matmul(xp.permute_dims(labels, (1, 0, 2)), one_hot)  # [B, T, C]
+    blanks = xp.permute_dims(xp.sum(occupancy(alpha_blanks, beta_blanks), axis=-1), (1, 0))  # [B, T]
+    nothing = xp.zeros((), dtype=posterior.dtype, device=ops.device(posterior))
+    posterior = posterior + xp.where(classes_of == call.blank, blanks[:, :, None], nothing)
     grad = xp.exp(log_probs) - posterior
     if call.zero_infinity:
         keep = xp.permute_dims(lattice.frames, (1, 0))[:, :, None] & feasible[:, None, None]
@@ -419,10 +576,12 @@ def ctc_loss(
     The time loop is sequential: a Python loop on eager arrays, ``lax.scan`` under a
     JAX trace; each step works on ``(B, 2S+1)`` states. The gradient rule serves
     :func:`value_and_grad`, PyTorch autograd and JAX (``jax.custom_vjp``, so ``jax.jvp``
-    is not available). PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
+    is not available). On eager PyTorch CPU tensors of float32 or float64 the call is
+    handed to ``F.ctc_loss`` (of the ``log_softmax``), which gives the same numbers
+    faster. PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
     (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
     with paddings instead of lengths, and gives a large finite loss where this one
-    gives ``inf`` (``arrayloss.compat.optax.ctc_loss``).
+    gives ``inf`` (``arrayloss.compat.optax.ctc_loss`` gives optax's).
 
     References
     ----------
@@ -452,4 +611,5 @@ def ctc_loss(
         zero_infinity=zero_infinity,
         xp=xp,
     )
-    return cast(ArrayT, compute(RULE, call))
+    native = call.ops.native_ctc_loss(call)
+    return cast(ArrayT, compute(RULE, call) if native is None else native)

@@ -113,6 +113,11 @@ class Ops:
         faster and computes what arrayloss does; None (the array-API path) otherwise."""
         return None
 
+    def native_ctc_loss(self, call: Any) -> Array | None:
+        """The library's own CTC loss of a validated call (``arrayloss._ctc.CTCCall``), where it is
+        measured to be faster and computes what arrayloss does; None (the array-API path) otherwise."""
+        return None
+
     def constant(self, x: Array) -> Array:
         """``x``, as a constant for the library's autodiff (its gradient is not taken).
 

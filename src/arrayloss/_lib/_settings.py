@@ -31,7 +31,8 @@ class Settings:
     """PyTorch autograd takes the loss's registered rule (False: it differentiates the composition)."""
 
     delegate_to_torch: bool = True
-    """Small plain calls on PyTorch CPU tensors are handed to ``F.cross_entropy`` (see :mod:`._torch`)."""
+    """Small plain calls on PyTorch CPU tensors are handed to ``F.cross_entropy``, eager float32 and
+    float64 ``ctc_loss`` calls to ``F.ctc_loss`` (see :mod:`._torch`)."""
 
     delegate_forward_bytes: int = 32 << 20
     """Largest logits (bytes) handed to PyTorch when autograd does not record them."""

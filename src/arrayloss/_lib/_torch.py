@@ -31,6 +31,11 @@ or one for all), which multiply PyTorch's per-example losses; not ``z_loss`` or
 the errors are arrayloss's. Examples of weight 0 are handed over as ignored, as arrayloss
 drops them (PyTorch would compute ``0 * inf = NaN`` for a logit of ``-inf``), and a mean
 over no weight is 0, where PyTorch's is NaN.
+
+``ctc_loss`` on eager CPU tensors of float32 or float64 goes to ``F.ctc_loss`` of the
+``log_softmax`` (:func:`ctc_loss`): one C++ kernel per recursion, where the array-API
+time loop is about ten small calls per frame (``benchmarks/RESULTS.md``); its numbers are
+the recursion's to rounding (``conformance/test_ctc.py`` runs both paths).
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ class TorchOps(Ops):
 
     def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
         return cross_entropy(logits, call) if delegates(logits, call) else None
+
+    def native_ctc_loss(self, call: Any) -> Array | None:
+        return ctc_loss(call) if ctc_delegates(call) else None
 
     def constant(self, x: Array) -> Array:
         return x.detach()
@@ -248,3 +256,59 @@ def cross_entropy(logits: Array, call: Any) -> Array:
         return loss
     total = counted.sum() if weights is None else torch.where(counted, weights, 0).sum()
     return loss / total if total.item() else loss  # no weight: the sum is 0, kept in the autograd graph
+
+
+def ctc_delegates(call: Any) -> bool:
+    """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): eager CPU
+    tensors of float32 or float64, at least one sequence and one frame, arrayloss's exact recursion."""
+    logits = call.logits
+    if not current().delegate_to_torch or logits.dtype not in (torch.float32, torch.float64):
+        return False
+    if logits.shape[0] == 0 or logits.shape[1] == 0 or call.log_epsilon is not None:
+        return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
+    eager: bool = call.ops.is_eager(logits) and call.ops.is_eager(call.labels)
+    return eager
+
+
+def ctc_loss(call: Any) -> Array:
+    """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`.
+
+    Frames past the logit lengths that hold NaN or inf are replaced by zeros before the
+    log-softmax, whose backward would turn them into a NaN gradient (PyTorch zeroes their
+    CTC gradient, not the log-softmax's); finite ones get a gradient of exactly 0 as they
+    are, which spares two passes over the logits. Labels past the label lengths are
+    replaced by the blank.
+    The labels were checked (in range, no blank inside a sequence), so the errors are
+    arrayloss's; PyTorch's ``"mean"`` is arrayloss's.
+    """
+    logits, labels = call.logits, call.labels
+    batch, frames, _ = logits.shape
+    if call.logit_lengths is None:
+        input_lengths = torch.full((batch,), frames, dtype=torch.int64, device=logits.device)
+    else:
+        input_lengths = call.logit_lengths.to(torch.int64)
+        # The sum of each sequence's masked frames: not finite where one holds NaN or inf (or the
+        # sum overflows: then they are replaced needlessly). Reads those frames only, writes nothing.
+        values = logits.detach()  # no autograd record of the check
+        tails = [values[b, n:].sum() for b, n in enumerate(input_lengths.tolist()) if n < frames]
+        if tails and not bool(torch.isfinite(torch.stack(tails)).all()):
+            past = torch.arange(frames, device=logits.device) >= input_lengths[:, None]
+            logits = torch.where(past[:, :, None], 0.0, logits)
+    if call.label_lengths is None:
+        target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
+    else:
+        target_lengths = call.label_lengths.to(torch.int64)
+        used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
+        labels = torch.where(used, labels, call.blank)
+    if labels.dtype not in (torch.int32, torch.int64):
+        labels = labels.to(torch.int64)
+    log_probs = torch.log_softmax(logits, dim=-1).transpose(0, 1)
+    return torch.nn.functional.ctc_loss(
+        log_probs,
+        labels,
+        input_lengths,
+        target_lengths,
+        blank=call.blank,
+        reduction=call.reduction,
+        zero_infinity=call.zero_infinity,
+    )

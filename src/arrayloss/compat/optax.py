@@ -20,9 +20,11 @@ array([0.16984602])
 
 from __future__ import annotations
 
+from .._autodiff import compute
 from .._binary import sigmoid_binary_cross_entropy as _sigmoid_binary_cross_entropy
 from .._binary import sigmoid_focal_loss as _sigmoid_focal_loss
-from .._ctc import ctc_loss as _ctc_loss
+from .._ctc import RULE as CTC_RULE
+from .._ctc import check_ctc
 from .._dense import softmax_cross_entropy as _softmax_cross_entropy
 from .._divergence import kl_divergence as _kl_divergence
 from .._lib._ops import Ops
@@ -163,10 +165,13 @@ def ctc_loss(
     and ``labels`` ``(B, N)``, whose paddings (1.0 past a sequence's end, 0.0 before it) give
     their lengths (the paddings lie at the end, as optax expects).
 
-    One difference: an infeasible sequence (too few frames for its labels) has a loss of
-    ``+inf``; optax computes in place of ``log(0)`` with ``log_epsilon`` and returns a large
-    finite number (about ``-log_epsilon`` times the missing frames). ``log_epsilon`` is
-    accepted for optax's signature and not used: the recursion is exact in log space.
+    ``log_epsilon`` stands for ``log(0)`` as in optax: the recursion starts in every state
+    with that log weight (the first with 0), a repeated label may follow itself without a
+    blank with that log weight, and a blank after a label is entered with weight
+    ``1 + exp(log_epsilon)``. An infeasible sequence (too few frames for its labels) thus
+    has a large finite loss (about ``-log_epsilon`` per missing frame) and a finite
+    gradient, optax's; a feasible one has ``ctc_loss``'s to rounding. Frames and labels
+    past the paddings are ignored even where they hold NaN or inf (optax: NaN).
     """
     named = {
         "logits": logits,
@@ -179,10 +184,14 @@ def ctc_loss(
     def lengths(paddings: Array) -> Array:  # the frames (labels) before the padding
         return xp.sum(xp.astype(paddings == 0, xp.int32), axis=1)
 
-    return _ctc_loss(
-        logits,
-        labels,
+    call = check_ctc(
+        logits=logits,
+        labels=labels,
         logit_lengths=lengths(logit_paddings),
         label_lengths=lengths(label_paddings),
         blank=blank_id,
+        reduction="none",
+        zero_infinity=False,
+        xp=xp,
     )
+    return compute(CTC_RULE, call._replace(log_epsilon=float(log_epsilon)))

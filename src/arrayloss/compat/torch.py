@@ -25,6 +25,7 @@ array(0.16984602)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from .._binary import sigmoid_binary_cross_entropy
@@ -36,6 +37,7 @@ from .._lib._ops import Ops
 from .._lib._validation import (
     Array,
     Reduction,
+    as_index,
     check_floating,
     check_labels,
     check_reduction,
@@ -223,29 +225,91 @@ def kl_div(input: Array, target: Array, reduction: str = "mean", log_target: boo
     return ops.as_result(terms / batch, terms.dtype)
 
 
+def _lengths(name: str, lengths: Array | Sequence[int], like: Array, batched: bool, ops: Ops) -> Array:
+    """PyTorch's lengths, an integer array ``(N,)`` (``()`` or ``(1,)`` unbatched) or a sequence of ints,
+    as an array ``(N,)`` in the namespace and on the device of ``like``."""
+    xp = ops.xp
+    if isinstance(lengths, (list, tuple)):
+        array = xp.asarray([as_index(name, n) for n in lengths], device=ops.device(like))
+    else:
+        array = lengths
+    if not batched:
+        if array.ndim > 1 or (array.ndim == 1 and array.shape[0] != 1):
+            raise ValueError(
+                f"{name} of an unbatched input must have shape () or (1,), got {tuple(array.shape)}"
+            )
+        array = xp.reshape(array, (1,))
+    return array
+
+
+def _padded_targets(targets: Array, target_lengths: Array, ops: Ops) -> Array:
+    """Concatenated targets ``(sum(target_lengths),)`` as rows ``(N, S)``, each sequence's labels first
+    (on eager arrays, other sizes raise ``ValueError``, as in PyTorch).
+
+    ``S`` is the longest target length on eager arrays, else the length of ``targets`` (a
+    shape known without reading values); the entries past each length are ignored.
+    """
+    xp = ops.xp
+    if not xp.isdtype(target_lengths.dtype, "integral"):
+        raise TypeError(f"target_lengths must have an integer dtype, got {target_lengths.dtype}")
+    total = targets.shape[0]
+    counts = xp.astype(target_lengths, xp.int64)
+    # The running sum as a product with a triangle of ones (array-api-compat's cumulative_sum is
+    # cached per type, which torch.compile refuses to trace; the batch is small).
+    ranks = xp.arange(counts.shape[0], device=ops.device(counts))
+    ends = xp.matmul(xp.astype(ranks[:, None] >= ranks[None, :], xp.int64), counts)
+    width = total
+    if ops.is_eager(target_lengths) and counts.shape[0] > 0 and ops.all_true(counts >= 0):
+        needed = int(ends[-1])
+        if needed != total:  # PyTorch's rule
+            raise ValueError(
+                f"concatenated targets must hold sum(target_lengths) = {needed} labels, got {total}"
+            )
+        width = int(xp.max(counts))
+    if total == 0:
+        return xp.zeros((counts.shape[0], 0), dtype=targets.dtype, device=ops.device(targets))
+    starts = ends - counts
+    positions = starts[:, None] + xp.arange(width, dtype=xp.int64, device=ops.device(targets))[None, :]
+    index = xp.clip(positions, 0, total - 1)  # the entries past a length: ignored
+    picked = xp.take(targets, xp.reshape(index, (-1,)))
+    return xp.reshape(picked, (counts.shape[0], width))
+
+
 def ctc_loss(
     log_probs: Array,
     targets: Array,
-    input_lengths: Array,
-    target_lengths: Array,
+    input_lengths: Array | Sequence[int],
+    target_lengths: Array | Sequence[int],
     blank: int = 0,
     reduction: str = "mean",
     zero_infinity: bool = False,
 ) -> Array:
-    """``torch.nn.functional.ctc_loss``: time-major ``log_probs`` ``(T, N, C)``, padded ``targets``
-    ``(N, S)``, ``input_lengths`` and ``target_lengths`` ``(N,)`` integer arrays.
+    """``torch.nn.functional.ctc_loss``: time-major ``log_probs`` ``(T, N, C)`` (or ``(T, C)``
+    unbatched), ``targets`` padded ``(N, S)`` or concatenated ``(sum(target_lengths),)`` (``(S,)``
+    unbatched), ``input_lengths`` and ``target_lengths`` integer arrays ``(N,)`` (``()`` or ``(1,)``
+    unbatched) or sequences of ints.
 
     ``"mean"`` is PyTorch's: the batch mean of each loss divided by its target length (at
-    least 1). The gradient with respect to ``log_probs`` is PyTorch's too, ``exp(log_probs)``
-    minus the alignment posterior (the gradient of the logits that ``log_probs`` were
-    normalised from). The concatenated 1-D form of ``targets`` and the unbatched ``(T, C)``
-    input are not supported (arrays of one library have no ragged form).
+    least 1); ``"none"`` of an unbatched input is a 0-d array. The gradient with respect to
+    ``log_probs`` is PyTorch's too, ``exp(log_probs)`` minus the alignment posterior (the
+    gradient of the logits that ``log_probs`` were normalised from). Concatenated targets
+    are laid out in rows as wide as the longest target on eager arrays, as wide as all of
+    them elsewhere (a shape that needs no value read: the recursion's states grow with it).
     """
-    ops = ops_of({"log_probs": log_probs}, None)
-    if log_probs.ndim != 3:
-        raise ValueError(f"log_probs must have shape (T, N, C), got shape {tuple(log_probs.shape)}")
-    return _ctc_loss(
-        ops.xp.permute_dims(log_probs, (1, 0, 2)),
+    ops = ops_of({"log_probs": log_probs, "targets": targets}, None)
+    xp = ops.xp
+    if log_probs.ndim not in (2, 3):
+        raise ValueError(f"log_probs must have shape (T, N, C) or (T, C), got shape {tuple(log_probs.shape)}")
+    batched = log_probs.ndim == 3
+    input_lengths = _lengths("input_lengths", input_lengths, log_probs, batched, ops)
+    target_lengths = _lengths("target_lengths", target_lengths, log_probs, batched, ops)
+    logits = xp.permute_dims(log_probs, (1, 0, 2)) if batched else xp.expand_dims(log_probs, axis=0)
+    if targets.ndim == 1:
+        if not xp.isdtype(targets.dtype, "integral"):
+            raise TypeError(f"targets must have an integer dtype, got {targets.dtype}")
+        targets = _padded_targets(targets, target_lengths, ops) if batched else targets[None, :]
+    loss = _ctc_loss(
+        logits,
         targets,
         logit_lengths=input_lengths,
         label_lengths=target_lengths,
@@ -253,3 +317,4 @@ def ctc_loss(
         reduction=cast(Reduction, reduction),  # checked by ctc_loss
         zero_infinity=zero_infinity,
     )
+    return loss if batched or reduction != "none" else xp.reshape(loss, ())
