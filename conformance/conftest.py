@@ -26,6 +26,10 @@ from hypothesis import HealthCheck, settings
 
 from arrayloss._lib._settings import settings as arrayloss_settings
 
+# Scripts that the distributed tests run in their own processes (they import torch or JAX at the top):
+# not test modules, and not collected for doctests on backends without those libraries.
+collect_ignore_glob = ["*_worker.py"]
+
 settings.register_profile(
     "ci",
     max_examples=60,
@@ -179,9 +183,15 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
 
 
-# Backends whose every array operation is a separate runtime call (ndonnx: an ONNX model run each):
-# blocks of one row multiply those calls by the rows, and blocks of 3 rows test the same loop there.
+# Backends whose every array operation is a separate runtime call (ndonnx: an ONNX model run each).
 ONE_CALL_PER_OPERATION = {"ndonnx"}
+
+
+def repeated(value: Any) -> Any:
+    """``value`` as a parameter whose path another parameter of the same test runs too (blocks of one
+    row beside blocks of 3, float32 beside float64, a reduction of the same losses): deselected on
+    :data:`ONE_CALL_PER_OPERATION`'s backends, where each repeat costs seconds of runtime calls."""
+    return pytest.param(value, marks=pytest.mark.repeated_path)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -189,7 +199,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "backend(*names): a test of these backends only, deselected (not skipped) on the others"
     )
     config.addinivalue_line(
-        "markers", f"one_row_blocks: blocks of one row, deselected on {sorted(ONE_CALL_PER_OPERATION)}"
+        "markers",
+        f"repeated_path: a parameter whose path another runs too; not on {sorted(ONE_CALL_PER_OPERATION)}",
     )
 
 
@@ -197,7 +208,7 @@ def _runs_on(item: pytest.Item, backend: str) -> bool:
     marker = item.get_closest_marker("backend")
     if marker is not None and backend not in marker.args:
         return False
-    return not (backend in ONE_CALL_PER_OPERATION and item.get_closest_marker("one_row_blocks"))
+    return not (backend in ONE_CALL_PER_OPERATION and item.get_closest_marker("repeated_path"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,15 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from conftest import repeated
 
 import arrayloss as al
 from arrayloss._lib._settings import settings
 
 BATCH = (4, 5)  # 20 rows
 CLASSES = 6
-# Blocks of one row: deselected where every operation is a runtime call (see conftest.py).
-ONE_ROW = pytest.param(1, marks=pytest.mark.one_row_blocks)
-CHUNKS = [ONE_ROW, 3, 20, 1000, None]
+CHUNKS = [repeated(1), 3, 20, 1000, None]
 OPTIONS: dict[str, dict[str, Any]] = {
     "plain": {},
     "everything": {"ignore_index": 2, "label_smoothing": 0.1, "z_loss": 0.01},
@@ -147,7 +146,7 @@ def test_chunked_empty_batch(backend):
         backend.assert_close(out, np.zeros((0,)), dtype=backend.float_dtypes[-1])
 
 
-@pytest.mark.parametrize("chunk_size", [ONE_ROW, 3, None])
+@pytest.mark.parametrize("chunk_size", [repeated(1), 3, None])
 def test_value_and_grad_with_chunks_matches_finite_differences(backend, chunk_size):
     if "float64" not in backend.float_dtypes:
         pytest.skip(f"{backend.name} has no float64 on {backend.device}")

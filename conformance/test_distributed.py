@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from conftest import repeated
 from hypothesis import strategies as st
 from test_properties import backend_property
 
@@ -185,7 +186,7 @@ def test_batched_logits_and_a_vocab_start_array(backend):
         backend.assert_close(out, expected, dtype=dtype)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, None])
+@pytest.mark.parametrize("chunk_size", [repeated(1), 4, None])
 @pytest.mark.parametrize("case", ["plain", "everything"])
 def test_linear_matches_linear_cross_entropy(backend, case, chunk_size):
     rng = np.random.default_rng(3)

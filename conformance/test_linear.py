@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import reference as ref
+from conftest import repeated
 
 import arrayloss as al
 from arrayloss._linear import linear_cross_entropy_value_and_grad
 
 ROWS, FEATURES, CLASSES = 7, 3, 5
-# Blocks of one row: deselected where every operation is a runtime call (see conftest.py).
-ONE_ROW = pytest.param(1, marks=pytest.mark.one_row_blocks)
-CHUNKS = [ONE_ROW, 3, 7, 100, None]
+CHUNKS = [repeated(1), 3, 7, 100, None]
 OPTIONS: dict[str, dict[str, Any]] = {
     "plain": {},
     "bias": {"bias": True},
@@ -137,7 +136,7 @@ def expected_gradients(arrays: dict[str, Any], options: dict[str, Any], reductio
     return grads
 
 
-@pytest.mark.parametrize("chunk_size", [ONE_ROW, 3, None])
+@pytest.mark.parametrize("chunk_size", [repeated(1), 3, None])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("case", ["plain", "everything"])
 def test_value_and_grad_matches_finite_differences(backend, case, reduction, chunk_size):
