@@ -25,6 +25,7 @@ import numpy as np
 
 import arrayloss as al
 from arrayloss.compat import tf
+from arrayloss.compat import torch as compat_torch
 from arrayloss.distributed import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 Build = Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]]
@@ -1219,6 +1220,35 @@ CASES: list[BadInput] = [
         "local_weight must be an array, got NoneType",
         "local_weight",
     ),
+    # --- compat.torch
+    BadInput(
+        "torch-ctc-log-probs-4d",
+        compat_torch.ctc_loss,
+        "log_probs of shape (3, 2, 5, 1)",
+        lambda b: ((logits(b, np.zeros((3, 2, 5, 1))), labels(b, CTC_LABELS), [3, 3], [2, 2]), {}),
+        ValueError,
+        "log_probs must have shape (T, N, C) or (T, C), got shape (3, 2, 5, 1)",
+        "log_probs",
+    ),
+    BadInput(
+        "torch-ctc-unbatched-lengths",
+        compat_torch.ctc_loss,
+        "input_lengths of shape (2,) for unbatched log_probs (3, 5)",
+        lambda b: ((logits(b, np.zeros((3, 5))), labels(b, [1, 2]), labels(b, [3, 3]), labels(b, [2])), {}),
+        ValueError,
+        "input_lengths of an unbatched input must have shape () or (1,), got (2,)",
+        "input_lengths",
+    ),
+    BadInput(
+        "torch-ctc-concatenated-count",
+        compat_torch.ctc_loss,
+        "3 concatenated targets for target_lengths [2, 2]",
+        lambda b: ((logits(b, np.zeros((3, 2, 5))), labels(b, [1, 2, 3]), [3, 3], labels(b, [2, 2])), {}),
+        ValueError,
+        "concatenated targets must hold sum(target_lengths) = 4 labels, got 3",
+        "targets",
+        eager_only=True,
+    ),
     # --- compat.tf
     BadInput(
         "tf-labels-shape",
@@ -1233,10 +1263,12 @@ CASES: list[BadInput] = [
 
 
 def function_name(function: Callable[..., Any]) -> str:
-    """The public name: ``compat.tf.`` and the name for TensorFlow's conventions, ``distributed.`` and the
-    name for the vocab-parallel losses, else the bare name."""
+    """The public name: ``compat.tf.`` or ``compat.torch.`` and the name for TensorFlow's or PyTorch's
+    conventions, ``distributed.`` and the name for the vocab-parallel losses, else the bare name."""
     if function.__module__ == tf.__name__:
         return f"compat.tf.{function.__name__}"
+    if function.__module__ == compat_torch.__name__:
+        return f"compat.torch.{function.__name__}"
     if function.__name__.startswith("vocab_parallel"):
         return f"distributed.{function.__name__}"
     return function.__name__
