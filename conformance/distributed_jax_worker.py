@@ -4,10 +4,11 @@ Run with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (JAX must not be
 before). Writes ``OUT/report.json``: for each case the errors of the value and gradient of
 ``jit(value_and_grad(shard_map(vocab-parallel loss)))`` against the single-device loss, and the
 compiled HLO's collectives (the number of all-gathers, the largest all-reduce in elements);
-and, for issue 17's item 3, the bytes that each compiled program communicates for the loss of
-``hidden @ weight.T`` under a 2-D data x model mesh: optax on the materialised logits,
-``linear_cross_entropy`` under ``jit`` with sharded inputs, and the vocab-parallel linear loss in
-``shard_map``.
+the same errors for ``linear_cross_entropy`` and ``ctc_loss`` in ``shard_map`` over a batch split
+across the devices (their custom VJPs); and, for issue 17's item 3, the bytes that each compiled
+program communicates for the loss of ``hidden @ weight.T`` under a 2-D data x model mesh: optax on
+the materialised logits, ``linear_cross_entropy`` under ``jit`` with sharded inputs, and the
+vocab-parallel linear loss in ``shard_map``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,52 @@ def linear_case(mesh: Any) -> dict[str, float]:
     }
 
 
+def data_parallel_case(loss: str) -> dict[str, float]:
+    """``linear_cross_entropy`` or ``ctc_loss`` (custom VJPs) inside ``shard_map`` with the batch split
+    over 8 devices and the weight replicated: value and gradients against one device."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))  # the arrays are split on entry
+    rng = np.random.default_rng(4)
+    rows = 16
+    if loss == "linear":
+        arrays = (
+            jnp.asarray(rng.normal(size=(rows, 5))),
+            jnp.asarray(rng.normal(size=(12, 5))),
+            jnp.asarray(rng.integers(0, 12, size=rows)),
+            jnp.asarray(rng.uniform(0.0, 2.0, size=rows)),
+        )
+
+        def per_shard(h: Any, w: Any, y: Any, weights: Any) -> Any:
+            return al.linear_cross_entropy(h, w, y, weights=weights, label_smoothing=0.1, reduction="sum")
+
+        specs: tuple[Any, ...] = (P("data"), P(), P("data"), P("data"))
+        argnums: tuple[int, ...] = (0, 1)
+    else:
+        arrays = (
+            jnp.asarray(rng.normal(size=(rows, 6, 4))),
+            jnp.asarray(rng.integers(1, 4, size=(rows, 2))),
+            jnp.asarray(rng.integers(3, 7, size=rows)),
+        )
+
+        def per_shard(z: Any, y: Any, lengths: Any) -> Any:  # type: ignore[misc]
+            return al.ctc_loss(z, y, logit_lengths=lengths, reduction="sum")
+
+        specs, argnums = (P("data"), P("data"), P("data")), (0,)
+
+    def total(*a: Any) -> Any:
+        return jax.lax.psum(per_shard(*a), "data")
+
+    sharded = jax.shard_map(total, mesh=mesh, in_specs=specs, out_specs=P())
+    value, grads = jax.tree.map(np.asarray, jax.jit(jax.value_and_grad(sharded, argnums=argnums))(*arrays))
+    expected, expected_grads = jax.tree.map(
+        np.asarray, jax.value_and_grad(per_shard, argnums=argnums)(*arrays)
+    )
+    return {
+        "value": float(expected),
+        "value_error": float(abs(value - expected)),
+        "grad_error": float(max(np.max(np.abs(g - e)) for g, e in zip(grads, expected_grads, strict=True))),
+    }
+
+
 def communication_2d(rows: int, classes: int, features: int, dtype: Any, run: bool = True) -> dict[str, Any]:
     """Bytes of the collectives of the compiled forward+backward, data(2) x model(4) mesh."""
     # Auto axes: XLA's partitioner places the collectives of the jit-ed programs
@@ -197,6 +244,7 @@ def main() -> None:
         "linear-everything-mean": linear_case(mesh),
     }
     report = {"cases": cases, "communication_2d": communication_2d(64, 512, 32, jnp.float32)}
+    report["data_parallel"] = {loss: data_parallel_case(loss) for loss in ("linear", "ctc")}
     if len(sys.argv) > 5 and sys.argv[5] == "--large":
         report["communication_2d_large"] = communication_2d(4096, 32000, 256, jnp.float32, run=False)
     (out / "report.json").write_text(json.dumps(report, indent=1))

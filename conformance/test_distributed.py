@@ -398,7 +398,8 @@ def test_torch_collectives_need_an_initialised_group():
 
 @pytest.mark.backend("jax")
 def test_jax_shard_map_on_eight_devices(tmp_path):
-    """Value and gradient against the single-device loss; the compiled collectives are per-row."""
+    """Value and gradient against the single-device loss; the compiled collectives are per-row. Also
+    ``linear_cross_entropy`` and ``ctc_loss`` with the batch split over the devices."""
     environment = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     run_workers("distributed_jax_worker.py", 1, tmp_path, env=environment)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -407,6 +408,11 @@ def test_jax_shard_map_on_eight_devices(tmp_path):
         assert case["grad_error"] <= 1e-10, name
         assert case["all_gathers"] == 0, name
         assert case["largest_all_reduce"] <= case["per_row_limit"], name
+    # Data parallel: the custom VJPs of linear_cross_entropy and ctc_loss sum the replicated weight's
+    # gradient over the shards, as JAX's autodiff does.
+    for name, case in report["data_parallel"].items():
+        assert case["value_error"] <= 1e-10 * max(1.0, case["value"]), name
+        assert case["grad_error"] <= 1e-10, name
 
 
 def test_a_numpy_integer_vocab_start_is_an_int(backend):

@@ -15,7 +15,7 @@ returns after validating the arguments once (a :class:`Call`). The same rule ser
   on eager host arrays; for :func:`~arrayloss.linear_cross_entropy` on any arrays),
   the gradient is computed with the value, in the same pass over the logits, and the
   backward pass only scales it by the cotangent. JAX takes, through ``jax.custom_vjp``,
-  only the rules that have ``with_constants`` (:func:`~arrayloss.linear_cross_entropy`'s,
+  only the rules marked ``custom_vjp`` (:func:`~arrayloss.linear_cross_entropy`'s,
   whose chunk loop JAX's autodiff would differentiate keeping every chunk's logits, and
   :func:`~arrayloss.ctc_loss`'s, whose gradient is the alpha-beta recursion); it
   differentiates the composition of the other losses, which XLA fuses as fast and which
@@ -71,11 +71,10 @@ class Rule(NamedTuple):
     ``fused(call, *primals) -> (value, gradients)`` computes a 0-d value and its
     gradients together, where ``call.one_pass``. ``unpack(call, gradients)`` gives the
     structure that :func:`value_and_grad` returns. ``covers(call)`` is None, or why the
-    rule cannot differentiate this call. ``with_constants(call, constants)`` is the call
-    with other arrays in place of ``call.constants``: JAX, which cannot tell under a
-    trace whether the constants are differentiated, passes them to its custom VJP as
-    arguments and differentiates the forward pass with respect to them where they are;
-    it takes only the rules that have one (see the module's docstring).
+    rule cannot differentiate this call. ``custom_vjp``: JAX takes the rule too, through
+    ``jax.custom_vjp``, with every array of the call as an argument (it differentiates the
+    forward pass with respect to the constants where it perturbs them; see
+    :mod:`._lib._jax`); other rules leave JAX its autodiff of the composition.
     """
 
     check: Callable[..., Any]
@@ -84,7 +83,7 @@ class Rule(NamedTuple):
     fused: Forward | None = None
     unpack: Callable[[Any, tuple[Array, ...]], Any] = lambda call, gradients: gradients[0]
     covers: Callable[[Any], str | None] = lambda call: None
-    with_constants: Callable[[Any, tuple[Any, ...]], Any] | None = None
+    custom_vjp: bool = False
 
     def passes(self, call: Call) -> tuple[Forward, Backward, Forward | None]:
         """``forward``, ``backward`` and (where ``call.one_pass``) ``fused``, bound to ``call``."""

@@ -288,18 +288,13 @@ def _fused(call: LinearCall, *primals: Array) -> tuple[Array, tuple[Array, ...]]
     return _value_and_gradients(call, primals, None)
 
 
-def _with_constants(call: LinearCall, constants: tuple[Any, ...]) -> LinearCall:
-    weights, class_weights = constants
-    return call._replace(options=call.options._replace(weights=weights, class_weights=class_weights))
-
-
 RULE = Rule(
     check_linear,
     _forward,
     _backward,
     _fused,
     unpack=lambda call, gradients: gradients,
-    with_constants=_with_constants,
+    custom_vjp=True,
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from ._autodiff import Rule, compute, differentiable
 from ._lib._backends import is_array
-from ._lib._labels import Labels, label_indices
+from ._lib._labels import label_indices
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._softmax import difference, finite_shift, log_of_sum
@@ -269,7 +269,7 @@ class VocabParallelCall(NamedTuple):
 
     @property
     def constants(self) -> tuple[Any, ...]:
-        return constants_of(self.sparse.options, self.vocab_start)
+        return self.sparse.constants
 
     @property
     def one_pass(self) -> bool:
@@ -371,34 +371,7 @@ def _backward(
     return (xp.astype(xp.reshape(grad, tuple(logits.shape)), logits.dtype, copy=False),)
 
 
-def constants_of(options: LabelOptions, vocab_start: int | Array) -> tuple[Any, ...]:
-    """A call's arrays besides the primals: the example weights, and the labels and ``vocab_start``.
-
-    Integer arrays have no gradient, but JAX receives them as arguments of its custom VJP
-    (:class:`~arrayloss._lib._jax.JaxOps`) rather than closed over: the backward pass of
-    ``shard_map`` is traced apart from its forward pass, where a closed-over traced label
-    would leak.
-    """
-    labels = options.labels
-    start = None if isinstance(vocab_start, int) else vocab_start
-    return (options.weights, labels.safe, labels.counted, labels.poisoned, options.raw_labels, start)
-
-
-def _with_constants(call: Any, constants: tuple[Any, ...]) -> Any:
-    """``call`` with the arrays of :func:`constants_of` replaced by ``constants``."""
-    weights, safe, counted, poisoned, raw_labels, start = constants
-    record = call.sparse if isinstance(call, VocabParallelCall) else call.linear
-    options = record.options._replace(
-        weights=weights, labels=Labels(safe, counted, poisoned), raw_labels=raw_labels
-    )
-    record = record._replace(options=options)
-    start = call.vocab_start if start is None else start
-    if isinstance(call, VocabParallelCall):
-        return call._replace(sparse=record, vocab_start=start)
-    return call._replace(linear=record, vocab_start=start)
-
-
-RULE = Rule(check_vocab_parallel, _forward, _backward, with_constants=_with_constants)
+RULE = Rule(check_vocab_parallel, _forward, _backward, custom_vjp=True)
 
 
 @differentiable(RULE)
@@ -544,7 +517,7 @@ class VocabParallelLinearCall(NamedTuple):
 
     @property
     def constants(self) -> tuple[Any, ...]:
-        return constants_of(self.linear.options, self.vocab_start)
+        return self.linear.constants
 
     @property
     def one_pass(self) -> bool:
@@ -775,7 +748,7 @@ LINEAR_RULE = Rule(
     _linear_backward,
     _linear_fused,
     unpack=lambda call, gradients: gradients,
-    with_constants=_with_constants,
+    custom_vjp=True,
 )
 
 
