@@ -303,7 +303,8 @@ def _scan(
     if not unknown(start[0].shape[0]):
         return ops.scan_row_blocks(step, start, rows, 1, reverse=reverse)
     xp = ops.xp
-    frames = rows[0].shape[0]
+    # The frames' count, from a row array that knows it (ndonnx may lose it in the emissions' gather)
+    frames = next(a.shape[0] for a in rows if not unknown(a.shape[0]))
     times = xp.arange(frames, device=ops.device(start[0]))[:, None, None]
     zero = xp.zeros((), dtype=start[0].dtype, device=ops.device(start[0]))
     histories = [zero, zero]
@@ -422,7 +423,7 @@ def _betas(lattice: Lattice, ops: Ops) -> Pair:
     ``[T, B, S]`` (see :func:`_beta_step`; ``-inf`` past the end)."""
     end, step = _beta_step(lattice, ops)
     emissions = lattice.emissions
-    times = ops.xp.arange(emissions.shape[0], device=ops.device(emissions))
+    times = ops.xp.arange(lattice.frames.shape[0], device=ops.device(emissions))  # T known there
     rows = (emissions[:, :, :1], emissions[:, :, 1::2], times)
     return _scan(step, _halves(end), rows, ops, reverse=True)[1]
 
