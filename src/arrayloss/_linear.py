@@ -220,6 +220,27 @@ def add_transposed_product(total: Array, g: Array, h: Array, ops: Ops) -> Array:
     return total
 
 
+def add_chunk_gradients(
+    totals: tuple[Array, Array | None], g: Array, h: Array, weight: Array, ops: Ops
+) -> tuple[tuple[Array, Array | None], Array]:
+    """The weight's and bias's gradient ``totals`` with a chunk's part added, for the gradient ``g`` of
+    its logits ``h @ weight.T (+ bias)``, and the gradient of its hidden rows ``h``."""
+    d_weight, d_bias = totals
+    d_weight = add_transposed_product(d_weight, g, h, ops)
+    if d_bias is not None:
+        d_bias = d_bias + ops.xp.sum(g, axis=0)
+    return (d_weight, d_bias), ops.xp.matmul(g, weight)
+
+
+def zero_totals(rows: _Rows, dtype: Any, ops: Ops) -> tuple[Array, Array | None]:
+    """Zero totals of the weight's and bias's gradients, in ``dtype`` (in the weight's blocks on Dask,
+    of the weight's kind under ``shard_map``)."""
+    xp = ops.xp
+    return xp.zeros_like(rows.weight, dtype=dtype), None if rows.bias is None else xp.zeros_like(
+        rows.bias, dtype=dtype
+    )
+
+
 def _value_and_gradients(
     call: LinearCall, primals: tuple[Array, ...], cotangent: Array | None
 ) -> tuple[Array, tuple[Array, ...]]:
@@ -248,7 +269,6 @@ def _value_and_gradients(
     def chunk(
         totals: tuple[Array, Array | None], hidden_rows: Array, label_rows: Array, scale_rows: Array
     ) -> tuple[tuple[Array, Array | None], tuple[Array, Array]]:
-        d_weight, d_bias = totals
         h = xp.astype(hidden_rows, call.dtype, copy=False)
         g, loss = gradient_rows_and_losses(
             rows.logits(h, ops),
@@ -260,16 +280,11 @@ def _value_and_gradients(
             ops=ops,
             softcap=options.softcap,
         )
-        d_weight = add_transposed_product(d_weight, g, h, ops)
-        if d_bias is not None:
-            d_bias = d_bias + xp.sum(g, axis=0)
-        return (d_weight, d_bias), (loss, xp.matmul(g, rows.weight))
-
-    def zeros(a: Array | None) -> Array | None:  # zeros_like: in the blocks of `a` on Dask
-        return None if a is None else xp.zeros_like(a, dtype=call.dtype)
+        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops)
+        return totals, (loss, d_hidden_rows)
 
     (d_weight, d_bias), (losses, d_hidden) = ops.scan_row_blocks(
-        chunk, (zeros(rows.weight), zeros(rows.bias)), (rows.hidden, rows.labels, scale), call.chunk
+        chunk, zero_totals(rows, call.dtype, ops), (rows.hidden, rows.labels, scale), call.chunk
     )
     grads = [_rows_as(d_hidden, primals[0], xp), d_weight]
     if d_bias is not None:

@@ -29,7 +29,7 @@ from ._lib._validation import (
     reshape_target,
     size_of,
 )
-from ._linear import LinearCall, _rows, _rows_as, add_transposed_product, check_linear
+from ._linear import LinearCall, _rows, _rows_as, add_chunk_gradients, check_linear, zero_totals
 from ._sparse import (
     LabelOptions,
     SparseCall,
@@ -643,20 +643,13 @@ def _linear_pass(
             num_classes=num_classes,
             owned=owned,
         )
-        d_weight, d_bias = totals
-        d_weight = add_transposed_product(d_weight, g, h, ops)
-        if d_bias is not None:
-            d_bias = d_bias + xp.sum(g, axis=0)
-        return (d_weight, d_bias), (*outputs, xp.matmul(g, rows.weight))
-
-    def zeros(a: Array | None) -> Array | None:
-        # zeros_like: of the shard's kind too (under shard_map, varying along the vocabulary's axis)
-        return None if a is None else xp.zeros_like(a, dtype=linear.dtype)
+        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops)
+        return totals, (*outputs, d_hidden_rows)
 
     per_row = (rows.hidden, rows.labels)
     per_row += () if gradients is None else (gradients.scale,)
     per_row += () if stats is None else stats
-    totals = None if gradients is None else (zeros(rows.weight), zeros(rows.bias))
+    totals = None if gradients is None else zero_totals(rows, linear.dtype, ops)
     totals, outputs = ops.scan_row_blocks(chunk, totals, per_row, linear.chunk)
     if totals is None:
         return outputs, ()
