@@ -210,39 +210,43 @@ def beyond(labels: Array, num_classes: Array, ops: Ops) -> Array:
     return xp.astype(labels, num_classes.dtype) >= num_classes
 
 
+def labels_outside(options: LabelOptions, num_classes: Array, ops: Ops) -> Array:
+    """The counted labels at or past ``num_classes`` (the classes of all ranks), or poisoned already:
+    the examples whose loss is NaN on arrays whose values are not read."""
+    labels = options.labels
+    bad = beyond(labels.safe, num_classes, ops)
+    if labels.counted is not None:
+        bad = bad & labels.counted
+    return bad if labels.poisoned is None else bad | labels.poisoned
+
+
 def unowned_labels(stats: ShardStats, options: LabelOptions, ops: Ops, eager: bool) -> Array | None:
     """Counted labels that no rank (or more than one) holds: on ``eager`` arrays a ``ValueError``
-    naming one (every rank raises it: the counts are all-reduced); otherwise a mask of the labels
-    outside ``[0, C)`` (or None with the labels' own poisoned mask), whose losses are NaN."""
+    naming one (every rank raises it: the counts are all-reduced); otherwise the mask of
+    :func:`labels_outside`, whose losses are NaN."""
+    if not eager:
+        return labels_outside(options, stats.num_classes, ops)
     xp = ops.xp
     labels, counted = options.raw_labels, options.labels.counted
-    shape = reshape_target(tuple(labels.shape))
-    if stats.owners is None:
-        bad = xp.reshape(beyond(options.labels.safe, stats.num_classes, ops), shape)
-    else:
-        owners = xp.reshape(stats.owners, shape)
-        bad = owners != 1.0
+    owners = xp.reshape(stats.owners, reshape_target(tuple(labels.shape)))  # eager: counted
+    bad = owners != 1.0
     if counted is not None:
         bad = bad & counted
-    if eager:
-        if ops.all_true(~bad):
-            return None
-        total = int(stats.num_classes)
-        owners = xp.reshape(stats.owners, shape)
-        first = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int8)))
-        value = int(xp.reshape(labels, (-1,))[first])
-        owners_of = int(xp.reshape(owners, (-1,))[first])
-        if owners_of == 0:
-            raise ValueError(
-                f"labels contains {value}, outside the valid range [0, {total}) of class indices "
-                "(the classes of every rank's shard)"
-            )
+    if ops.all_true(~bad):
+        return None
+    total = int(stats.num_classes)
+    first = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int8)))
+    value = int(xp.reshape(labels, (-1,))[first])
+    owners_of = int(xp.reshape(owners, (-1,))[first])
+    if owners_of == 0:
         raise ValueError(
-            f"labels contains {value}, a class that {owners_of} ranks hold: the shards "
-            "[vocab_start, vocab_start + C_local) of the ranks overlap"
+            f"labels contains {value}, outside the valid range [0, {total}) of class indices "
+            "(the classes of every rank's shard)"
         )
-    poisoned = options.labels.poisoned
-    return bad if poisoned is None else bad | poisoned
+    raise ValueError(
+        f"labels contains {value}, a class that {owners_of} ranks hold: the shards "
+        "[vocab_start, vocab_start + C_local) of the ranks overlap"
+    )
 
 
 # --- vocab_parallel_cross_entropy ---------------------------------------------------------------
@@ -723,13 +727,7 @@ def _linear_fused(call: VocabParallelLinearCall, *primals: Array) -> tuple[Array
         value = _linear_forward(call, *primals)[0]
         return value, tuple(xp.zeros_like(a) for a in primals)
     num_classes = _num_classes(call, primals)
-    poisoned = None
-    if not ops.is_eager(primals[0]):
-        poisoned = beyond(options.labels.safe, num_classes, ops)
-        if options.labels.counted is not None:
-            poisoned = poisoned & options.labels.counted
-        if options.labels.poisoned is not None:
-            poisoned = poisoned | options.labels.poisoned
+    poisoned = None if ops.is_eager(primals[0]) else labels_outside(options, num_classes, ops)
     ones = xp.ones((), dtype=linear.dtype, device=ops.device(primals[0]))
     outputs, grads = _linear_pass(call, primals, num_classes, None, _linear_scale(call, ones, poisoned))
     return _linear_value(call, primals, outputs, num_classes)[0], grads
