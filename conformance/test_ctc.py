@@ -231,11 +231,22 @@ def test_masked_garbage_is_ignored(backend, reduction):
     np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
 
 
+@pytest.fixture(params=["handed_over", "log_softmax_backward"])
+def torch_ctc_gradient(request, monkeypatch):
+    """The two gradients of the hand-off to ``F.ctc_loss``: PyTorch's CTC gradient handed over as
+    the logits' (where it is, as on the pinned version), or autograd through the log-softmax (where a
+    PyTorch returns the log-probabilities' own)."""
+    if request.param == "log_softmax_backward":
+        torch_ops = importlib.import_module("arrayloss._lib._torch")
+        monkeypatch.setattr(torch_ops, "ctc_gradient_is_logits_gradient", lambda: False)
+    return request.param
+
+
 @pytest.mark.backend("torch")
 @pytest.mark.parametrize("garbage", ["nan_inf", "finite"])
 @pytest.mark.parametrize("label_type", ["int64", "int32", "int16"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, garbage):
+def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, garbage, torch_ctc_gradient):
     """Through autograd (on the delegated path, ``F.ctc_loss``, too): NaN, inf or large finite values
     in frames past logit_lengths and garbage labels past label_lengths give the loss and gradient of
     the clean inputs (NumPy's rule), exactly 0 on those frames."""
@@ -263,7 +274,7 @@ def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, g
 
 @pytest.mark.backend("torch")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_torch_paths_agree(backend, dtype, configure):
+def test_torch_paths_agree(backend, dtype, configure, torch_ctc_gradient):
     """The hand-off to ``F.ctc_loss`` and the array-API recursion: the same values and gradients."""
     torch = backend.module
     logits, labels, logit_lengths, label_lengths = random_batch(10, batch=5, time=20, classes=7, width=5)
@@ -280,6 +291,28 @@ def test_torch_paths_agree(backend, dtype, configure):
         np.testing.assert_allclose(
             backend.to_numpy(delegated), backend.to_numpy(standard), rtol=rtol, atol=atol
         )
+
+
+@pytest.mark.backend("torch")
+def test_torch_second_backward_pass(backend, torch_ctc_gradient):
+    """``retain_graph=True``: a second backward pass through the hand-off adds PyTorch's gradient
+    (``F.ctc_loss`` of the ``log_softmax``, through autograd) again."""
+    torch = backend.module
+    logits, labels, logit_lengths, label_lengths = random_batch(11, batch=4, time=12, classes=6, width=4)
+    labels, lengths = backend.asarray(np.maximum(labels, 0)), backend.asarray(logit_lengths)
+    label_lengths = backend.asarray(label_lengths)
+    z = backend.asarray(logits).requires_grad_()
+    value = al.ctc_loss(z, labels, logit_lengths=lengths, label_lengths=label_lengths, reduction="sum")
+    value.backward(retain_graph=True)
+    first = backend.to_numpy(z.grad).copy()
+    value.backward()
+    x = backend.asarray(logits).requires_grad_()
+    log_probs = torch.log_softmax(x, -1).transpose(0, 1)
+    torch.nn.functional.ctc_loss(log_probs, labels, lengths, label_lengths, reduction="sum").backward()
+    expected = backend.to_numpy(x.grad)
+    assert np.isfinite(expected).any()
+    np.testing.assert_allclose(first, expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(backend.to_numpy(z.grad), 2 * expected, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -40,6 +40,7 @@ the recursion's to rounding (``conformance/test_ctc.py`` runs both paths).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Iterable
 from typing import Any
@@ -273,13 +274,14 @@ def ctc_delegates(call: Any) -> bool:
 def ctc_loss(call: Any) -> Array:
     """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`.
 
-    Frames past the logit lengths that hold NaN or inf are replaced by zeros before the
-    log-softmax, whose backward would turn them into a NaN gradient (PyTorch zeroes their
-    CTC gradient, not the log-softmax's); finite ones get a gradient of exactly 0 as they
-    are, which spares two passes over the logits. Labels past the label lengths are
-    replaced by the blank.
-    The labels were checked (in range, no blank inside a sequence), so the errors are
-    arrayloss's; PyTorch's ``"mean"`` is arrayloss's.
+    Where autograd records the logits' gradient and PyTorch's CTC gradient is that of the
+    logits (:func:`ctc_gradient_is_logits_gradient`), :class:`CTCOfLogits` hands it over
+    as it is: no ``log_softmax`` backward, and frames past the logit lengths, which PyTorch
+    neither reads nor differentiates, may hold anything. Otherwise autograd differentiates
+    the log-softmax, whose backward would turn NaN or inf in those frames into a NaN
+    gradient (:func:`_finite_past_lengths`). Labels past the label lengths are replaced by
+    the blank. The labels were checked (in range, no blank inside a sequence), so the errors
+    are arrayloss's; the reductions (:func:`_ctc_reduced`) are PyTorch's and arrayloss's.
     """
     logits, labels = call.logits, call.labels
     batch, frames, _ = logits.shape
@@ -287,13 +289,6 @@ def ctc_loss(call: Any) -> Array:
         input_lengths = torch.full((batch,), frames, dtype=torch.int64, device=logits.device)
     else:
         input_lengths = call.logit_lengths.to(torch.int64)
-        # The sum of each sequence's masked frames: not finite where one holds NaN or inf (or the
-        # sum overflows: then they are replaced needlessly). Reads those frames only, writes nothing.
-        values = logits.detach()  # no autograd record of the check
-        tails = [values[b, n:].sum() for b, n in enumerate(input_lengths.tolist()) if n < frames]
-        if tails and not bool(torch.isfinite(torch.stack(tails)).all()):
-            past = torch.arange(frames, device=logits.device) >= input_lengths[:, None]
-            logits = torch.where(past[:, :, None], 0.0, logits)
     if call.label_lengths is None:
         target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
     else:
@@ -302,13 +297,103 @@ def ctc_loss(call: Any) -> Array:
         labels = torch.where(used, labels, call.blank)
     if labels.dtype not in (torch.int32, torch.int64):
         labels = labels.to(torch.int64)
-    log_probs = torch.log_softmax(logits, dim=-1).transpose(0, 1)
-    return torch.nn.functional.ctc_loss(
-        log_probs,
-        labels,
-        input_lengths,
-        target_lengths,
-        blank=call.blank,
-        reduction=call.reduction,
-        zero_infinity=call.zero_infinity,
-    )
+    options = {"blank": call.blank, "zero_infinity": call.zero_infinity}
+    recorded = call.ops.records_gradient((logits,))
+    if recorded and ctc_gradient_is_logits_gradient():
+        losses = CTCOfLogits.apply(logits, labels, input_lengths, target_lengths, options)  # type: ignore[no-untyped-call]
+    else:
+        if recorded and call.logit_lengths is not None:
+            logits = _finite_past_lengths(logits, input_lengths)
+        log_probs = torch.log_softmax(logits, dim=-1).transpose(0, 1)
+        losses = torch.nn.functional.ctc_loss(
+            log_probs, labels, input_lengths, target_lengths, reduction="none", **options
+        )
+    return _ctc_reduced(losses, target_lengths, call.reduction)
+
+
+def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``logits`` ``[B, T, C]`` with zeros in the frames past ``lengths`` where one of them holds NaN
+    or inf (the sum of each sequence's masked frames tells: it reads those frames only, and
+    replaces them needlessly only where the sum overflows)."""
+    frames = logits.shape[1]
+    values = logits.detach()  # no autograd record of the check
+    tails = [values[b, n:].sum() for b, n in enumerate(lengths.tolist()) if n < frames]
+    if not tails or bool(torch.isfinite(torch.stack(tails)).all()):
+        return logits
+    past = torch.arange(frames, device=logits.device) >= lengths[:, None]
+    return torch.where(past[:, :, None], 0.0, logits)
+
+
+def _ctc_reduced(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) -> torch.Tensor:
+    """PyTorch's CTC reductions of the per-sequence losses: ``"mean"`` over each label length (at least 1)."""
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return (losses / target_lengths.clamp(min=1)).mean()
+
+
+@functools.cache
+def ctc_gradient_is_logits_gradient() -> bool:
+    """Whether the installed PyTorch's ``F.ctc_loss`` returns, as the gradient of its log-probabilities,
+    the gradient of the logits they are the ``log_softmax`` of: ``softmax - posterior``, whose sum
+    over the classes of a frame is 0 (so the ``log_softmax`` backward leaves it unchanged), not the
+    log-probabilities' own ``-posterior`` (pytorch/pytorch#52241, #181534). Measured once on a
+    frame of two classes, as the answer is the installed library's, not the call's."""
+    log_probs = torch.log_softmax(torch.tensor([[[0.0, 0.0]]], dtype=torch.float64), -1).requires_grad_()
+    one = torch.ones(1, dtype=torch.int64)
+    loss = torch.nn.functional.ctc_loss(log_probs, one[:, None], one, one, reduction="sum")
+    (gradient,) = torch.autograd.grad(loss, log_probs)
+    return bool(abs(float(gradient.sum())) < 1e-6)  # the logits': 0; the log-probabilities': -1
+
+
+class CTCOfLogits(torch.autograd.Function):
+    """Per-sequence ``F.ctc_loss`` of ``log_softmax(logits)`` ``[B, T, C]`` whose backward is
+    PyTorch's CTC gradient, taken as the logits' (:func:`ctc_gradient_is_logits_gradient`).
+
+    The forward pass keeps PyTorch's one-node graph of the loss of the detached
+    log-probabilities; the first backward pass consumes it (its buffers are freed as
+    autograd frees its own), a second one (``retain_graph=True``) builds it again.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        input_lengths: torch.Tensor,
+        target_lengths: torch.Tensor,
+        options: dict[str, Any],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(logits, labels, input_lengths, target_lengths)
+        ctx.options = options
+        log_probs, losses = _ctc_graph(logits, labels, input_lengths, target_lengths, options)
+        ctx.graph = log_probs, losses
+        return losses.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        graph, ctx.graph = ctx.graph, None
+        if graph is None:  # a second backward pass
+            logits, labels, input_lengths, target_lengths = ctx.saved_tensors
+            graph = _ctc_graph(logits, labels, input_lengths, target_lengths, ctx.options)
+        log_probs, losses = graph
+        (gradient,) = torch.autograd.grad(losses, log_probs, cotangent)
+        return gradient, None, None, None, None
+
+
+def _ctc_graph(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    input_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detached log-probabilities of ``logits`` (a leaf of autograd) and their per-sequence CTC losses."""
+    with torch.enable_grad():
+        log_probs = torch.log_softmax(logits.detach(), dim=-1).requires_grad_()
+        losses = torch.nn.functional.ctc_loss(
+            log_probs.transpose(0, 1), labels, input_lengths, target_lengths, reduction="none", **options
+        )
+    return log_probs, losses
