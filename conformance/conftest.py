@@ -183,7 +183,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return _make_backend(request.config.getoption("--backend"), request.config.getoption("--device"))
 
 
-# Backends whose every array operation is a separate runtime call (ndonnx: an ONNX model run each).
+# Backends whose every array operation is a separate runtime call (ndonnx: an ONNX model run each), where
+# every combination of a test's parameters would cost many minutes in all: they run each value once.
 ONE_CALL_PER_OPERATION = {"ndonnx"}
 
 
@@ -212,14 +213,43 @@ def _runs_on(item: pytest.Item, backend: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests that are not this backend's: not skipped ones of this run."""
+    """Deselect the tests that are not this backend's (not skipped ones of this run), and on
+    :data:`ONE_CALL_PER_OPERATION`'s backends the combinations of parameters that
+    :func:`each_value_once` leaves out."""
     backend = config.getoption("--backend")
-    kept, deselected = [], []
-    for item in items:
-        (kept if _runs_on(item, backend) else deselected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
+    kept = [item for item in items if _runs_on(item, backend)]
+    if backend in ONE_CALL_PER_OPERATION:
+        kept = each_value_once(kept)
+    if len(kept) < len(items):
+        chosen = set(map(id, kept))
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in chosen])
         items[:] = kept
+
+
+def each_value_once(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Of each test function's parametrized items, a subset in which every value of every parameter
+    occurs at least once (a greedy cover, in the order of collection), not every combination: each
+    option's path runs, and the combinations run on the other backends."""
+    groups: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        groups.setdefault((str(item.path), getattr(item, "originalname", item.name)), []).append(item)
+    chosen: set[int] = set()
+    for group in groups.values():
+        needs = [_values(item) for item in group]
+        missing = set().union(*needs)
+        while True:
+            best = max(range(len(group)), key=lambda i: len(needs[i] & missing))
+            chosen.add(id(group[best]))
+            missing -= needs[best]
+            if not missing:
+                break
+    return [item for item in items if id(item) in chosen]
+
+
+def _values(item: pytest.Item) -> set[tuple[str, str]]:
+    """The (parameter, its value's ``repr``) pairs of a parametrized item; none for another."""
+    callspec = getattr(item, "callspec", None)
+    return {(name, repr(value)) for name, value in callspec.params.items()} if callspec else set()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
