@@ -77,20 +77,22 @@ def conformance(session: nox.Session, backend: str, device: str, extra: tuple[st
     else:
         session.install(*CONSTRAINTS, *TEST_TOOLS, *extra)
         parallel = PARALLEL
-    if backend == "jax":
-        session.env.update(jax_compilation_cache(session))
+    session.env.update(compilation_caches(session))
     run_pytest(session, *parallel, "conformance", f"--backend={backend}", f"--device={device}")
 
 
-def jax_compilation_cache(session: nox.Session) -> dict[str, str]:
-    """JAX's persistent cache of compiled programs, in nox's cache folder (``.nox/.cache/jax``): a
-    second run compiles only the programs that changed (CTC and property tests: 72 s with an empty
-    cache, 30 s with a full one). It has no size cap, whose least-recently-used bookkeeping (with
-    ``filelock``) made a first run three times slower: ``rm -r .nox/.cache/jax`` empties it."""
+def compilation_caches(session: nox.Session) -> dict[str, str]:
+    """JAX's and PyTorch Inductor's caches of compiled programs, in nox's cache folder (``.nox/.cache``):
+    a second run compiles only what changed (JAX's CTC and property tests: 72 s with an empty cache, 30 s
+    with a full one), and a fresh clone starts from empty ones. JAX's cache has no size cap, whose
+    least-recently-used bookkeeping (with ``filelock``) made a first run three times slower:
+    ``rm -r .nox/.cache`` empties them."""
+    cache = Path(session.cache_dir)
     return {
-        "JAX_COMPILATION_CACHE_DIR": str(Path(session.cache_dir) / "jax"),
+        "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # every program, however quick to compile
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),  # not one shared by all of /tmp
     }
 
 
