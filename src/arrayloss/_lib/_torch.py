@@ -35,7 +35,9 @@ over no weight is 0, where PyTorch's is NaN.
 ``ctc_loss`` on eager CPU tensors of float32 or float64 goes to ``F.ctc_loss`` of the
 ``log_softmax`` (:func:`ctc_loss`): one C++ kernel per recursion, where the array-API
 time loop is about ten small calls per frame (``benchmarks/RESULTS.md``); its numbers are
-the recursion's to rounding (``conformance/test_ctc.py`` runs both paths).
+the recursion's to rounding (``conformance/test_ctc.py`` runs both paths). PyTorch's CTC
+gradient, which is already the logits' gradient, reaches them without the ``log_softmax``
+backward (:class:`CTCOfLogits`).
 """
 
 from __future__ import annotations
@@ -340,10 +342,11 @@ def ctc_gradient_is_logits_gradient() -> bool:
     over the classes of a frame is 0 (so the ``log_softmax`` backward leaves it unchanged), not the
     log-probabilities' own ``-posterior`` (pytorch/pytorch#52241, #181534). Measured once on a
     frame of two classes, as the answer is the installed library's, not the call's."""
-    log_probs = torch.log_softmax(torch.tensor([[[0.0, 0.0]]], dtype=torch.float64), -1).requires_grad_()
-    one = torch.ones(1, dtype=torch.int64)
-    loss = torch.nn.functional.ctc_loss(log_probs, one[:, None], one, one, reduction="sum")
-    (gradient,) = torch.autograd.grad(loss, log_probs)
+    with torch.enable_grad():
+        log_probs = torch.log_softmax(torch.tensor([[[0.0, 0.0]]], dtype=torch.float64), -1).requires_grad_()
+        one = torch.ones(1, dtype=torch.int64)
+        loss = torch.nn.functional.ctc_loss(log_probs, one[:, None], one, one, reduction="sum")
+        (gradient,) = torch.autograd.grad(loss, log_probs)
     return bool(abs(float(gradient.sum())) < 1e-6)  # the logits': 0; the log-probabilities': -1
 
 
