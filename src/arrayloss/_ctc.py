@@ -448,6 +448,13 @@ def _per_label(call: CTCCall, like: Array) -> Array | None:
     return 1.0 / xp.where(lengths > 1, lengths, xp.ones_like(lengths))
 
 
+def _reduced(call: CTCCall, loss: Array, poisoned: Array | None) -> Array:
+    """The call's reduction of the per-sequence losses (``"mean"``: each over its label length)."""
+    per_label = _per_label(call, loss)
+    scaled = loss if per_label is None else loss * per_label
+    return reduce_losses(scaled, None, call.reduction, call.ops, poisoned=poisoned)
+
+
 def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     ops = call.ops
     log_probs = _log_probs(call, logits)
@@ -461,9 +468,7 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     last, alphas = _alphas(lattice, ops, differentiated, floor)
     log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(last, ops)), ops)
     loss = _losses(call, log_likelihood)
-    per_label = _per_label(call, loss)
-    scaled = loss if per_label is None else loss * per_label
-    value = reduce_losses(scaled, None, call.reduction, ops, poisoned=lattice.poisoned)
+    value = _reduced(call, loss, lattice.poisoned)
     residuals = (log_probs, *alphas, log_likelihood, lattice.emissions)
     return ops.as_result(value, logits.dtype), residuals
 
@@ -612,5 +617,5 @@ def ctc_loss(
         zero_infinity=zero_infinity,
         xp=xp,
     )
-    native = call.ops.native_ctc_loss(call)
-    return cast(ArrayT, compute(RULE, call) if native is None else native)
+    native = call.ops.native_ctc_loss(call)  # per sequence
+    return cast(ArrayT, compute(RULE, call) if native is None else _reduced(call, native, None))

@@ -274,7 +274,7 @@ def ctc_delegates(call: Any) -> bool:
 
 
 def ctc_loss(call: Any) -> Array:
-    """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`.
+    """``F.ctc_loss`` of the log-softmax of each sequence of a call that :func:`ctc_delegates`.
 
     Where autograd records the logits' gradient and PyTorch's CTC gradient is that of the
     logits (:func:`ctc_gradient_is_logits_gradient`), :class:`CTCOfLogits` hands it over
@@ -283,7 +283,7 @@ def ctc_loss(call: Any) -> Array:
     the log-softmax, whose backward would turn NaN or inf in those frames into a NaN
     gradient (:func:`_finite_past_lengths`). Labels past the label lengths are replaced by
     the blank. The labels were checked (in range, no blank inside a sequence), so the errors
-    are arrayloss's; the reductions (:func:`_ctc_reduced`) are PyTorch's and arrayloss's.
+    are arrayloss's. Returns the per-sequence losses, which ``arrayloss._ctc`` reduces.
     """
     logits, labels = call.logits, call.labels
     batch, frames, _ = logits.shape
@@ -299,18 +299,28 @@ def ctc_loss(call: Any) -> Array:
         labels = torch.where(used, labels, call.blank)
     if labels.dtype not in (torch.int32, torch.int64):
         labels = labels.to(torch.int64)
-    options = {"blank": call.blank, "zero_infinity": call.zero_infinity}
+    targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
-        losses = CTCOfLogits.apply(logits, labels, input_lengths, target_lengths, options)  # type: ignore[no-untyped-call]
-    else:
-        if recorded and call.logit_lengths is not None:
-            logits = _finite_past_lengths(logits, input_lengths)
-        log_probs = torch.log_softmax(logits, dim=-1).transpose(0, 1)
-        losses = torch.nn.functional.ctc_loss(
-            log_probs, labels, input_lengths, target_lengths, reduction="none", **options
-        )
-    return _ctc_reduced(losses, target_lengths, call.reduction)
+        return CTCOfLogits.apply(logits, *targets)  # type: ignore[no-untyped-call]
+    if recorded and call.logit_lengths is not None:
+        logits = _finite_past_lengths(logits, input_lengths)
+    return _ctc_of(torch.log_softmax(logits, dim=-1), *targets)
+
+
+def _ctc_of(log_probs: torch.Tensor, *targets: Any) -> torch.Tensor:
+    """The per-sequence ``F.ctc_loss`` of batch-major ``log_probs`` ``[B, T, C]``; ``targets``: the
+    labels, input and target lengths, blank and ``zero_infinity``."""
+    labels, input_lengths, target_lengths, blank, zero_infinity = targets
+    return torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1),
+        labels,
+        input_lengths,
+        target_lengths,
+        blank=blank,
+        reduction="none",
+        zero_infinity=zero_infinity,
+    )
 
 
 def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -324,15 +334,6 @@ def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.T
         return logits
     past = torch.arange(frames, device=logits.device) >= lengths[:, None]
     return torch.where(past[:, :, None], 0.0, logits)
-
-
-def _ctc_reduced(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) -> torch.Tensor:
-    """PyTorch's CTC reductions of the per-sequence losses: ``"mean"`` over each label length (at least 1)."""
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return (losses / target_lengths.clamp(min=1)).mean()
 
 
 @functools.cache
@@ -360,17 +361,10 @@ class CTCOfLogits(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        input_lengths: torch.Tensor,
-        target_lengths: torch.Tensor,
-        options: dict[str, Any],
-    ) -> torch.Tensor:
-        ctx.save_for_backward(logits, labels, input_lengths, target_lengths)
-        ctx.options = options
-        log_probs, losses = _ctc_graph(logits, labels, input_lengths, target_lengths, options)
+    def forward(ctx: Any, logits: torch.Tensor, *targets: Any) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        ctx.targets = targets
+        log_probs, losses = _ctc_graph(logits, targets)
         ctx.graph = log_probs, losses
         return losses.detach()
 
@@ -379,24 +373,15 @@ class CTCOfLogits(torch.autograd.Function):
     def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         graph, ctx.graph = ctx.graph, None
         if graph is None:  # a second backward pass
-            logits, labels, input_lengths, target_lengths = ctx.saved_tensors
-            graph = _ctc_graph(logits, labels, input_lengths, target_lengths, ctx.options)
+            graph = _ctc_graph(ctx.saved_tensors[0], ctx.targets)
         log_probs, losses = graph
         (gradient,) = torch.autograd.grad(losses, log_probs, cotangent)
-        return gradient, None, None, None, None
+        return (gradient, *(None for _ in ctx.targets))
 
 
-def _ctc_graph(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    input_lengths: torch.Tensor,
-    target_lengths: torch.Tensor,
-    options: dict[str, Any],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The detached log-probabilities of ``logits`` (a leaf of autograd) and their per-sequence CTC losses."""
+def _ctc_graph(logits: torch.Tensor, targets: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detached log-probabilities of ``logits`` (a leaf of autograd) and their per-sequence CTC
+    losses (:func:`_ctc_of`)."""
     with torch.enable_grad():
         log_probs = torch.log_softmax(logits.detach(), dim=-1).requires_grad_()
-        losses = torch.nn.functional.ctc_loss(
-            log_probs.transpose(0, 1), labels, input_lengths, target_lengths, reduction="none", **options
-        )
-    return log_probs, losses
+        return log_probs, _ctc_of(log_probs, *targets)
