@@ -104,9 +104,22 @@ def on_ranks(bounds: tuple[int, ...], xp: Any, fn: Callable[[int, int, int, Coll
     if size == 1:
         return [fn(0, bounds[0], bounds[1], OneRank())]
     group = ThreadGroup(size, xp)
+
+    def run(r: int) -> Any:
+        try:
+            return fn(r, bounds[r], bounds[r + 1], group.rank(r))
+        except BaseException:
+            group.barrier.abort()  # the other ranks stop waiting for this one
+            raise
+
     with ThreadPoolExecutor(size) as pool:
-        futures = [pool.submit(fn, r, bounds[r], bounds[r + 1], group.rank(r)) for r in range(size)]
-        return [f.result() for f in futures]
+        futures = [pool.submit(run, r) for r in range(size)]
+    # the rank that failed, not the ranks it left waiting
+    failures = [f.exception() for f in futures if not isinstance(f.exception(), threading.BrokenBarrierError)]
+    first = next((e for e in failures if e is not None), None)
+    if first is not None:
+        raise first
+    return [f.result() for f in futures]
 
 
 def problem(case: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -58,6 +58,28 @@ def test_compat_modules_by_attribute_access_import_no_array_library(module, func
         al.compat.missing  # noqa: B018
 
 
+def test_first_calls_from_many_threads_at_once():
+    """The torch module of arrayloss is imported at the first call on tensors; threads that call
+    while it is being imported wait for it (no partially initialized module)."""
+    code = """
+import threading, torch, arrayloss as al
+x, y = torch.zeros(4, 5), torch.zeros(4, dtype=torch.int64)
+start, errors = threading.Barrier(16), []
+def first_call():
+    start.wait()
+    try:
+        al.sparse_softmax_cross_entropy(x, y)
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=first_call) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 DISTRIBUTED = [
     al.distributed.vocab_parallel_cross_entropy,
     al.distributed.vocab_parallel_linear_cross_entropy,
