@@ -124,7 +124,7 @@ def test_torch_backward_matches_cross_entropy(backend, path, option, reduction, 
     z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     out = al.sparse_softmax_cross_entropy(z1, labels, reduction=reduction, **ours)
     expected = functional.cross_entropy(z2, labels, reduction=reduction, **theirs)
-    assert_path(out, inductor=path == "analytic")
+    assert_path(out, path)
     torch.sum(out * torch.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape)).backward()
     torch.sum(expected * torch.arange(1, out.numel() + 1, dtype=out.dtype).reshape(out.shape)).backward()
     backend.assert_close(out, backend.to_numpy(expected), dtype=dtype)
@@ -471,7 +471,7 @@ def test_torch_autograd_matches_value_and_grad(backend, path, name):
     leaves = logits if case.steps else [logits]
     leaves = [leaf.clone().requires_grad_() for leaf in leaves]
     out = case.loss(leaves if case.steps else leaves[0], *args, **options)
-    assert_path(out, inductor=path == "analytic")
+    assert_path(out, path)
     torch.sum(out).backward()
     grad = [leaf.grad for leaf in leaves] if case.steps else leaves[0].grad
     expected = gradient_to_numpy(
@@ -490,7 +490,7 @@ def test_torch_half_precision_backward(backend, path, dtype):
     logits, args, options = on_backend(backend, case, dtype)
     z = logits.clone().requires_grad_()
     out = case.loss(z, *args, **options)
-    assert_path(out, inductor=path == "analytic")
+    assert_path(out, path)
     out.backward()
     backend.assert_close(out, reference_value(case, case.logits), dtype=dtype)
     backend.assert_close(z.grad, finite_difference_grad(case), dtype=dtype)
