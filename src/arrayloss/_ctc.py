@@ -64,7 +64,7 @@ def _check_lengths(name: str, lengths: Array | None, batch: Any, stop: Any, what
         raise ValueError(
             f"{name} must have shape ({batch},), one length per sequence, got {tuple(lengths.shape)}"
         )
-    if ops.is_eager(lengths) and not ops.all_true((lengths >= 0) & (lengths <= stop)):
+    if ops.is_eager(lengths) and not ops.all_in_range(lengths, stop + 1):
         bad = int(xp.max(lengths)) if ops.all_true(lengths >= 0) else int(xp.min(lengths))
         raise ValueError(f"{name} contains {bad}, outside [0, {stop}] (the {what})")
 
@@ -110,11 +110,15 @@ def check_ctc(
     _check_lengths("label_lengths", label_lengths, batch, labels.shape[1], "columns of labels", ops)
     if ops.is_eager(labels):
         used = _label_mask(labels, label_lengths, ops)
-        check_labels_in_range(labels, classes, used, xp)
-        if not ops.all_true(~used | (labels != blank)):
-            raise ValueError(
-                f"labels contains the blank index {blank} inside a sequence (before its label_length)"
-            )
+        # One selection and two reductions; the errors are found apart only where that check fails.
+        unused = xp.full_like(labels, 1 if blank == 0 else 0)  # a class other than the blank (if C > 1)
+        given = xp.where(used, labels, unused)
+        if not (ops.all_in_range(given, classes) and ops.all_true(given != blank)):
+            check_labels_in_range(labels, classes, used, xp)
+            if not ops.all_true(~used | (labels != blank)):
+                raise ValueError(
+                    f"labels contains the blank index {blank} inside a sequence (before its label_length)"
+                )
     return CTCCall(ops, logits, labels, logit_lengths, label_lengths, blank, reduction, zero_infinity)
 
 
@@ -124,7 +128,7 @@ def _label_mask(labels: Array, label_lengths: Array | None, ops: Ops) -> Array:
     positions = xp.arange(labels.shape[1], device=ops.device(labels))
     if label_lengths is None:
         return xp.ones_like(labels, dtype=xp.bool)
-    return positions[None, :] < xp.astype(label_lengths, positions.dtype)[:, None]
+    return positions[None, :] < xp.astype(label_lengths, positions.dtype, copy=False)[:, None]
 
 
 def _interleave(even: Array, odd: Array, ops: Ops) -> Array:

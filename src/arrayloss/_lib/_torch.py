@@ -281,9 +281,11 @@ def ctc_loss(call: Any) -> Array:
     as it is: no ``log_softmax`` backward, and frames past the logit lengths, which PyTorch
     neither reads nor differentiates, may hold anything. Otherwise autograd differentiates
     the log-softmax, whose backward would turn NaN or inf in those frames into a NaN
-    gradient (:func:`_finite_past_lengths`). Labels past the label lengths are replaced by
-    the blank. The labels were checked (in range, no blank inside a sequence), so the errors
-    are arrayloss's. Returns the per-sequence losses, which ``arrayloss._ctc`` reduces.
+    gradient (:func:`_finite_past_lengths`). Labels past the label lengths are passed as they
+    are: PyTorch reads the first ``label_length`` labels of a row only (``test_ctc.py``'s
+    ``test_masked_garbage_is_ignored`` holds it to that). The labels were checked (in range, no
+    blank inside a sequence), so the errors are arrayloss's. Returns the per-sequence losses,
+    which ``arrayloss._ctc`` reduces.
     """
     logits, labels = call.logits, call.labels
     batch, frames, _ = logits.shape
@@ -295,8 +297,6 @@ def ctc_loss(call: Any) -> Array:
         target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
     else:
         target_lengths = call.label_lengths.to(torch.int64)
-        used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
-        labels = torch.where(used, labels, call.blank)
     if labels.dtype not in (torch.int32, torch.int64):
         labels = labels.to(torch.int64)
     targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
