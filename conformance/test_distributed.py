@@ -114,11 +114,10 @@ def on_ranks(bounds: tuple[int, ...], xp: Any, fn: Callable[[int, int, int, Coll
 
     with ThreadPoolExecutor(size) as pool:
         futures = [pool.submit(run, r) for r in range(size)]
-    # the rank that failed, not the ranks it left waiting
-    failures = [f.exception() for f in futures if not isinstance(f.exception(), threading.BrokenBarrierError)]
-    first = next((e for e in failures if e is not None), None)
-    if first is not None:
-        raise first
+    errors = [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+    if failed:  # the rank that failed, not the ranks it left waiting
+        raise failed[0]
     return [f.result() for f in futures]
 
 

@@ -283,9 +283,9 @@ def ctc_loss(call: Any) -> Array:
     the log-softmax, whose backward would turn NaN or inf in those frames into a NaN
     gradient (:func:`_finite_past_lengths`). Labels past the label lengths are passed as they
     are: PyTorch reads the first ``label_length`` labels of a row only (``test_ctc.py``'s
-    ``test_masked_garbage_is_ignored`` holds it to that). The labels were checked (in range, no
-    blank inside a sequence), so the errors are arrayloss's. Returns the per-sequence losses,
-    which ``arrayloss._ctc`` reduces.
+    ``test_torch_autograd_ignores_masked_garbage`` holds it to that). The labels were checked (in
+    range, no blank inside a sequence), so the errors are arrayloss's. Returns the per-sequence
+    losses, which ``arrayloss._ctc`` reduces.
     """
     logits, labels = call.logits, call.labels
     batch, frames, _ = logits.shape
