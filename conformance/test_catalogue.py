@@ -15,9 +15,9 @@ import itertools
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import given
 from hypothesis import strategies as st
 from test_grad import GRAD_TOLERANCE, needs, no_compute, rounded
+from test_properties import backend_property
 
 import arrayloss as al
 
@@ -275,7 +275,7 @@ def test_half_precision_is_accumulated_in_float32(backend, dtype, loss):
     assert backend.check_result(grad, dtype=dtype, shape=held.shape).shape == held.shape
 
 
-@given(
+@backend_property(
     z=st.lists(st.floats(-60, 60), min_size=1, max_size=8),
     positive=st.lists(st.booleans(), min_size=8, max_size=8),
 )
@@ -312,7 +312,7 @@ def test_values_in_blocks_of_one_row(backend, loss, reduction, configure):
     backend.assert_close(out, reference(logits, targets, weights=weights, reduction=reduction), dtype=dtype)
 
 
-@given(
+@backend_property(
     weights=st.lists(st.floats(0.01, 10), min_size=2, max_size=6),
     other=st.lists(st.floats(0.01, 10), min_size=6, max_size=6),
 )
@@ -329,7 +329,7 @@ def test_kl_divergence_is_nonnegative_and_zero_on_itself(backend, weights, other
     assert abs(got[1]) <= tolerance
 
 
-@given(
+@backend_property(
     z=st.lists(st.floats(-50, 50), min_size=1, max_size=8),
     t=st.lists(st.floats(0, 1), min_size=8, max_size=8),
 )
