@@ -57,8 +57,9 @@ def compile_fullgraph(torch: Any, fn: Any, *, inductor: bool) -> Any:
     """``torch.compile(fn, fullgraph=True)`` with Inductor, the default backend, or with ``"aot_eager"``:
     Dynamo's capture of the whole graph and AOTAutograd's trace of its forward and backward, as
     Inductor receives them, run without Inductor's C++ compilation (1-3 s a case cold, most of the
-    suite's time on torch). The tests take Inductor on the analytic path, the one users get, and
-    ``"aot_eager"`` on the composition path."""
+    suite's time on torch). This module's tests take Inductor on the analytic path, the one users
+    get, and ``"aot_eager"`` on the composition path; ``test_ctc.py`` takes Inductor for ``ctc_loss``
+    and ``"aot_eager"`` for its adapters."""
     return torch.compile(fn, fullgraph=True, backend="inductor" if inductor else "aot_eager")
 
 
