@@ -361,14 +361,19 @@ def _alpha_step(lattice: Lattice, ops: Ops, differentiated: bool, floor: float) 
     log_add = _differentiable_log_add(ops) if differentiated else ops.logaddexp
     after_label = None if lattice.previous is None else _halves(lattice.previous)[0]
     skips = _halves(lattice.skips)[1]
+    skipped = skips == 0  # [B, S]: exact CTC (skips 0 or -inf) enters these labels from two states back
 
     def step(states: Pair, emission_blank: Array, emission_label: Array, valid: Array) -> tuple[Pair, Pair]:
         blank, label = states
         (label_before,) = _shifts(label, ops, (1,), gap, labels + 1)  # [B, S+1]
-        from_label = label_before if after_label is None else label_before + after_label
-        new_blank = log_add(blank, from_label) + emission_blank[0, ...]
-        stay_or_enter = log_add(label, blank[:, :labels])
-        new_label = log_add(stay_or_enter, label_before[:, :labels] + skips) + emission_label[0, ...]
+        if after_label is None:  # a label entered from two states back shares its blank's sum
+            into_blank = log_add(blank, label_before)
+            entry = xp.where(skipped, into_blank[:, :labels], blank[:, :labels])
+        else:  # optax's weights differ on the two ways from the label before
+            into_blank = log_add(blank, label_before + after_label)
+            entry = log_add(blank[:, :labels], label_before[:, :labels] + skips)
+        new_blank = into_blank + emission_blank[0, ...]
+        new_label = log_add(label, entry) + emission_label[0, ...]
         kept = valid[0, :, None]
         blank, label = xp.where(kept, new_blank, blank), xp.where(kept, new_label, label)
         return (blank, label), (blank[None, ...], label[None, ...])
@@ -392,14 +397,18 @@ def _beta_step(lattice: Lattice, ops: Ops) -> tuple[Array, Step]:
     # The weights of leaving a label for the next blank, and for the next label.
     after_label = None if lattice.previous is None else _halves(lattice.previous)[0][:, 1:]
     (skips,) = _shifts(_halves(lattice.skips)[1], ops, (-1,), gap)
+    skipping = skips == 0  # [B, S]: exact CTC leaves these labels for the label after next
 
     def step(states: Pair, emission_blank: Array, emission_label: Array, time: Array) -> tuple[Pair, Pair]:
         blank, label = states
-        next_blank = blank[:, 1:] if after_label is None else blank[:, 1:] + after_label
-        (next_label,) = _shifts(label, ops, (-1,), gap)
-        left_label = ops.logaddexp(ops.logaddexp(label, next_blank), next_label + skips)
         (own_label,) = _shifts(label, ops, (0,), gap, labels + 1)  # [B, S+1], -inf for the last blank
         left_blank = ops.logaddexp(blank, own_label)
+        if after_label is None:  # leaving for the next label shares the next blank's sum
+            onward = xp.where(skipping, left_blank[:, 1:], blank[:, 1:])
+        else:  # optax's weights differ on the two ways to the states after
+            (next_label,) = _shifts(label, ops, (-1,), gap)
+            onward = ops.logaddexp(blank[:, 1:] + after_label, next_label + skips)
+        left_label = ops.logaddexp(label, onward)
         alive = (time[0] + 1 < lattice.lengths)[:, None]
         beta_blank = xp.where(alive, left_blank, end_blank)
         beta_label = xp.where(alive, left_label, end_label)
