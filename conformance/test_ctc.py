@@ -231,6 +231,30 @@ def test_masked_garbage_is_ignored(backend, reduction):
     np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
 
 
+def barred_case() -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+    """The tiny "lengths" case with logits of ``-inf`` (classes a model rules out) in frames that
+    are read: the value and gradient of :func:`reference.ctc`, whose numeric gradient is 0 there."""
+    logits, labels, options = tiny_case("lengths")
+    logits[0, 1:3, 2] = -math.inf  # labels [1, 1]: class 2 is on no path
+    logits[2, 0, 2] = -math.inf  # labels [1]: 2 is on none either
+    logits[2, 1, 1] = -math.inf  # the label's class, barred in one frame of three
+    expected = ref.ctc(logits, labels, **options, reduction="sum")
+    numeric = ref.numeric_gradient(lambda x: float(ref.ctc(x, labels, **options, reduction="sum")), logits)
+    return logits, labels, options, (expected, numeric)
+
+
+def test_classes_barred_by_minus_inf_logits(backend):
+    """Logits of ``-inf`` in frames that are read: the loss of the other classes, a gradient of
+    exactly 0 on those logits, finite elsewhere."""
+    logits, labels, options, (expected, numeric) = barred_case()
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+    value, grad = al.value_and_grad(al.ctc_loss)(z, y, **given, reduction="sum")
+    backend.assert_close(value, expected, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    assert (got[logits == -math.inf] == 0).all()
+    np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8)
+
+
 @pytest.fixture(params=["handed_over", "log_softmax_backward"])
 def torch_ctc_gradient(request, monkeypatch):
     """The two gradients of the hand-off to ``F.ctc_loss``: PyTorch's CTC gradient handed over as
@@ -270,6 +294,22 @@ def test_torch_autograd_ignores_masked_garbage(backend, reduction, label_type, g
     got = backend.check_result(grad, dtype="float64", shape=logits.shape)
     assert (got[past] == 0).all()
     np.testing.assert_allclose(got, clean_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.backend("torch")
+def test_torch_autograd_of_barred_classes(backend, torch_ctc_gradient):
+    """Logits of ``-inf`` in frames that are read, through autograd on the delegated path too: the
+    log-probabilities handed to ``F.ctc_loss`` keep them at ``-inf``, and their gradient is 0."""
+    torch = backend.module
+    logits, labels, options, (expected, numeric) = barred_case()
+    z = backend.asarray(logits).requires_grad_()
+    _, y, given = on_backend(backend, logits, labels, options, "float64")
+    value = al.ctc_loss(z, y, **given, reduction="sum")
+    (grad,) = torch.autograd.grad(value, z)
+    backend.assert_close(value, expected, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    assert (got[logits == -math.inf] == 0).all()
+    np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.backend("torch")
