@@ -329,7 +329,7 @@ def _zero_gradient_where_barred(log_probs: torch.Tensor) -> None:
     finite (one reduction, 5 us at 16x200x32, where a comparison of every entry takes 60-90)."""
     values = log_probs.detach()
     if not bool(torch.amin(values) > -math.inf):  # -inf, or NaN in frames past the lengths
-        log_probs.register_hook(lambda gradient: torch.where(values == -math.inf, 0.0, gradient))
+        log_probs.register_hook(lambda gradient: torch.where(values == -math.inf, 0.0, gradient))  # type: ignore[no-untyped-call]
 
 
 def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
