@@ -32,10 +32,11 @@ the errors are arrayloss's. Examples of weight 0 are handed over as ignored, as 
 drops them (PyTorch would compute ``0 * inf = NaN`` for a logit of ``-inf``), and a mean
 over no weight is 0, where PyTorch's is NaN.
 
-``ctc_loss`` on eager CPU tensors of float32 or float64 goes to ``F.ctc_loss`` of the
-``log_softmax`` (:func:`ctc_loss`): one C++ kernel per recursion, where the array-API
-time loop is about ten small calls per frame (``benchmarks/RESULTS.md``); its numbers are
-the recursion's to rounding (``conformance/test_ctc.py`` runs both paths). PyTorch's CTC
+``ctc_loss`` on eager CPU tensors goes to ``F.ctc_loss`` of the ``log_softmax`` (in float32 for
+float16 and bfloat16, as PyTorch's autocast runs it; :func:`ctc_loss`): one C++ kernel per
+recursion, where the array-API time loop is about ten small calls per frame
+(``benchmarks/RESULTS.md``); its numbers are the recursion's to rounding
+(``conformance/test_ctc.py`` runs both paths). PyTorch's CTC
 gradient, which is already the logits' gradient, reaches them without the ``log_softmax``
 backward (:func:`ctc_loss`).
 """
@@ -262,11 +263,14 @@ def cross_entropy(logits: Array, call: Any) -> Array:
     return loss / total if total.item() else loss  # no weight: the sum is 0, kept in the autograd graph
 
 
+_HALF = (torch.float16, torch.bfloat16)  # handed to F.ctc_loss in float32, as PyTorch's autocast does
+
+
 def ctc_delegates(call: Any) -> bool:
     """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): eager CPU
-    tensors of float32 or float64, at least one sequence and one frame, arrayloss's exact recursion."""
+    tensors of a floating dtype, at least one sequence and one frame, arrayloss's exact recursion."""
     logits = call.logits
-    if not current().delegate_to_torch or logits.dtype not in (torch.float32, torch.float64):
+    if not current().delegate_to_torch or logits.dtype not in (*_HALF, torch.float32, torch.float64):
         return False
     if logits.shape[0] == 0 or logits.shape[1] == 0 or call.log_epsilon is not None:
         return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
@@ -290,7 +294,8 @@ def ctc_loss(call: Any) -> Array:
     The labels were checked (in range, no blank inside a sequence), so the errors are
     arrayloss's.
     """
-    logits, labels = call.logits, call.labels
+    labels = call.labels
+    logits = call.logits.float() if call.logits.dtype in _HALF else call.logits  # float32 accumulation
     batch, frames, _ = logits.shape
     if call.logit_lengths is None:
         input_lengths = torch.full((batch,), frames, dtype=torch.int64, device=logits.device)
@@ -311,7 +316,7 @@ def ctc_loss(call: Any) -> Array:
         log_probs = torch.log_softmax(logits, dim=-1)
     if recorded:
         _zero_gradient_where_barred(log_probs)
-    return torch.nn.functional.ctc_loss(
+    loss = torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1),
         labels,
         input_lengths,
@@ -320,6 +325,7 @@ def ctc_loss(call: Any) -> Array:
         reduction=call.reduction,
         zero_infinity=call.zero_infinity,
     )
+    return loss.to(call.logits.dtype)
 
 
 def _zero_gradient_where_barred(log_probs: torch.Tensor) -> None:
