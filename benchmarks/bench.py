@@ -849,6 +849,7 @@ def gpu_cases(s: Sizes) -> Iterator[Callable[[], Bench]]:
         for dtype in ("float32", "bfloat16"):
             yield functools.partial(_gpu_torch, s, dtype, False)
             yield functools.partial(_gpu_torch, s, dtype, True)
+        yield functools.partial(_gpu_ctc, s.ctc[0])
     if _installed("cupy"):
         cupy = importlib.import_module("cupy")
         if cupy.cuda.runtime.getDeviceCount() > 0:
@@ -885,6 +886,35 @@ def _gpu_torch(s: Sizes, dtype: str, backward: bool) -> Bench:
         memory="torch-cuda",
         classes=s.gpu_classes,
         sync=torch.cuda.synchronize,
+        reset=_dropping_grad(logits),
+    )
+
+
+def _gpu_ctc(sizes: tuple[int, int, int, int], device: str = "cuda") -> Bench:
+    """``ctc_loss`` forward + backward of the mean on CUDA tensors (the array-API recursion: the
+    hand-off to ``F.ctc_loss`` is for CPU tensors) against ``F.ctc_loss`` there (issue 16): what a
+    GPU's time loop costs, for the choice of a CUDA hand-off."""
+    torch = importlib.import_module("torch")
+    torch_f = importlib.import_module("torch.nn.functional")
+    logits, labels, logit_lengths, label_lengths = (
+        torch.asarray(a, device=device) for a in _ctc_inputs(*sizes)
+    )
+    logits.requires_grad_(True)
+    options = {"logit_lengths": logit_lengths, "label_lengths": label_lengths, "reduction": "mean"}
+
+    def theirs() -> Any:
+        log_probs = torch.log_softmax(logits, -1).transpose(0, 1)
+        return torch_f.ctc_loss(log_probs, labels, logit_lengths, label_lengths)
+
+    return Bench(
+        "ctc fwd+bwd (gpu)",
+        f"torch-{device}",
+        "B{}xT{}xC{}xS{}".format(*sizes),
+        "float32",
+        _pass(lambda: al.ctc_loss(logits, labels, **options), True),
+        {"F.ctc_loss": _pass(theirs, True)},
+        memory="torch-cuda" if device == "cuda" else "cpu",
+        sync=torch.cuda.synchronize if device == "cuda" else lambda: None,
         reset=_dropping_grad(logits),
     )
 

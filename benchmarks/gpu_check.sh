@@ -2,7 +2,8 @@
 # The GPU checks, ready for the moment a GPU machine is at hand (about 5-8 minutes on one H100/H200):
 #   1. the conformance suite on torch CUDA and on CuPy (what `nox -t gpu` runs, without nox's installs),
 #   2. the GPU benchmark cases (torch CUDA float32 and bfloat16 N=16384, C=131072 against a `sum`
-#      floor, F.cross_entropy, compiled F.cross_entropy, Liger-Kernel if installed; CuPy forward),
+#      floor, F.cross_entropy, compiled F.cross_entropy, Liger-Kernel if installed; ctc_loss against
+#      F.ctc_loss on CUDA tensors, B16 T200 C32 S40; CuPy forward),
 #   3. the table of (2) in $OUT/gpu-bench.txt (and JSON), for benchmarks/RESULTS.md.
 #
 # Run from the repository root, on a machine with an NVIDIA GPU whose Python has torch, cupy, pytest,
