@@ -722,11 +722,12 @@ COMPILED = {
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 @pytest.mark.parametrize("name", list(COMPILED))
 def test_torch_compile_fullgraph(backend, name):
-    """``torch.compile(fullgraph=True)``, forward and backward (the rule through the autograd Function,
-    the recursion unrolled over frames): the values and gradients of eager PyTorch, which for
-    ``ctc_loss`` and ``compat.torch`` are ``F.ctc_loss``'s (delegated) or the recursion's. Inductor
-    compiles ``ctc_loss``; the adapters, the same recursion behind other arguments, are compiled
-    with ``"aot_eager"`` (:func:`~test_autodiff.compile_fullgraph`: 15-25 s less each, cold)."""
+    """``torch.compile(fullgraph=True)``, forward and backward: the values and gradients of eager
+    PyTorch (``F.ctc_loss``'s, delegated). Compiled, ``ctc_loss`` and ``compat.torch`` are one
+    operator running ``F.ctc_loss``'s kernels; ``compat.optax`` (``log_epsilon``) is the rule through
+    the autograd Function, the recursion unrolled over frames. Inductor compiles ``ctc_loss``; the
+    adapters are compiled with ``"aot_eager"`` (:func:`~test_autodiff.compile_fullgraph`: 15-25 s
+    less each, cold)."""
     torch = compiling(backend)
     logits, labels, options = tiny_case("lengths")  # 3 sequences of at most 4 frames: compiled quickly
     logit_lengths, label_lengths = options["logit_lengths"], options["label_lengths"]
@@ -745,3 +746,57 @@ def test_torch_compile_fullgraph(backend, name):
     np.testing.assert_allclose(
         backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
     )
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+def test_torch_compile_fullgraph_of_the_recursion(backend, configure):
+    """``delegate_to_torch=False``: the array-API recursion compiled (``"aot_eager"``), forward and
+    backward, gives the brute force's values and the eager rule's gradients."""
+    torch = compiling(backend)
+    configure(delegate_to_torch=False)
+    logits, labels, options = tiny_case("lengths")
+    y, a, b = (backend.asarray(v) for v in (labels, options["logit_lengths"], options["label_lengths"]))
+    loss = COMPILED["ctc_loss"]
+    z = backend.asarray(logits).requires_grad_()
+    value = compile_fullgraph(torch, loss, inductor=False)(z, y, a, b)
+    value.backward()
+    expected, expected_grad = al.value_and_grad(al.ctc_loss)(logits, labels, **options, reduction="mean")
+    backend.assert_close(value, expected, dtype="float64")
+    np.testing.assert_allclose(backend.to_numpy(z.grad), expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_torch_compiled_operator_on_unchecked_inputs(backend, zero_infinity):
+    """Compiled (the operator, whose labels and lengths are not checked): NaN and inf in frames past
+    the logit lengths, a class barred by ``-inf`` in a frame that is read, an infeasible sequence,
+    and a used label out of range in another. That sequence's loss is NaN and its gradient finite
+    (the bad label read as the blank), the others' as NumPy's rule on the clean inputs; gradients
+    are 0 past the lengths and on the barred logit."""
+    torch = compiling(backend)
+    logits, labels, options = tiny_case("infeasible")  # the first sequence is infeasible
+    logits[1, 2, 0] = -math.inf  # labels [2, 1] in 4 frames: the blank barred in frame 2
+    dirty = logits.copy()
+    dirty[2, 1:] = [np.nan, np.inf, -np.inf]  # past the third sequence's single frame
+    bad = labels.copy()
+    bad[2, 0] = 9  # the third sequence's only label, out of range
+    given = {k: v[:2] for k, v in options.items()}
+    expected, expected_grad = al.value_and_grad(al.ctc_loss)(
+        logits[:2], labels[:2], **given, zero_infinity=zero_infinity
+    )
+    y, a, b = (backend.asarray(v) for v in (bad, options["logit_lengths"], options["label_lengths"]))
+
+    def losses(z):
+        return al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, zero_infinity=zero_infinity)
+
+    z = backend.asarray(dirty).requires_grad_()
+    value = compile_fullgraph(torch, losses, inductor=False)(z)
+    got = backend.check_result(value, dtype="float64", shape=(3,))
+    assert np.isnan(got[2])
+    np.testing.assert_allclose(got[:2], expected, rtol=1e-10)
+    value.backward(torch.ones_like(value))
+    grad = backend.check_result(z.grad, dtype="float64", shape=logits.shape)
+    assert grad[1, 2, 0] == 0 and (grad[2, 1:] == 0).all() and np.isfinite(grad[2]).all()
+    np.testing.assert_allclose(grad[:2], expected_grad, rtol=1e-9, atol=1e-12)

@@ -120,9 +120,14 @@ class TorchOps(Ops):
 def _is_eager(x: torch.Tensor) -> bool:
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    # torch.func wraps tensors; the check is not public API, hence the guard for other versions.
+    return not _transformed(x)
+
+
+def _transformed(x: torch.Tensor) -> bool:
+    """Whether ``torch.func`` wraps ``x`` (outside ``torch.compile``); the check is not public API,
+    hence the guard for other versions."""
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return wrapped is None or not wrapped(x)
+    return wrapped is not None and bool(wrapped(x))
 
 
 def _requires_grad(values: Iterable[Any]) -> bool:
@@ -267,32 +272,37 @@ _HALF = (torch.float16, torch.bfloat16)  # handed to F.ctc_loss in float32, as P
 
 
 def ctc_delegates(call: Any) -> bool:
-    """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): eager CPU
-    tensors of a floating dtype, at least one sequence and one frame, arrayloss's exact recursion."""
+    """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): tensors of a
+    floating dtype, at least one sequence and one frame, arrayloss's exact recursion, not
+    transformed by ``torch.func`` (whose calls take the recursion and its autograd Function)."""
     logits = call.logits
     if not current().delegate_to_torch or logits.dtype not in (*_HALF, torch.float32, torch.float64):
         return False
     if logits.shape[0] == 0 or logits.shape[1] == 0 or call.log_epsilon is not None:
         return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
-    eager: bool = call.ops.is_eager(logits) and call.ops.is_eager(call.labels)
-    return eager
+    return torch.compiler.is_compiling() or not (_transformed(logits) or _transformed(call.labels))
 
 
 def ctc_loss(call: Any) -> Array:
-    """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`, reduced by PyTorch
-    (its ``"mean"`` is arrayloss's).
+    """The per-sequence ``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`, in the
+    logits' dtype (computed in float32 for half precision).
 
-    Where autograd records the logits' gradient and PyTorch's CTC gradient is that of the
-    logits (:func:`ctc_gradient_is_logits_gradient`), it reaches them as it is, with no
-    ``log_softmax`` backward (:class:`LogSoftmaxPassingGradient`); frames past the logit
-    lengths, which PyTorch neither reads nor differentiates, may hold anything. Otherwise
-    autograd differentiates the log-softmax, whose backward would turn NaN or inf in those
-    frames into a NaN gradient (:func:`_finite_past_lengths`). Logits of ``-inf`` get a
-    gradient of 0 (:func:`_zero_gradient_where_barred`). Labels past the label lengths are
-    passed as they are: PyTorch reads the first ``label_length`` labels of a row only
-    (``test_ctc.py``'s ``test_torch_autograd_ignores_masked_garbage`` holds it to that).
-    The labels were checked (in range, no blank inside a sequence), so the errors are
-    arrayloss's.
+    Eager CPU tensors, whose labels and lengths were checked, go to ``F.ctc_loss`` here. Where
+    autograd records the logits' gradient and PyTorch's CTC gradient is that of the logits
+    (:func:`ctc_gradient_is_logits_gradient`), it reaches them as it is, with no ``log_softmax``
+    backward (:class:`LogSoftmaxPassingGradient`); frames past the logit lengths, which PyTorch
+    neither reads nor differentiates, may hold anything. Otherwise autograd differentiates the
+    log-softmax, whose backward would turn NaN or inf in those frames into a NaN gradient
+    (:func:`_finite_past_lengths`). Logits of ``-inf`` get a gradient of 0
+    (:func:`_zero_gradient_where_barred`). Labels past the label lengths are passed as they are:
+    PyTorch reads the first ``label_length`` labels of a row only (``test_ctc.py``'s
+    ``test_torch_autograd_ignores_masked_garbage`` holds it to that).
+
+    Other tensors (under ``torch.compile``, on a GPU) go to the operator ``ctc_losses``
+    (:func:`_ctc_operators`), which runs ``F.ctc_loss``'s kernels at run time:
+    ``torch.compile`` captures one node instead of unrolling the time loop (``F.ctc_loss``
+    itself breaks the graph: its outputs' shapes depend on the label lengths' values), and no
+    value is read on the host.
     """
     labels = call.labels
     logits = call.logits.float() if call.logits.dtype in _HALF else call.logits  # float32 accumulation
@@ -305,8 +315,11 @@ def ctc_loss(call: Any) -> Array:
         target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
     else:
         target_lengths = call.label_lengths.to(torch.int64)
-    if labels.dtype not in (torch.int32, torch.int64):
-        labels = labels.to(torch.int64)
+    labels = labels.to(torch.int64)
+    targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
+    if not (call.ops.is_eager(call.logits) and call.ops.is_eager(call.labels)):
+        losses = _CTC_LOSSES(logits, *targets)
+        return losses.to(call.logits.dtype)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
         log_probs = LogSoftmaxPassingGradient.apply(logits)  # type: ignore[no-untyped-call]
@@ -316,16 +329,104 @@ def ctc_loss(call: Any) -> Array:
         log_probs = torch.log_softmax(logits, dim=-1)
     if recorded:
         _zero_gradient_where_barred(log_probs)
-    loss = torch.nn.functional.ctc_loss(
+    return _ctc_of(log_probs, *targets).to(call.logits.dtype)
+
+
+def _ctc_of(log_probs: torch.Tensor, *targets: Any) -> torch.Tensor:
+    """The per-sequence ``F.ctc_loss`` of batch-major ``log_probs`` ``[B, T, C]``; ``targets``: the
+    labels, input and target lengths, blank and ``zero_infinity``."""
+    labels, input_lengths, target_lengths, blank, zero_infinity = targets
+    return torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1),
         labels,
         input_lengths,
         target_lengths,
-        blank=call.blank,
-        reduction=call.reduction,
-        zero_infinity=call.zero_infinity,
+        blank=blank,
+        reduction="none",
+        zero_infinity=zero_infinity,
     )
-    return loss.to(call.logits.dtype)
+
+
+def _ctc_operators() -> Any:
+    """The operator ``ctc_losses(logits, labels, input_lengths, target_lengths, blank,
+    zero_infinity)`` (per-sequence losses) and its gradient's, ``ctc_gradient(..., cotangent)``
+    (the logits'), registered with ``torch.library`` when this module is imported (not while
+    ``torch.compile`` traces a call), in a namespace named after this module (a vendored copy of
+    arrayloss registers its own).
+
+    They run eagerly, also inside a compiled graph, on the labels and lengths unchecked: a
+    used label out of range is replaced by the blank before PyTorch reads it and makes its
+    sequence's loss NaN, as on the recursion's traced path (whose gradient is that of the
+    labels with the blank); frames past the logit lengths are zeroed, and logits of ``-inf``
+    get a gradient of 0, without reading a value on the host. They call ``F.ctc_loss``'s own
+    operators, ``aten::_ctc_loss`` and ``aten::_ctc_loss_backward`` (autograd is off inside an
+    operator); the gradient runs the forward recursion again, then the ``log_softmax``
+    backward (which leaves PyTorch's gradient unchanged where it is already the logits', see
+    :func:`ctc_gradient_is_logits_gradient`).
+    """
+    namespace = __name__.replace(".", "_")
+    arguments = "Tensor logits, Tensor labels, Tensor input_lengths, Tensor target_lengths, int blank, "
+    arguments += "bool zero_infinity"
+
+    def losses(logits: torch.Tensor, *targets: Any) -> torch.Tensor:
+        return _unchecked_ctc(logits, targets)
+
+    def gradient(logits: torch.Tensor, *targets_and_cotangent: Any) -> torch.Tensor:
+        *targets, cotangent = targets_and_cotangent
+        return _unchecked_ctc(logits, tuple(targets), cotangent)
+
+    losses_op = torch.library.custom_op(
+        f"{namespace}::ctc_losses", losses, mutates_args=(), schema=f"({arguments}) -> Tensor"
+    )
+    gradient_op = torch.library.custom_op(
+        f"{namespace}::ctc_gradient",
+        gradient,
+        mutates_args=(),
+        schema=f"({arguments}, Tensor cotangent) -> Tensor",
+    )
+    losses_op.register_fake(lambda logits, *targets: logits.new_empty(logits.shape[:1]))
+    gradient_op.register_fake(lambda logits, *rest: torch.empty_like(logits))
+
+    def keep(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(*inputs[:4])
+        ctx.options = inputs[4:]
+
+    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (gradient_op(*ctx.saved_tensors, *ctx.options, cotangent), None, None, None, None, None)
+
+    losses_op.register_autograd(backward, setup_context=keep)
+    return losses_op
+
+
+def _unchecked_ctc(
+    logits: torch.Tensor, targets: tuple[Any, ...], cotangent: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The per-sequence CTC losses of :func:`_ctc_operators` (``cotangent`` None), or the logits'
+    gradient of their product with ``cotangent``."""
+    labels, input_lengths, target_lengths, blank, zero_infinity = targets
+    frames, classes = logits.shape[1:]
+    used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
+    in_range = (labels >= 0) & (labels < classes)
+    labels = torch.where(in_range, labels, blank)
+    read = torch.arange(frames, device=logits.device) < input_lengths[:, None]
+    log_probs = torch.log_softmax(torch.where(read[:, :, None], logits, 0.0), dim=-1).transpose(0, 1)
+    targets = (labels, input_lengths, target_lengths)
+    losses, log_alpha = torch.ops.aten._ctc_loss(log_probs, *targets, blank, zero_infinity)
+    if cotangent is None:
+        if zero_infinity:  # as F.ctc_loss does after this operator
+            losses = torch.where(losses == math.inf, 0.0, losses)
+        return torch.where((used & ~in_range).any(dim=1), math.nan, losses)
+    cotangent = cotangent.to(losses.dtype)
+    gradient = torch.ops.aten._ctc_loss_backward(
+        cotangent, log_probs, *targets, losses, log_alpha, blank, zero_infinity
+    )
+    gradient = torch.where(log_probs == -math.inf, 0.0, gradient)  # PyTorch's NaN, exp(-inf + inf)
+    # The log_softmax backward (which leaves a gradient summing to 0 over the classes unchanged).
+    gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
+    return gradient.transpose(0, 1).to(logits.dtype)
+
+
+_CTC_LOSSES = _ctc_operators()
 
 
 def _zero_gradient_where_barred(log_probs: torch.Tensor) -> None:
