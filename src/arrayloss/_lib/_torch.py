@@ -318,7 +318,7 @@ def ctc_loss(call: Any) -> Array:
     labels = labels.to(torch.int64)
     targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
     if not (call.ops.is_eager(call.logits) and call.ops.is_eager(call.labels)):
-        losses = _CTC_LOSSES(logits, *targets)
+        losses = _CTC_LOSSES(logits, *targets)[0]
         return losses.to(call.logits.dtype)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
@@ -349,80 +349,110 @@ def _ctc_of(log_probs: torch.Tensor, *targets: Any) -> torch.Tensor:
 
 def _ctc_operators() -> Any:
     """The operator ``ctc_losses(logits, labels, input_lengths, target_lengths, blank,
-    zero_infinity)`` (per-sequence losses) and its gradient's, ``ctc_gradient(..., cotangent)``
-    (the logits'), registered with ``torch.library`` when this module is imported (not while
-    ``torch.compile`` traces a call), in a namespace named after this module (a vendored copy of
-    arrayloss registers its own).
+    zero_infinity)`` (per-sequence losses, then what its gradient, ``ctc_gradient``, reads
+    again: PyTorch's negative log-likelihoods, alphas and log-probabilities), registered with
+    ``torch.library`` when this module is imported (not while ``torch.compile`` traces a call),
+    in a namespace named after this module (a vendored copy of arrayloss registers its own).
 
     They run eagerly, also inside a compiled graph, on the labels and lengths unchecked: a
     used label out of range is replaced by the blank before PyTorch reads it and makes its
     sequence's loss NaN, as on the recursion's traced path (whose gradient is that of the
     labels with the blank); frames past the logit lengths are zeroed, and logits of ``-inf``
-    get a gradient of 0, without reading a value on the host. They call ``F.ctc_loss``'s own
-    operators, ``aten::_ctc_loss`` and ``aten::_ctc_loss_backward`` (autograd is off inside an
-    operator); the gradient runs the forward recursion again, then the ``log_softmax``
-    backward (which leaves PyTorch's gradient unchanged where it is already the logits', see
-    :func:`ctc_gradient_is_logits_gradient`).
+    get a gradient of 0. They call ``F.ctc_loss``'s own operators, ``aten::_ctc_loss`` and
+    ``aten::_ctc_loss_backward`` (autograd is off inside an operator), whose alphas are kept
+    for the backward pass in ``(B, T, 2S+1)`` (their width, ``2 max(target_lengths) + 1``, is
+    read on the host, as ``F.ctc_loss`` reads the lengths); the gradient ends with the
+    ``log_softmax`` backward (which leaves PyTorch's gradient unchanged where it is already the
+    logits', see :func:`ctc_gradient_is_logits_gradient`).
     """
     namespace = __name__.replace(".", "_")
     arguments = "Tensor logits, Tensor labels, Tensor input_lengths, Tensor target_lengths, int blank, "
     arguments += "bool zero_infinity"
-
-    def losses(logits: torch.Tensor, *targets: Any) -> torch.Tensor:
-        return _unchecked_ctc(logits, targets)
-
-    def gradient(logits: torch.Tensor, *targets_and_cotangent: Any) -> torch.Tensor:
-        *targets, cotangent = targets_and_cotangent
-        return _unchecked_ctc(logits, tuple(targets), cotangent)
-
     losses_op = torch.library.custom_op(
-        f"{namespace}::ctc_losses", losses, mutates_args=(), schema=f"({arguments}) -> Tensor"
+        f"{namespace}::ctc_losses",
+        _unchecked_ctc,
+        mutates_args=(),
+        schema=f"({arguments}) -> (Tensor, Tensor, Tensor, Tensor)",
     )
     gradient_op = torch.library.custom_op(
         f"{namespace}::ctc_gradient",
-        gradient,
+        _unchecked_ctc_gradient,
         mutates_args=(),
-        schema=f"({arguments}, Tensor cotangent) -> Tensor",
+        schema=f"({arguments}, Tensor likelihood, Tensor alphas, Tensor log_probs, Tensor cotangent) "
+        "-> Tensor",
     )
-    losses_op.register_fake(lambda logits, *targets: logits.new_empty(logits.shape[:1]))
+
+    @losses_op.register_fake
+    def _(logits: torch.Tensor, labels: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, ...]:
+        batch, frames, _ = logits.shape
+        alphas = logits.new_empty((batch, frames, 2 * labels.shape[1] + 1))
+        return logits.new_empty((batch,)), logits.new_empty((batch,)), alphas, torch.empty_like(logits)
+
     gradient_op.register_fake(lambda logits, *rest: torch.empty_like(logits))
 
-    def keep(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        ctx.save_for_backward(*inputs[:4])
+    def keep(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        ctx.save_for_backward(*inputs[:4], *output[1:])
         ctx.options = inputs[4:]
 
-    def backward(ctx: Any, cotangent: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (gradient_op(*ctx.saved_tensors, *ctx.options, cotangent), None, None, None, None, None)
+    def backward(ctx: Any, cotangent: torch.Tensor, *unused: Any) -> tuple[torch.Tensor | None, ...]:
+        logits, *targets, likelihood, alphas, log_probs = ctx.saved_tensors
+        gradient = gradient_op(logits, *targets, *ctx.options, likelihood, alphas, log_probs, cotangent)
+        return (gradient, None, None, None, None, None)
 
     losses_op.register_autograd(backward, setup_context=keep)
     return losses_op
 
 
-def _unchecked_ctc(
-    logits: torch.Tensor, targets: tuple[Any, ...], cotangent: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The per-sequence CTC losses of :func:`_ctc_operators` (``cotangent`` None), or the logits'
-    gradient of their product with ``cotangent``."""
+def _in_range_or_blank(labels: torch.Tensor, classes: int, blank: int) -> torch.Tensor:
+    """``labels`` with the blank in place of those outside ``[0, classes)``, which PyTorch's CTC
+    kernels would read out of bounds."""
+    return torch.where((labels >= 0) & (labels < classes), labels, blank)
+
+
+def _unchecked_ctc(logits: torch.Tensor, *targets: Any) -> tuple[torch.Tensor, ...]:
+    """``ctc_losses``: the per-sequence losses (NaN where a used label is out of range; 0 where
+    infinite under ``zero_infinity``), and for the gradient PyTorch's negative log-likelihoods,
+    alphas and log-probabilities."""
     labels, input_lengths, target_lengths, blank, zero_infinity = targets
     frames, classes = logits.shape[1:]
+    if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward reads
+        read = torch.arange(frames, device=logits.device) < input_lengths[:, None]  # every frame
+        logits = torch.where(read[:, :, None], logits, 0.0)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    safe_labels = _in_range_or_blank(labels, classes, blank)
+    likelihood, alphas = torch.ops.aten._ctc_loss(
+        log_probs.transpose(0, 1), safe_labels, input_lengths, target_lengths, blank, zero_infinity
+    )
     used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
-    in_range = (labels >= 0) & (labels < classes)
-    labels = torch.where(in_range, labels, blank)
-    read = torch.arange(frames, device=logits.device) < input_lengths[:, None]
-    log_probs = torch.log_softmax(torch.where(read[:, :, None], logits, 0.0), dim=-1).transpose(0, 1)
-    targets = (labels, input_lengths, target_lengths)
-    losses, log_alpha = torch.ops.aten._ctc_loss(log_probs, *targets, blank, zero_infinity)
-    if cotangent is None:
-        if zero_infinity:  # as F.ctc_loss does after this operator
-            losses = torch.where(losses == math.inf, 0.0, losses)
-        return torch.where((used & ~in_range).any(dim=1), math.nan, losses)
-    cotangent = cotangent.to(losses.dtype)
-    gradient = torch.ops.aten._ctc_loss_backward(
-        cotangent, log_probs, *targets, losses, log_alpha, blank, zero_infinity
+    poisoned = (used & (safe_labels != labels)).any(dim=1)
+    losses = torch.where(likelihood == math.inf, 0.0, likelihood) if zero_infinity else likelihood
+    padding = 2 * labels.shape[1] + 1 - alphas.shape[2]
+    kept = torch.nn.functional.pad(alphas, (0, padding), value=-math.inf)
+    return torch.where(poisoned, math.nan, losses), likelihood.clone(), kept, log_probs
+
+
+def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tensor:
+    """``ctc_gradient``: the logits' gradient of the losses of :func:`_unchecked_ctc` times the
+    cotangent, from what it kept."""
+    *targets, likelihood, alphas, log_probs, cotangent = arguments
+    labels, input_lengths, target_lengths, blank, zero_infinity = targets
+    classes = logits.shape[2]
+    width = 2 * int(target_lengths.max()) + 1  # the alphas' own (one sequence at least)
+    log_probs = log_probs.transpose(0, 1)
+    gradient: torch.Tensor = torch.ops.aten._ctc_loss_backward(
+        cotangent.to(log_probs.dtype),
+        log_probs,
+        _in_range_or_blank(labels, classes, blank),
+        input_lengths,
+        target_lengths,
+        likelihood,
+        alphas[:, :, :width],
+        blank,
+        zero_infinity,
     )
     gradient = torch.where(log_probs == -math.inf, 0.0, gradient)  # PyTorch's NaN, exp(-inf + inf)
-    # The log_softmax backward (which leaves a gradient summing to 0 over the classes unchanged).
-    gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
+    if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward
+        gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
     return gradient.transpose(0, 1).to(logits.dtype)
 
 
@@ -453,17 +483,20 @@ def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.T
 
 
 @functools.cache
-def ctc_gradient_is_logits_gradient() -> bool:
-    """Whether the installed PyTorch's ``F.ctc_loss`` returns, as the gradient of its log-probabilities,
-    the gradient of the logits they are the ``log_softmax`` of: ``softmax - posterior``, whose sum
-    over the classes of a frame is 0 (so the ``log_softmax`` backward leaves it unchanged), not the
-    log-probabilities' own ``-posterior`` (pytorch/pytorch#52241, #181534). Measured once on a
-    frame of two classes, as the answer is the installed library's, not the call's."""
-    with torch.enable_grad():
-        log_probs = torch.log_softmax(torch.tensor([[[0.0, 0.0]]], dtype=torch.float64), -1).requires_grad_()
-        one = torch.ones(1, dtype=torch.int64)
-        loss = torch.nn.functional.ctc_loss(log_probs, one[:, None], one, one, reduction="sum")
-        (gradient,) = torch.autograd.grad(loss, log_probs)
+def ctc_gradient_is_logits_gradient(device: str = "cpu") -> bool:
+    """Whether the installed PyTorch's CTC kernels on ``device`` (a device type) return, as the
+    gradient of their log-probabilities, the gradient of the logits they are the ``log_softmax``
+    of: ``softmax - posterior``, whose sum over the classes of a frame is 0 (so the
+    ``log_softmax`` backward leaves it unchanged), not the log-probabilities' own ``-posterior``
+    (pytorch/pytorch#52241, #181534). Measured once per device type on a frame of two classes,
+    with ``F.ctc_loss``'s operators (no autograd: it also runs inside an operator), as the
+    answer is the installed library's, not the call's."""
+    log_probs = torch.log_softmax(torch.zeros((1, 1, 2), dtype=torch.float64, device=device), -1)
+    one = torch.ones((1,), dtype=torch.int64, device=device)
+    likelihood, alphas = torch.ops.aten._ctc_loss(log_probs, one[:, None], one, one, 0, False)
+    gradient = torch.ops.aten._ctc_loss_backward(
+        torch.ones_like(likelihood), log_probs, one[:, None], one, one, likelihood, alphas, 0, False
+    )
     return bool(abs(float(gradient.sum())) < 1e-6)  # the logits': 0; the log-probabilities': -1
 
 
