@@ -891,9 +891,8 @@ def _gpu_torch(s: Sizes, dtype: str, backward: bool) -> Bench:
 
 
 def _gpu_ctc(sizes: tuple[int, int, int, int], device: str = "cuda") -> Bench:
-    """``ctc_loss`` forward + backward of the mean on CUDA tensors (the array-API recursion: the
-    hand-off to ``F.ctc_loss`` is for CPU tensors) against ``F.ctc_loss`` there (issue 16): what a
-    GPU's time loop costs, for the choice of a CUDA hand-off."""
+    """``ctc_loss`` forward + backward of the mean on CUDA tensors (the operator that runs
+    ``F.ctc_loss``'s kernels on unchecked labels) against ``F.ctc_loss`` there (issue 16)."""
     torch = importlib.import_module("torch")
     torch_f = importlib.import_module("torch.nn.functional")
     logits, labels, logit_lengths, label_lengths = (
