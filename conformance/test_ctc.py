@@ -231,7 +231,7 @@ def test_masked_garbage_is_ignored(backend, reduction):
     np.testing.assert_allclose(got, clean[1], rtol=1e-10, atol=1e-14)
 
 
-def barred_case() -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+def barred_case() -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """The tiny "lengths" case with logits of ``-inf`` (classes a model rules out) in frames that
     are read: the value and gradient of :func:`reference.ctc`, whose numeric gradient is 0 there."""
     logits, labels, options = tiny_case("lengths")
@@ -769,7 +769,7 @@ def test_torch_compile_fullgraph_of_the_recursion(backend, configure):
 @pytest.mark.backend("torch")
 @pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
 @pytest.mark.parametrize("zero_infinity", [False, True])
-def test_torch_compiled_operator_on_unchecked_inputs(backend, zero_infinity):
+def test_torch_compiled_operator_on_unchecked_inputs(backend, zero_infinity, torch_ctc_gradient):
     """Compiled (the operator, whose labels and lengths are not checked): NaN and inf in frames past
     the logit lengths, a class barred by ``-inf`` in a frame that is read, an infeasible sequence,
     and a used label out of range in another. That sequence's loss is NaN and its gradient finite
