@@ -595,9 +595,11 @@ def ctc_loss(
     The time loop is sequential: a Python loop on eager arrays, ``lax.scan`` under a
     JAX trace; each step works on ``(B, 2S+1)`` states. The gradient rule serves
     :func:`value_and_grad`, PyTorch autograd and JAX (``jax.custom_vjp``, so ``jax.jvp``
-    is not available). On eager PyTorch CPU tensors the call is handed to
-    ``F.ctc_loss`` (of the ``log_softmax``; half precision in float32), which gives the
-    same numbers faster. PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
+    is not available). PyTorch tensors are handed to ``F.ctc_loss``'s kernels (of the
+    ``log_softmax``; half precision in float32), which give the same numbers faster: on
+    eager CPU tensors after the checks, under ``torch.compile`` and on GPUs through one
+    operator (compiled, no unrolled time loop; no value read on the host), not under
+    ``torch.func`` transforms. PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
     (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
     with paddings instead of lengths, and gives a large finite loss where this one
     gives ``inf`` (``arrayloss.compat.optax.ctc_loss`` gives optax's).
