@@ -427,8 +427,9 @@ def _unchecked_ctc(logits: torch.Tensor, *targets: Any) -> tuple[torch.Tensor, .
     poisoned = (used & (safe_labels != labels)).any(dim=1)
     losses = torch.where(likelihood == math.inf, 0.0, likelihood) if zero_infinity else likelihood
     padding = 2 * labels.shape[1] + 1 - alphas.shape[2]
-    kept = torch.nn.functional.pad(alphas, (0, padding), value=-math.inf)
-    return torch.where(poisoned, math.nan, losses), likelihood.clone(), kept, log_probs
+    if padding:
+        alphas = torch.nn.functional.pad(alphas, (0, padding), value=-math.inf)
+    return torch.where(poisoned, math.nan, losses), likelihood, alphas, log_probs
 
 
 def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tensor:
