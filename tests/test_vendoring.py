@@ -6,6 +6,7 @@ vendored arrayloss in a fresh interpreter in which a top-level ``array_api_compa
 cannot be imported, as if it were not installed.
 """
 
+import math
 import os
 import shutil
 import subprocess
@@ -87,3 +88,27 @@ def test_without_the_vendor_module_the_import_fails(host, tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(("ImportError", "ModuleNotFoundError")), result.stderr
     assert "array_api_compat" in last_line
+
+
+def test_vendored_and_installed_copies_register_their_own_torch_operators(host, tmp_path):
+    # ctc_loss's torch operators are registered in a namespace named after the module that
+    # defines them: a vendored copy beside the installed arrayloss in one process does not collide.
+    pytest.importorskip("torch")
+    script = """
+import torch
+import arrayloss as installed
+import host._vendor.arrayloss as vendored
+logits, labels = torch.zeros(1, 2, 3), torch.tensor([[1]])
+print(float(installed.ctc_loss(logits, labels)[0]), float(vendored.ctc_loss(logits, labels)[0]))
+print(hasattr(torch.ops.arrayloss__lib__torch, "ctc_losses"))
+print(hasattr(torch.ops.host__vendor_arrayloss__lib__torch, "ctc_losses"))
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONNOUSERSITE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    values, installed_registered, vendored_registered = result.stdout.split("\n")[:3]
+    expected = -math.log(3 / 9)  # the paths "1 1", "0 1" and "1 0", of probability 1/9 each
+    assert [float(v) for v in values.split()] == pytest.approx([expected, expected], rel=1e-6)
+    assert installed_registered == vendored_registered == "True"
