@@ -412,6 +412,24 @@ def test_unchecked_label_out_of_range_gives_nan(backend):
     np.testing.assert_allclose(got[1:], ref.ctc(logits, labels, **options)[1:], rtol=1e-10)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_unchecked_lengths_are_clamped(backend, reduction):
+    """On arrays whose values are not read: lengths past the frames or the labels' columns, and
+    negative ones, are read as clamped to ``[0, T]`` and ``[0, S]`` (values and gradients)."""
+    if backend.eager:
+        pytest.skip("eager arrays raise: bad_inputs.py")
+    logits, labels, _ = tiny_case("plain")
+    options = {"zero_infinity": True, "reduction": reduction}
+    given = {"logit_lengths": np.array([9, 4, -1]), "label_lengths": np.array([2, 5, 1])}
+    clamped = {"logit_lengths": np.array([4, 4, 0]), "label_lengths": np.array([2, 2, 1])}
+    z, y, arrays = on_backend(backend, logits, labels, given, "float64")
+    value, grad = al.value_and_grad(al.ctc_loss)(z, y, **arrays, **options)
+    expected, expected_grad = al.value_and_grad(al.ctc_loss)(logits, labels, **clamped, **options)
+    backend.assert_close(value, expected, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    np.testing.assert_allclose(got, expected_grad, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.backend("torch")
 @pytest.mark.parametrize("zero_infinity", [False, True])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -800,3 +818,29 @@ def test_torch_compiled_operator_on_unchecked_inputs(backend, zero_infinity, tor
     grad = backend.check_result(z.grad, dtype="float64", shape=logits.shape)
     assert grad[1, 2, 0] == 0 and (grad[2, 1:] == 0).all() and np.isfinite(grad[2]).all()
     np.testing.assert_allclose(grad[:2], expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_torch_compiled_clamps_lengths(backend, reduction):
+    """Compiled (the operator; the recursion with ``delegate_to_torch=False``), lengths past the
+    frames or the labels' columns, and negative ones, are read as clamped to ``[0, T]`` and
+    ``[0, S]``, as docs/errors.md says of unchecked lengths."""
+    torch = compiling(backend)
+    logits, labels, _ = tiny_case("plain")  # 3 sequences of 4 frames, labels of width 2
+    given, clamped = ([9, 4, -1], [2, 5, 1]), ([4, 4, 0], [2, 2, 1])
+    y = backend.asarray(labels)
+    options = {"zero_infinity": True, "reduction": reduction}
+
+    def losses(z, a, b):
+        return al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, **options)
+
+    z = backend.asarray(logits).requires_grad_()
+    value = compile_fullgraph(torch, losses, inductor=False)(z, *(backend.asarray(v) for v in given))
+    value.backward(torch.ones_like(value))
+    lengths = {"logit_lengths": np.array(clamped[0]), "label_lengths": np.array(clamped[1])}
+    expected, expected_grad = al.value_and_grad(al.ctc_loss)(logits, labels, **lengths, **options)
+    got = backend.check_result(value, dtype="float64", shape=(3,) if reduction == "none" else ())
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    np.testing.assert_allclose(backend.to_numpy(z.grad), expected_grad, rtol=1e-9, atol=1e-12)

@@ -245,7 +245,7 @@ def _lattice(call: CTCCall, log_probs: Array, emissions: Array | None = None) ->
     if call.logit_lengths is None:
         lengths = xp.astype(column[:, 0], index_dtype) + frames
     else:
-        lengths = xp.astype(call.logit_lengths, index_dtype)
+        lengths = xp.clip(xp.astype(call.logit_lengths, index_dtype), 0, frames)  # unchecked: clamped
     frame_ok = _frames(call, log_probs)
     return Lattice(states, emissions, skips, previous, ends, frame_ok, lengths, poisoned)
 
@@ -451,14 +451,16 @@ def _losses(call: CTCCall, log_likelihood: Array) -> Array:
 
 
 def _per_label(call: CTCCall, like: Array) -> Array | None:
-    """``1 / max(label_length, 1)`` per sequence for ``reduction="mean"`` (PyTorch's), else None."""
+    """``1 / max(label_length, 1)`` per sequence for ``reduction="mean"`` (PyTorch's), else None;
+    unchecked label lengths clamped to the labels' columns."""
     if call.reduction != "mean":
         return None
     xp = call.ops.xp
+    width = call.labels.shape[1]
     if call.label_lengths is None:
-        return xp.full_like(like, 1.0 / max(call.labels.shape[1], 1))
+        return xp.full_like(like, 1.0 / max(width, 1))
     lengths = xp.astype(call.label_lengths, like.dtype)
-    return 1.0 / xp.where(lengths > 1, lengths, xp.ones_like(lengths))
+    return 1.0 / xp.clip(lengths, 1, max(width, 1))
 
 
 def _reduced(call: CTCCall, loss: Array, poisoned: Array | None) -> Array:

@@ -318,7 +318,9 @@ def ctc_loss(call: Any) -> Array:
     labels = labels.to(torch.int64)
     targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
     if not (call.ops.is_eager(call.logits) and call.ops.is_eager(call.labels)):
-        losses = _CTC_LOSSES(logits, *targets)[0]
+        # Unchecked lengths are clamped, as the recursion reads them, not left to PyTorch's errors.
+        lengths = (input_lengths.clamp(0, frames), target_lengths.clamp(0, labels.shape[1]))
+        losses = _CTC_LOSSES(logits, labels, *lengths, call.blank, call.zero_infinity)[0]
         return losses.to(call.logits.dtype)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
