@@ -844,3 +844,31 @@ def test_torch_compiled_clamps_lengths(backend, reduction):
     got = backend.check_result(value, dtype="float64", shape=(3,) if reduction == "none" else ())
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     np.testing.assert_allclose(backend.to_numpy(z.grad), expected_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+def test_torch_compile_dynamic_shapes(backend):
+    """``torch.compile(fullgraph=True, dynamic=True)``: a graph of symbolic sizes (the operator's
+    outputs sized from them; the recursion on the never-delegated variant) serves batches of
+    other sizes, with eager PyTorch's values and gradients."""
+    torch = compiling(backend)
+
+    def loss(z, y, a, b):
+        return al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, reduction="mean")
+
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True, backend="aot_eager")
+    for seed, (batch, time, classes, width) in enumerate([(4, 8, 5, 3), (6, 8, 7, 4)]):
+        logits, labels, logit_lengths, label_lengths = random_batch(
+            seed, batch=batch, time=time, classes=classes, width=width
+        )
+        y, a, b = (backend.asarray(v) for v in (np.maximum(labels, 0), logit_lengths, label_lengths))
+        z_compiled, z_eager = (backend.asarray(logits).requires_grad_() for _ in range(2))
+        value = compiled(z_compiled, y, a, b)
+        expected = loss(z_eager, y, a, b)
+        value.backward()
+        expected.backward()
+        np.testing.assert_allclose(backend.to_numpy(value), backend.to_numpy(expected), rtol=1e-10)
+        np.testing.assert_allclose(
+            backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
+        )

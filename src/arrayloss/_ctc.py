@@ -245,9 +245,17 @@ def _lattice(call: CTCCall, log_probs: Array, emissions: Array | None = None) ->
     if call.logit_lengths is None:
         lengths = xp.astype(column[:, 0], index_dtype) + frames
     else:
-        lengths = xp.clip(xp.astype(call.logit_lengths, index_dtype), 0, frames)  # unchecked: clamped
+        lengths = _clamped(xp.astype(call.logit_lengths, index_dtype), frames, ops)
     frame_ok = _frames(call, log_probs)
     return Lattice(states, emissions, skips, previous, ends, frame_ok, lengths, poisoned)
+
+
+def _clamped(lengths: Array, stop: Any, ops: Ops) -> Array:
+    """Integer ``lengths`` clamped to ``[0, stop]``, as unchecked lengths are read (``stop`` may be a
+    symbolic size under ``torch.compile``, which ``clip``'s bounds may not be)."""
+    xp = ops.xp
+    zero = xp.zeros_like(lengths)
+    return xp.where(lengths < 0, zero, xp.where(lengths > stop, zero + stop, lengths))
 
 
 def _log_sum(x: Array, ops: Ops) -> Array:
@@ -459,8 +467,8 @@ def _per_label(call: CTCCall, like: Array) -> Array | None:
     width = call.labels.shape[1]
     if call.label_lengths is None:
         return xp.full_like(like, 1.0 / max(width, 1))
-    lengths = xp.astype(call.label_lengths, like.dtype)
-    return 1.0 / xp.clip(lengths, 1, max(width, 1))
+    lengths = xp.astype(_clamped(call.label_lengths, width, call.ops), like.dtype)
+    return 1.0 / xp.where(lengths > 1, lengths, xp.ones_like(lengths))
 
 
 def _reduced(call: CTCCall, loss: Array, poisoned: Array | None) -> Array:
