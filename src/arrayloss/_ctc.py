@@ -608,7 +608,7 @@ def ctc_loss(
     is not available). PyTorch tensors are handed to ``F.ctc_loss``'s kernels (of the
     ``log_softmax``; half precision in float32), which give the same numbers faster: on
     eager CPU tensors after the checks, under ``torch.compile`` and on GPUs through one
-    operator (compiled, no unrolled time loop; no value read on the host), not under
+    operator (compiled, no unrolled time loop; no value checked), not under
     ``torch.func`` transforms. PyTorch's ``F.ctc_loss`` takes time-major log-probabilities
     (``arrayloss.compat.torch.ctc_loss``); optax's ``ctc_loss`` is ``reduction="none"``
     with paddings instead of lengths, and gives a large finite loss where this one

@@ -301,8 +301,9 @@ def ctc_loss(call: Any) -> Array:
     Other tensors (under ``torch.compile``, on a GPU) go to the operator ``ctc_losses``
     (:func:`_ctc_operators`), which runs ``F.ctc_loss``'s kernels at run time:
     ``torch.compile`` captures one node instead of unrolling the time loop (``F.ctc_loss``
-    itself breaks the graph: its outputs' shapes depend on the label lengths' values), and no
-    value is read on the host.
+    itself breaks the graph: its outputs' shapes depend on the label lengths' values), and
+    arrayloss checks no value (PyTorch's kernels copy the lengths to the host, as
+    ``F.ctc_loss`` does on a GPU).
     """
     labels = call.labels
     logits = call.logits.float() if call.logits.dtype in _HALF else call.logits  # float32 accumulation
