@@ -272,11 +272,14 @@ _HALF = (torch.float16, torch.bfloat16)  # handed to F.ctc_loss in float32, as P
 
 
 def ctc_delegates(call: Any) -> bool:
-    """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): tensors of a
-    floating dtype, at least one sequence and one frame, arrayloss's exact recursion, not
-    transformed by ``torch.func`` (whose calls take the recursion and its autograd Function)."""
+    """Whether :func:`ctc_loss` computes this checked call (``arrayloss._ctc.CTCCall``): CPU or CUDA
+    tensors (the devices of PyTorch's CTC kernels) of a floating dtype, at least one sequence and
+    one frame, arrayloss's exact recursion, not transformed by ``torch.func`` (whose calls take the
+    recursion and its autograd Function)."""
     logits = call.logits
     if not current().delegate_to_torch or logits.dtype not in (*_HALF, torch.float32, torch.float64):
+        return False
+    if logits.device.type not in ("cpu", "cuda"):
         return False
     if logits.shape[0] == 0 or logits.shape[1] == 0 or call.log_epsilon is not None:
         return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
