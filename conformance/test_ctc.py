@@ -872,3 +872,21 @@ def test_torch_compile_dynamic_shapes(backend):
         np.testing.assert_allclose(
             backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
         )
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.filterwarnings(*DYNAMO_WARNINGS)
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_torch_operator_passes_opcheck(backend, zero_infinity, torch_ctc_gradient):
+    """``torch.library.opcheck`` of the CTC operator: its schema, its fake (the shapes, dtypes and
+    strides ``torch.compile`` plans with), its autograd registration, and its values and gradients
+    traced by AOTAutograd with dynamic shapes against eager ones (feasible sequences: NaN gradients
+    compare unequal)."""
+    torch = compiling(backend)
+    logits, labels, logit_lengths, label_lengths = random_batch(3)
+    keep = [0, 1, 3, 4, 5] if not zero_infinity else list(range(len(labels)))
+    arrays = (logits[keep], np.maximum(labels[keep], 0), logit_lengths[keep], label_lengths[keep])
+    z, y, a, b = (backend.asarray(v) for v in arrays)
+    operator = importlib.import_module("arrayloss._lib._torch")._CTC_LOSSES
+    results = torch.library.opcheck(operator, (z.requires_grad_(), y, a, b, 0, zero_infinity))
+    assert set(results.values()) == {"SUCCESS"}, results

@@ -421,20 +421,24 @@ def _unchecked_ctc(logits: torch.Tensor, *targets: Any) -> tuple[torch.Tensor, .
     alphas and log-probabilities."""
     labels, input_lengths, target_lengths, blank, zero_infinity = targets
     frames, classes = logits.shape[1:]
+    read = torch.arange(frames, device=logits.device)[None, :] < input_lengths[:, None]
     if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward reads
-        read = torch.arange(frames, device=logits.device) < input_lengths[:, None]  # every frame
-        logits = torch.where(read[:, :, None], logits, 0.0)
+        logits = torch.where(read[:, :, None], logits, 0.0)  # every frame
     log_probs = torch.log_softmax(logits, dim=-1)
     safe_labels = _in_range_or_blank(labels, classes, blank)
-    likelihood, alphas = torch.ops.aten._ctc_loss(
+    likelihood, alphas = torch.ops.aten._ctc_loss.Tensor(
         log_probs.transpose(0, 1), safe_labels, input_lengths, target_lengths, blank, zero_infinity
     )
     used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
     poisoned = (used & (safe_labels != labels)).any(dim=1)
     losses = torch.where(likelihood == math.inf, 0.0, likelihood) if zero_infinity else likelihood
-    padding = 2 * labels.shape[1] + 1 - alphas.shape[2]
-    if padding:
-        alphas = torch.nn.functional.pad(alphas, (0, padding), value=-math.inf)
+    # The alphas in (B, T, 2S+1), -inf where PyTorch leaves them unwritten (past each sequence's
+    # frames and states): the operator's outputs are the same from run to run (torch.library.opcheck).
+    states = torch.arange(2 * labels.shape[1] + 1, device=alphas.device)
+    written = (states[None, None, :] <= 2 * target_lengths[:, None, None]) & read[:, :, None]
+    padding = states.shape[0] - alphas.shape[2]
+    alphas = torch.nn.functional.pad(alphas, (0, padding)) if padding else alphas
+    alphas = torch.where(written, alphas, -math.inf)
     return torch.where(poisoned, math.nan, losses), likelihood, alphas, log_probs
 
 
@@ -446,7 +450,7 @@ def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tens
     classes = logits.shape[2]
     width = 2 * int(target_lengths.max()) + 1  # the alphas' own (one sequence at least)
     log_probs = log_probs.transpose(0, 1)
-    gradient: torch.Tensor = torch.ops.aten._ctc_loss_backward(
+    gradient: torch.Tensor = torch.ops.aten._ctc_loss_backward.Tensor(
         cotangent.to(log_probs.dtype),
         log_probs,
         _in_range_or_blank(labels, classes, blank),
@@ -457,10 +461,11 @@ def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tens
         blank,
         zero_infinity,
     )
-    gradient = torch.where(log_probs == -math.inf, 0.0, gradient)  # PyTorch's NaN, exp(-inf + inf)
+    if not bool(torch.amin(log_probs) > -math.inf):  # logits of -inf (or NaN past the lengths):
+        gradient = torch.where(log_probs == -math.inf, 0.0, gradient)  # PyTorch's NaN, exp(-inf + inf)
     if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward
         gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
-    return gradient.transpose(0, 1).to(logits.dtype)
+    return gradient.transpose(0, 1).to(logits.dtype).contiguous()  # the layout the fake declares
 
 
 _CTC_LOSSES = _ctc_operators()
@@ -500,8 +505,8 @@ def ctc_gradient_is_logits_gradient(device: str = "cpu") -> bool:
     answer is the installed library's, not the call's."""
     log_probs = torch.log_softmax(torch.zeros((1, 1, 2), dtype=torch.float64, device=device), -1)
     one = torch.ones((1,), dtype=torch.int64, device=device)
-    likelihood, alphas = torch.ops.aten._ctc_loss(log_probs, one[:, None], one, one, 0, False)
-    gradient = torch.ops.aten._ctc_loss_backward(
+    likelihood, alphas = torch.ops.aten._ctc_loss.Tensor(log_probs, one[:, None], one, one, 0, False)
+    gradient = torch.ops.aten._ctc_loss_backward.Tensor(
         torch.ones_like(likelihood), log_probs, one[:, None], one, one, likelihood, alphas, 0, False
     )
     return bool(abs(float(gradient.sum())) < 1e-6)  # the logits': 0; the log-probabilities': -1
