@@ -753,14 +753,21 @@ def test_torch_compile_fullgraph(backend, name):
         labels = labels[np.arange(2)[None, :] < label_lengths[:, None]]
     y, a, b = (backend.asarray(v) for v in (labels, logit_lengths, label_lengths))
     loss = COMPILED[name]
-    z_compiled = backend.asarray(logits).requires_grad_()
-    z_eager = backend.asarray(logits).requires_grad_()
-    total = compile_fullgraph(torch, lambda z: torch.sum(loss(z, y, a, b)), inductor=name == "ctc_loss")
-    compiled = total(z_compiled)
-    eager = torch.sum(loss(z_eager, y, a, b))
-    compiled.backward()
-    eager.backward()
-    np.testing.assert_allclose(backend.to_numpy(compiled), backend.to_numpy(eager), rtol=1e-10)
+
+    def total(z, *targets):
+        return torch.sum(loss(z, *targets))
+
+    compiled = compile_fullgraph(torch, total, inductor=name == "ctc_loss")
+    assert_compiled_matches_eager(backend, compiled, total, logits, y, a, b)
+
+
+def assert_compiled_matches_eager(backend, compiled, eager, logits: np.ndarray, *targets) -> None:
+    """The value of ``compiled(z, *targets)`` (a scalar) and its gradient: those of ``eager``."""
+    z_compiled, z_eager = (backend.asarray(logits).requires_grad_() for _ in range(2))
+    value, expected = compiled(z_compiled, *targets), eager(z_eager, *targets)
+    value.backward()
+    expected.backward()
+    np.testing.assert_allclose(backend.to_numpy(value), backend.to_numpy(expected), rtol=1e-10)
     np.testing.assert_allclose(
         backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
     )
@@ -863,15 +870,7 @@ def test_torch_compile_dynamic_shapes(backend):
             seed, batch=batch, time=time, classes=classes, width=width
         )
         y, a, b = (backend.asarray(v) for v in (np.maximum(labels, 0), logit_lengths, label_lengths))
-        z_compiled, z_eager = (backend.asarray(logits).requires_grad_() for _ in range(2))
-        value = compiled(z_compiled, y, a, b)
-        expected = loss(z_eager, y, a, b)
-        value.backward()
-        expected.backward()
-        np.testing.assert_allclose(backend.to_numpy(value), backend.to_numpy(expected), rtol=1e-10)
-        np.testing.assert_allclose(
-            backend.to_numpy(z_compiled.grad), backend.to_numpy(z_eager.grad), rtol=1e-9, atol=1e-12
-        )
+        assert_compiled_matches_eager(backend, compiled, loss, logits, y, a, b)
 
 
 @pytest.mark.backend("torch")
