@@ -363,13 +363,13 @@ def _ctc_operators() -> Any:
     They run eagerly, also inside a compiled graph, on the labels and lengths unchecked: a
     used label out of range is replaced by the blank before PyTorch reads it and makes its
     sequence's loss NaN, as on the recursion's traced path (whose gradient is that of the
-    labels with the blank); frames past the logit lengths are zeroed, and logits of ``-inf``
-    get a gradient of 0. They call ``F.ctc_loss``'s own operators, ``aten::_ctc_loss`` and
-    ``aten::_ctc_loss_backward`` (autograd is off inside an operator), whose alphas are kept
-    for the backward pass in ``(B, T, 2S+1)`` (their width, ``2 max(target_lengths) + 1``, is
-    read on the host, as ``F.ctc_loss`` reads the lengths); the gradient ends with the
-    ``log_softmax`` backward (which leaves PyTorch's gradient unchanged where it is already the
-    logits', see :func:`ctc_gradient_is_logits_gradient`).
+    labels with the blank); frames past the logit lengths are zeroed where the ``log_softmax``
+    backward reads them, and logits of ``-inf`` get a gradient of 0. They call ``F.ctc_loss``'s
+    own operators, ``aten::_ctc_loss`` and ``aten::_ctc_loss_backward`` (autograd is off inside
+    an operator), whose alphas are kept for the backward pass in ``(B, T, 2S+1)`` (their width,
+    ``2 max(target_lengths) + 1``, is read on the host, as ``F.ctc_loss`` reads the lengths); the
+    gradient ends with the ``log_softmax`` backward (which leaves PyTorch's gradient unchanged
+    where it is already the logits', see :func:`ctc_gradient_is_logits_gradient`).
     """
     namespace = __name__.replace(".", "_")
     arguments = "Tensor logits, Tensor labels, Tensor input_lengths, Tensor target_lengths, int blank, "
