@@ -319,7 +319,8 @@ def ctc_loss(call: Any) -> Array:
         target_lengths = torch.full((batch,), labels.shape[1], dtype=torch.int64, device=labels.device)
     else:
         target_lengths = call.label_lengths.to(torch.int64)
-    labels = labels.to(torch.int64)
+    if labels.dtype not in (torch.int32, torch.int64):  # the label dtypes of PyTorch's CTC kernels
+        labels = labels.to(torch.int64)
     targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
     if not (call.ops.is_eager(call.logits) and call.ops.is_eager(call.labels)):
         # Unchecked lengths are clamped, as the recursion reads them, not left to PyTorch's errors.
