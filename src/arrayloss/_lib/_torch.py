@@ -462,8 +462,9 @@ def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tens
         blank,
         zero_infinity,
     )
-    if not bool(torch.amin(log_probs) > -math.inf):  # logits of -inf (or NaN past the lengths):
-        gradient = torch.where(log_probs == -math.inf, 0.0, gradient)  # PyTorch's NaN, exp(-inf + inf)
+    barred = _barred(log_probs)
+    if barred is not None:
+        gradient = torch.where(barred, 0.0, gradient)
     if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward
         gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
     return gradient.transpose(0, 1).to(logits.dtype).contiguous()  # the layout the fake declares
@@ -473,13 +474,21 @@ _CTC_LOSSES = _ctc_operators()
 
 
 def _zero_gradient_where_barred(log_probs: torch.Tensor) -> None:
-    """Give the log-probabilities of ``-inf`` (classes the logits rule out) a gradient of 0, as the
-    array-API rule does: PyTorch's CTC gradient is ``exp(-inf + inf)``, NaN, there, and the
-    ``log_softmax`` backward would spread it over the frame. A hook only where the minimum is not
-    finite (one reduction, 5 us at 16x200x32, where a comparison of every entry takes 60-90)."""
-    values = log_probs.detach()
-    if not bool(torch.amin(values) > -math.inf):  # -inf, or NaN in frames past the lengths
-        log_probs.register_hook(lambda gradient: torch.where(values == -math.inf, 0.0, gradient))  # type: ignore[no-untyped-call]
+    """Give the log-probabilities of ``-inf`` a gradient of 0 (:func:`_barred`) through a hook, where
+    there are some."""
+    barred = _barred(log_probs.detach())
+    if barred is not None:
+        log_probs.register_hook(lambda gradient: torch.where(barred, 0.0, gradient))  # type: ignore[no-untyped-call]
+
+
+def _barred(log_probs: torch.Tensor) -> torch.Tensor | None:
+    """Where the log-probabilities are ``-inf`` (classes the logits rule out), whose gradient PyTorch's
+    CTC kernels give as ``exp(-inf + inf)``, NaN, and the array-API rule as 0 (the ``log_softmax``
+    backward would spread that NaN over the frame); None where the minimum is finite (one
+    reduction, 5 us at 16x200x32, where a comparison of every entry takes 60-90)."""
+    if bool(torch.amin(log_probs) > -math.inf):
+        return None
+    return log_probs == -math.inf  # -inf, or NaN in frames past the lengths (which matches nothing)
 
 
 def _finite_past_lengths(logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
