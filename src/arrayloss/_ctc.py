@@ -642,5 +642,5 @@ def ctc_loss(
         zero_infinity=zero_infinity,
         xp=xp,
     )
-    native = call.ops.native_ctc_loss(call)  # per sequence
-    return cast(ArrayT, compute(RULE, call) if native is None else _reduced(call, native, None))
+    native = call.ops.native_ctc_loss(call)
+    return cast(ArrayT, compute(RULE, call) if native is None else native)

@@ -114,9 +114,9 @@ class Ops:
         return None
 
     def native_ctc_loss(self, call: Any) -> Array | None:
-        """The library's own CTC losses ``[B]`` of a validated call (``arrayloss._ctc.CTCCall``), one per
-        sequence, where it is measured to be faster and computes what arrayloss does; None (the
-        array-API path) otherwise."""
+        """The library's own CTC loss of a validated call (``arrayloss._ctc.CTCCall``), reduced as
+        the call asks, where it is measured to be faster and computes what arrayloss does; None
+        (the array-API path) otherwise."""
         return None
 
     def constant(self, x: Array) -> Array:

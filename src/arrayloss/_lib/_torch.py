@@ -287,8 +287,9 @@ def ctc_delegates(call: Any) -> bool:
 
 
 def ctc_loss(call: Any) -> Array:
-    """The per-sequence ``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`, in the
-    logits' dtype (computed in float32 for half precision).
+    """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`, with the call's
+    reduction (PyTorch's, as arrayloss's), in the logits' dtype (computed in float32 for half
+    precision).
 
     Eager CPU tensors, whose labels and lengths were checked, go to ``F.ctc_loss`` here. Where
     autograd records the logits' gradient and PyTorch's CTC gradient is that of the logits
@@ -321,12 +322,12 @@ def ctc_loss(call: Any) -> Array:
         target_lengths = call.label_lengths.to(torch.int64)
     if labels.dtype not in (torch.int32, torch.int64):  # the label dtypes of PyTorch's CTC kernels
         labels = labels.to(torch.int64)
-    targets = (labels, input_lengths, target_lengths, call.blank, call.zero_infinity)
     if not (call.ops.is_eager(call.logits) and call.ops.is_eager(call.labels)):
         # Unchecked lengths are clamped, as the recursion reads them, not left to PyTorch's errors.
-        lengths = (input_lengths.clamp(0, frames), target_lengths.clamp(0, labels.shape[1]))
-        losses = _CTC_LOSSES(logits, labels, *lengths, call.blank, call.zero_infinity)[0]
-        return losses.to(call.logits.dtype)
+        input_lengths = input_lengths.clamp(0, frames)
+        target_lengths = target_lengths.clamp(0, labels.shape[1])
+        losses = _CTC_LOSSES(logits, labels, input_lengths, target_lengths, call.blank, call.zero_infinity)[0]
+        return _reduced(losses, target_lengths, call.reduction).to(call.logits.dtype)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
         log_probs = LogSoftmaxPassingGradient.apply(logits)  # type: ignore[no-untyped-call]
@@ -336,22 +337,24 @@ def ctc_loss(call: Any) -> Array:
         log_probs = torch.log_softmax(logits, dim=-1)
     if recorded:
         _zero_gradient_where_barred(log_probs)
-    return _ctc_of(log_probs, *targets).to(call.logits.dtype)
-
-
-def _ctc_of(log_probs: torch.Tensor, *targets: Any) -> torch.Tensor:
-    """The per-sequence ``F.ctc_loss`` of batch-major ``log_probs`` ``[B, T, C]``; ``targets``: the
-    labels, input and target lengths, blank and ``zero_infinity``."""
-    labels, input_lengths, target_lengths, blank, zero_infinity = targets
-    return torch.nn.functional.ctc_loss(
+    loss = torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1),
         labels,
         input_lengths,
         target_lengths,
-        blank=blank,
-        reduction="none",
-        zero_infinity=zero_infinity,
+        blank=call.blank,
+        reduction=call.reduction,
+        zero_infinity=call.zero_infinity,
     )
+    return loss.to(call.logits.dtype)
+
+
+def _reduced(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``F.ctc_loss``'s ``reduction`` of per-sequence ``losses`` (``"mean"``: each over
+    ``max(target_length, 1)``, then the batch mean), for those of the operator."""
+    if reduction == "mean":
+        return (losses / target_lengths.clamp_min(1).to(losses.dtype)).mean()
+    return losses.sum() if reduction == "sum" else losses
 
 
 def _ctc_operators() -> Any:
