@@ -37,12 +37,15 @@ def tiny_case(name: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     elif name == "blank_last":  # the blank is the last class
         labels = np.array([[0, 0], [1, 0], [0, 1]])
         options = {"blank": 2, "logit_lengths": np.array([4, 2, 3])}
+    elif name == "blank_middle":  # the blank is neither the first nor the last class
+        labels = np.array([[0, 2], [2, 2], [0, 0]])
+        options = {"blank": 1, "label_lengths": np.array([2, 1, 2])}
     elif name == "infeasible":  # [1, 1] needs 3 frames, gets 2: inf, or 0 with zero_infinity
         options = {"logit_lengths": np.array([2, 4, 1]), "label_lengths": np.array([2, 2, 1])}
     return logits, labels, options
 
 
-TINY = ("plain", "lengths", "blank_last", "infeasible")
+TINY = ("plain", "lengths", "blank_last", "blank_middle", "infeasible")
 
 
 def on_backend(backend, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any], dtype: str):

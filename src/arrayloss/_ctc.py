@@ -110,10 +110,14 @@ def check_ctc(
     _check_lengths("label_lengths", label_lengths, batch, labels.shape[1], "columns of labels", ops)
     if ops.is_eager(labels):
         used = _label_mask(labels, label_lengths, ops)
-        # One selection and two reductions; the errors are found apart only where that check fails.
-        unused = xp.full_like(labels, 1 if blank == 0 else 0)  # a class other than the blank (if C > 1)
-        given = xp.where(used, labels, unused)
-        if not (ops.all_in_range(given, classes) and ops.all_true(given != blank)):
+        # The used labels lie in [0, C) and are not the blank: one range check where the blank is the
+        # first or the last class (PyTorch's and optax's default, TensorFlow's), else a comparison with
+        # the blank too. The errors are told apart only where that check fails.
+        start = 1 if blank == 0 else 0
+        stop = classes - 1 if blank == classes - 1 > 0 else classes
+        given = xp.where(used, labels, xp.full_like(labels, start))  # unused: a class, not the blank (C > 1)
+        valid = ops.all_in_range(given, stop, start=start)
+        if not (valid and (not start <= blank < stop or ops.all_true(given != blank))):
             check_labels_in_range(labels, classes, used, xp)
             if not ops.all_true(~used | (labels != blank)):
                 raise ValueError(

@@ -153,9 +153,9 @@ class Ops:
         """Whether every element of the boolean ``x`` is true (eager arrays only: reads a value)."""
         return bool(self.xp.all(x))
 
-    def all_in_range(self, labels: Array, stop: int) -> bool:
-        """Whether every integer of ``labels`` lies in ``[0, stop)`` (eager arrays only: reads values)."""
-        return self.all_true((labels >= 0) & (labels < stop))
+    def all_in_range(self, labels: Array, stop: int, *, start: int = 0) -> bool:
+        """Whether every integer of ``labels`` lies in ``[start, stop)`` (eager arrays only: reads values)."""
+        return self.all_true((labels >= start) & (labels < stop))
 
     def device(self, x: Array) -> Any:
         """The device of ``x``; None for a traced array, which has none until it runs."""

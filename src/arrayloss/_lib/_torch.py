@@ -98,11 +98,11 @@ class TorchOps(Ops):
     def all_true(self, x: Array) -> bool:
         return bool(torch.all(x))  # without array-api-compat's wrapper, most of the cost on small arrays
 
-    def all_in_range(self, labels: Array, stop: int) -> bool:
+    def all_in_range(self, labels: Array, stop: int, *, start: int = 0) -> bool:
         if labels.numel() == 0:
             return True
         low, high = torch.aminmax(labels)  # one pass, two values read: not three comparisons and a sum
-        return bool(low.item() >= 0 and high.item() < stop)
+        return bool(low.item() >= start and high.item() < stop)
 
     def device(self, x: Array) -> Any:
         return x.device
