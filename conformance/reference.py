@@ -76,7 +76,7 @@ def _sparse_example_loss(z: np.ndarray, label: int, label_smoothing: float, z_lo
     """(1-eps)(lse(z) - z_y) + eps(lse(z) - mean(z)) + lam * lse(z)^2 for one row ``z``."""
     s, m = _shift_by_max(z)
     log_sum = _row_logsumexp(s)  # lse(z) - m
-    loss = (1.0 - label_smoothing) * (log_sum - s[label])
+    loss = 0.0 if label_smoothing == 1.0 else (1.0 - label_smoothing) * (log_sum - s[label])  # weight 0: 0
     if label_smoothing:
         loss += label_smoothing * (log_sum - s.sum() / s.size)
     if z_loss:

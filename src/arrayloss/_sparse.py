@@ -265,7 +265,8 @@ def losses_from_gaps(
         assert mean_gap is not None  # given with label_smoothing
         xp = ops.xp
         smooth = xp.where(xp.isfinite(log_sum), log_sum - mean_gap, math.nan)
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+        # At 1 the label's term has weight 0 and is left out: 0 * inf would be NaN (and a warning).
+        loss = smooth if label_smoothing == 1.0 else (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
         lse = log_sum + shift
         loss = loss + z_loss * lse * lse

@@ -214,6 +214,8 @@ def delegates(logits: Array, call: Any) -> bool:
         return False  # an empty batch: the array-API path's mean of 0, not PyTorch's NaN
     if options.ignore_index is not None and not -(2**63) <= options.ignore_index < 2**63:
         return False
+    if options.label_smoothing == 1.0:  # PyTorch keeps the label's term of weight 0: 0 * inf = NaN
+        return False
     class_weights, weights = options.class_weights, options.weights
     if class_weights is not None and (class_weights.dtype != logits.dtype or options.label_smoothing):
         return False
