@@ -421,4 +421,4 @@ def ctc(
             out[b] /= max(length, 1)
     if reduction == "none":
         return out
-    return np.asarray(out.sum() if reduction == "sum" else out.mean())
+    return np.asarray(out.sum() if reduction == "sum" or not batch else out.mean())  # no sequence: 0

@@ -17,6 +17,7 @@ import numpy as np
 import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_grad import label_dtype
 
 import arrayloss as al
 
@@ -268,3 +269,48 @@ def test_logsumexp_matches_reference(backend, shape, keepdims, seed, data):
         expected = np.expand_dims(expected, axis)
     out = al.logsumexp(backend.asarray(x), axis=axis, keepdims=keepdims)
     backend.assert_close(out, expected, dtype="float64")
+
+
+@backend_property(
+    shape=st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(1, 3), st.integers(0, 3)),
+    reduction=st.sampled_from(REDUCTIONS),
+    zero_infinity=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ctc_matches_brute_force(backend, shape, reduction, zero_infinity, seed):
+    """``ctc_loss`` on random ``[B, T, C]`` logits and ``[B, S]`` labels, the blank anywhere, lengths
+    of 0, repeats, infeasible sequences, NaN and inf in the frames past the logit lengths and any
+    integer past the label lengths: the sum over all paths; ``value_and_grad``'s gradient is 0 past
+    the logit lengths and on sequences that ``zero_infinity`` zeroes, sums to 0 over the classes of
+    every other frame of a feasible sequence, and is NaN on an infeasible one's frames."""
+    batch, time, classes, width = shape
+    rng = np.random.default_rng(seed)
+    blank = int(rng.integers(0, classes))
+    logits = rng.normal(scale=2.0, size=shape[:3])
+    logit_lengths = rng.integers(0, time + 1, size=batch)
+    label_lengths = rng.integers(0, width + 1, size=batch) if classes > 1 else np.zeros(batch, dtype=int)
+    labels = rng.integers(-2, classes + 2, size=(batch, width))  # garbage past the label lengths
+    used = np.arange(width)[None, :] < label_lengths[:, None]
+    labels[used] = (blank + rng.integers(1, max(classes, 2), size=int(used.sum()))) % classes  # not blank
+    past = np.arange(time)[None, :] >= logit_lengths[:, None]
+    logits[past] = rng.choice([np.nan, np.inf, -np.inf], size=(int(past.sum()), classes))
+    options = {"blank": blank, "reduction": reduction, "zero_infinity": zero_infinity}
+    index = label_dtype(backend)
+    arrays = (backend.asarray(logits), backend.asarray(labels, index))
+    lengths = {"logit_lengths": backend.asarray(logit_lengths, index)}
+    lengths["label_lengths"] = backend.asarray(label_lengths, index)
+    expected = ref.ctc(logits, labels, logit_lengths, label_lengths, **options)
+    backend.assert_close(al.ctc_loss(*arrays, **lengths, **options), expected, dtype="float64")
+    value, grad = al.value_and_grad(al.ctc_loss)(*arrays, **lengths, **options)
+    backend.assert_close(value, expected, dtype="float64")
+    got = backend.check_result(grad, dtype="float64", shape=logits.shape)
+    losses = ref.ctc(logits, labels, logit_lengths, label_lengths, blank=blank)
+    assert (got[past] == 0).all()
+    for b in range(batch):
+        frames = got[b, : logit_lengths[b]]
+        if np.isfinite(losses[b]):
+            np.testing.assert_allclose(frames.sum(axis=-1), 0.0, atol=1e-12)
+        elif zero_infinity:
+            assert (frames == 0).all()
+        else:
+            assert np.isnan(frames).all()
