@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import reference as ref
 from conftest import repeated
+from hypothesis import strategies as st
+from test_properties import backend_property
 
 import arrayloss as al
 from arrayloss._linear import linear_cross_entropy_value_and_grad
@@ -136,26 +138,40 @@ def expected_gradients(arrays: dict[str, Any], options: dict[str, Any], reductio
     return grads
 
 
-@pytest.mark.parametrize("chunk_size", [repeated(1), 3, None])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-@pytest.mark.parametrize("case", ["plain", "everything"])
-def test_value_and_grad_matches_finite_differences(backend, case, reduction, chunk_size):
+def check_value_and_grad(backend, case: str, seed: int, rows: int, reduction: str, chunk_size: Any) -> None:
+    """``linear_cross_entropy_value_and_grad``'s value and gradients of hidden, weight and bias for a
+    problem of ``rows`` rows against the reference and its central finite differences."""
     if "float64" not in backend.float_dtypes:
         pytest.skip(f"{backend.name} has no float64 on {backend.device}")
-    arrays, options = problem(case, seed=3)
-    value, grads = call(
-        linear_cross_entropy_value_and_grad,
-        on(backend, arrays, "float64"),
-        on(backend, options, "float64"),
-        reduction=reduction,
-        chunk_size=chunk_size,
-    )
+    arrays, options = problem(case, seed=seed, batch=(rows,))
+    given = {"reduction": reduction, "chunk_size": chunk_size}
+    on_backend = on(backend, arrays, "float64"), on(backend, options, "float64")
+    value, grads = call(linear_cross_entropy_value_and_grad, *on_backend, **given)
     backend.assert_close(value, reference_loss(arrays, options, reduction), dtype="float64")
     expected = expected_gradients(arrays, options, reduction)
     assert len(grads) == len(expected)
     for grad, (name, numeric) in zip(grads, expected.items(), strict=True):
         got = backend.check_result(grad, dtype="float64", shape=arrays[name].shape)
         np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [repeated(1), 3, None])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("case", ["plain", "everything"])
+def test_value_and_grad_matches_finite_differences(backend, case, reduction, chunk_size):
+    check_value_and_grad(backend, case, 3, ROWS, reduction, chunk_size)
+
+
+@backend_property(
+    case=st.sampled_from(sorted(OPTIONS)),
+    rows=st.integers(1, 9),
+    chunk_size=st.none() | st.integers(1, 10),
+    reduction=st.sampled_from(["none", "sum", "mean"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_problems_match_finite_differences(backend, case, rows, chunk_size, reduction, seed):
+    """Random rows, options and chunk sizes (one chunk, several, a last one shorter)."""
+    check_value_and_grad(backend, case, seed, rows, reduction, chunk_size)
 
 
 def test_value_and_grad_registered(backend):
