@@ -75,6 +75,24 @@ def test_torch_cross_entropy_class_indices(backend, weight, smoothing, reduction
     )
 
 
+@pytest.mark.parametrize("weight", [None, "weight"])
+def test_torch_cross_entropy_full_smoothing_leaves_the_label_out(backend, weight):
+    """At ``label_smoothing=1`` the label's term has weight 0: a label's logit of ``-inf`` gives the
+    uniform term's ``+inf`` (mass on a class of probability 0), not ``0 * inf``."""
+    z = np.array([[0.0, -math.inf, 1.0], [0.5, 0.0, -0.5]])
+    w = CLASS_WEIGHTS[:3] + 1.0 if weight else None
+    out = compat_torch.cross_entropy(
+        backend.asarray(z),
+        backend.asarray(np.array([1, 2])),
+        weight=None if w is None else backend.asarray(w),
+        reduction="none",
+        label_smoothing=1.0,
+    )
+    uniform = (np.ones(3) if w is None else w) / 3
+    expected = [math.inf, float(np.sum(uniform * -log_softmax(z[1:])[0]))]
+    backend.assert_close(out, expected, dtype="float64")
+
+
 def test_torch_cross_entropy_mean_over_nothing_is_nan(backend):
     out = compat_torch.cross_entropy(backend.asarray(LOGITS), backend.asarray(np.full(6, IGNORED)))
     assert np.isnan(backend.check_result(out, dtype="float64", shape=()))

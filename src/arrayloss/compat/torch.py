@@ -15,7 +15,8 @@ conventions are PyTorch's, not the package's own:
 
 Where they differ from PyTorch, they are stricter: labels out of range, negative
 weights and targets outside [0, 1] raise on eager host arrays, and an element of
-weight 0 is 0 even where its input is not finite (PyTorch: NaN).
+weight 0 is 0 even where its input is not finite (PyTorch: NaN), as is the label's term
+at ``label_smoothing=1``.
 
 >>> import numpy as np
 >>> from arrayloss.compat import torch as F
@@ -136,7 +137,9 @@ def cross_entropy(
         classes = xp.broadcast_to(_class_view(weight, input, axis, ops), tuple(input.shape))
         counted = xp.astype(target != ignore_index, nll.dtype)
         smooth = softmax_cross_entropy(input, classes, axis=axis, weights=counted)
-        losses = (1.0 - label_smoothing) * nll + (label_smoothing / num_classes) * smooth
+        losses = (label_smoothing / num_classes) * smooth
+        if label_smoothing != 1.0:  # at 1 the label's term has weight 0, not 0 * inf
+            losses = (1.0 - label_smoothing) * nll + losses
     else:
         losses = sparse_softmax_cross_entropy(
             input,
