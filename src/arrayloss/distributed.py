@@ -38,7 +38,8 @@ import functools
 import importlib
 from typing import Any
 
-from ._vocab_parallel import Collectives, vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
+from ._vocab_parallel import Collectives, vocab_parallel_cross_entropy
+from ._vocab_parallel_linear import vocab_parallel_linear_cross_entropy
 
 __all__ = [
     "Collectives",
