@@ -316,10 +316,11 @@ def test_torch_autograd_of_barred_classes(backend, torch_ctc_gradient):
 
 
 @pytest.mark.backend("torch")
+@pytest.mark.parametrize("reduction", REDUCTIONS)  # the hand-off takes F.ctc_loss's own reduction
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
-def test_torch_paths_agree(backend, dtype, configure, torch_ctc_gradient):
+def test_torch_paths_agree(backend, dtype, reduction, configure, torch_ctc_gradient):
     """The hand-off to ``F.ctc_loss`` and the array-API recursion: the same values and gradients (half
-    precision: both in float32, rounded to the logits' dtype)."""
+    precision: both in float32, rounded to the logits' dtype), an infeasible sequence among them."""
     torch = backend.module
     logits, labels, logit_lengths, label_lengths = random_batch(10, batch=5, time=20, classes=7, width=5)
     arguments = (backend.asarray(np.maximum(labels, 0)),)
@@ -328,8 +329,8 @@ def test_torch_paths_agree(backend, dtype, configure, torch_ctc_gradient):
     for delegate in (True, False):
         configure(delegate_to_torch=delegate)
         z = backend.asarray(logits, dtype).requires_grad_()
-        value = al.ctc_loss(z, *arguments, reduction="mean", zero_infinity=True, **given)
-        results.append((value, *torch.autograd.grad(value, z)))
+        value = al.ctc_loss(z, *arguments, reduction=reduction, zero_infinity=True, **given)
+        results.append((value, *torch.autograd.grad(value.sum(), z)))
     tolerances = {"float32": (1e-4, 1e-6), "float64": (1e-12, 1e-15), "float16": (1e-3, 1e-4)}
     rtol, atol = tolerances.get(dtype, (8e-3, 1e-3))
     for delegated, standard in zip(*results, strict=True):
