@@ -113,10 +113,11 @@ class Ops:
         faster and computes what arrayloss does; None (the array-API path) otherwise."""
         return None
 
-    def native_ctc_loss(self, call: Any) -> Array | None:
+    def native_ctc_loss(self, call: Any, reduce: Callable[[Array], Array]) -> Array | None:
         """The library's own CTC loss of a validated call (``arrayloss._ctc.CTCCall``), reduced as
-        the call asks, where it is measured to be faster and computes what arrayloss does; None
-        (the array-API path) otherwise."""
+        the call asks (by the library, or per-sequence losses by ``reduce``, arrayloss's own
+        reduction), where it is measured to be faster and computes what arrayloss does; None (the
+        array-API path) otherwise."""
         return None
 
     def constant(self, x: Array) -> Array:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -89,8 +89,8 @@ class TorchOps(Ops):
     def native_cross_entropy(self, logits: Array, call: Any) -> Array | None:
         return cross_entropy(logits, call) if delegates(logits, call) else None
 
-    def native_ctc_loss(self, call: Any) -> Array | None:
-        return ctc_loss(call) if ctc_delegates(call) else None
+    def native_ctc_loss(self, call: Any, reduce: Callable[[Array], Array]) -> Array | None:
+        return ctc_loss(call, reduce) if ctc_delegates(call) else None
 
     def constant(self, x: Array) -> Array:
         return x.detach()
@@ -288,12 +288,12 @@ def ctc_delegates(call: Any) -> bool:
     return torch.compiler.is_compiling() or not (_transformed(logits) or _transformed(call.labels))
 
 
-def ctc_loss(call: Any) -> Array:
+def ctc_loss(call: Any, reduce: Callable[[Array], Array]) -> Array:
     """``F.ctc_loss`` of the log-softmax of a call that :func:`ctc_delegates`, with the call's
-    reduction (PyTorch's, as arrayloss's), in the logits' dtype (computed in float32 for half
-    precision).
+    reduction, in the logits' dtype (computed in float32 for half precision).
 
-    Eager CPU tensors, whose labels and lengths were checked, go to ``F.ctc_loss`` here. Where
+    Eager CPU tensors, whose labels and lengths were checked, go to ``F.ctc_loss`` here, which
+    reduces them (its ``"mean"`` and ``"sum"`` are arrayloss's). Where
     autograd records the logits' gradient and PyTorch's CTC gradient is that of the logits
     (:func:`ctc_gradient_is_logits_gradient`), it reaches them as it is, with no ``log_softmax``
     backward (:class:`LogSoftmaxPassingGradient`); frames past the logit lengths, which PyTorch
@@ -309,7 +309,8 @@ def ctc_loss(call: Any) -> Array:
     ``torch.compile`` captures one node instead of unrolling the time loop (``F.ctc_loss``
     itself breaks the graph: its outputs' shapes depend on the label lengths' values), and
     arrayloss checks no value (PyTorch's kernels copy the lengths to the host, as
-    ``F.ctc_loss`` does on a GPU).
+    ``F.ctc_loss`` does on a GPU); ``reduce``, arrayloss's reduction, reduces its per-sequence
+    losses.
     """
     labels = call.labels
     logits = call.logits.float() if call.logits.dtype in _HALF else call.logits  # float32 accumulation
@@ -329,7 +330,7 @@ def ctc_loss(call: Any) -> Array:
         input_lengths = input_lengths.clamp(0, frames)
         target_lengths = target_lengths.clamp(0, labels.shape[1])
         losses = _CTC_LOSSES(logits, labels, input_lengths, target_lengths, call.blank, call.zero_infinity)[0]
-        return _reduced(losses, target_lengths, call.reduction).to(call.logits.dtype)
+        return reduce(losses).to(call.logits.dtype)
     recorded = call.ops.records_gradient((logits,))
     if recorded and ctc_gradient_is_logits_gradient():
         log_probs = LogSoftmaxPassingGradient.apply(logits)  # type: ignore[no-untyped-call]
@@ -349,14 +350,6 @@ def ctc_loss(call: Any) -> Array:
         zero_infinity=call.zero_infinity,
     )
     return loss.to(call.logits.dtype)
-
-
-def _reduced(losses: torch.Tensor, target_lengths: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``F.ctc_loss``'s ``reduction`` of per-sequence ``losses`` (``"mean"``: each over
-    ``max(target_length, 1)``, then the batch mean), for those of the operator."""
-    if reduction == "mean":
-        return (losses / target_lengths.clamp_min(1).to(losses.dtype)).mean()
-    return losses.sum() if reduction == "sum" else losses
 
 
 def _ctc_operators() -> Any:
