@@ -140,6 +140,16 @@ def test_public_names():
     assert all(callable(getattr(al, name)) for name in al.__all__ if name not in ("compat", "distributed"))
 
 
+def test_dir_lists_the_public_names_only():
+    """``dir()`` (and so tab completion) shows the lazily imported submodules before their first
+    access, and none of the package's own imports."""
+    code = "import arrayloss; print(' '.join(dir(arrayloss))); print(' '.join(dir(arrayloss.compat)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    top, compat = (line.split() for line in out.splitlines())
+    assert top == sorted([*al.__all__, "__version__"])
+    assert compat == ["optax", "tf", "tfa", "torch"]
+
+
 @pytest.mark.parametrize("module", ["tf", "tfa", "torch", "optax"])
 def test_compat_modules_declare_their_public_names(module):
     """``__all__`` lists exactly the module's public functions (``from arrayloss.compat.tf import *``)."""

@@ -7,14 +7,12 @@ you hand one in.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 from ._autodiff import value_and_grad
 from ._binary import sigmoid_binary_cross_entropy, sigmoid_focal_loss
 from ._ctc import ctc_loss
 from ._dense import softmax_cross_entropy
 from ._divergence import kl_divergence
+from ._lib._lazy import lazy_submodules
 from ._linear import linear_cross_entropy
 from ._logsumexp import log_softmax, logsumexp
 from ._sequence import sequence_loss, sequence_loss_by_example
@@ -39,8 +37,5 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> ModuleType:
-    """``arrayloss.compat`` and ``arrayloss.distributed`` on first access: no import statement needed."""
-    if name in ("compat", "distributed"):
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``arrayloss.compat`` and ``arrayloss.distributed`` on first access: no import statement needed.
+__getattr__, __dir__ = lazy_submodules(__name__, ("compat", "distributed"), [*__all__, "__version__"])

@@ -5,13 +5,8 @@ Each module is imported on first access (``arrayloss.compat.tf``), and imports n
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from .._lib._lazy import lazy_submodules
 
 __all__ = ["optax", "tf", "tfa", "torch"]
 
-
-def __getattr__(name: str) -> ModuleType:
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_submodules(__name__, __all__, __all__)
