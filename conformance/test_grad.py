@@ -118,6 +118,7 @@ def _binary(name: str, reduction: str) -> Case:
     logits = rng.normal(size=(4, 3)) * 3
     targets = rng.uniform(size=(4, 3))
     targets[0] = [0.0, 1.0, 1.0]  # exact 0 and 1
+    logits[0, :2] = 0.0  # at a logit of exactly 0 too, where autodiff meets the kinks of max(z, 0) and |z|
     options: dict[str, Any] = {"reduction": reduction}
     if name in ("weights", "everything"):
         options["weights"] = np.array([[1.0], [0.0], [2.0], [0.5]])  # broadcast over the labels
@@ -133,6 +134,7 @@ def _focal(name: str, reduction: str) -> Case:
     logits = rng.normal(size=(5, 3)) * 3
     targets = (rng.uniform(size=(5, 3)) > 0.5).astype(np.float64)
     targets[4] = [0.3, 0.9, 0.5]  # soft targets too
+    logits[0, 0], targets[0, 0] = 0.0, 1.0  # a logit of exactly 0
     options: dict[str, Any] = {"reduction": reduction}
     if name == "alpha":
         options["alpha"] = 0.25

@@ -129,8 +129,12 @@ def _element_terms(
     t = xp.astype(t, z.dtype, copy=False)
     if call.label_smoothing:
         t = t * (1.0 - call.label_smoothing) + call.label_smoothing / 2
-    tail = xp.log1p(xp.exp(-xp.abs(z)))
-    relu = xp.maximum(z, xp.zeros((), dtype=z.dtype, device=call.ops.device(z)))
+    # max(z, 0) and -|z| from one comparison: autodiff (JAX's, PyTorch's) then takes both from the same
+    # branch at z = 0, and their derivatives add up to sigmoid(0) = 1/2 (maximum's and abs's own
+    # derivatives at a tie do not: JAX gave 0).
+    nonnegative = z >= 0
+    tail = xp.log1p(xp.exp(xp.where(nonnegative, -z, z)))
+    relu = xp.where(nonnegative, z, xp.zeros((), dtype=z.dtype, device=call.ops.device(z)))
     loss = (relu - t * z) + tail
     minus_log_p = None  # softplus(-z) = -log sigmoid(z)
     if pos_weight is not None:
