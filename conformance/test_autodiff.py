@@ -773,3 +773,101 @@ def test_torch_composition_is_not_chunked_under_autograd(backend, configure):
     names = {type(node).__name__ for node in seen}
     assert not any(name.startswith("Slice") for name in names), sorted(names)
     backend.assert_close(out, ref.sparse_ce(z, labels, ignore_index=-100), dtype="float64")
+
+
+MASKED_GARBAGE = [
+    "sparse-weights",
+    "sparse-ignore_index",
+    "sparse-class_weights",
+    "dense-weights",
+    "sequence",
+    "by_example",
+]
+
+
+def masked_garbage(name: str) -> tuple[Any, np.ndarray, list[np.ndarray], dict[str, Any], tuple[Any, ...]]:
+    """A call whose examples of weight 0 (or ignored) hold NaN and +-inf: the loss, the logits,
+    further positional arrays, options (NumPy), and the index of the masked examples."""
+    rows = np.array([[1.0, 2.0, 0.5], [np.nan, np.inf, 0.0], [0.3, -np.inf, 0.1], [np.inf, 1.0, 2.0]])
+    labels = np.array([0, 1, 2, 1])
+    weights = np.array([1.0, 0.0, 2.0, 0.0])
+    masked = (np.array([1, 3]),)
+    mean = {"reduction": "mean"}
+    if name == "sparse-weights":
+        return al.sparse_softmax_cross_entropy, rows, [labels], {"weights": weights, **mean}, masked
+    if name == "sparse-ignore_index":
+        ignored = np.array([0, -1, 2, -1])
+        return al.sparse_softmax_cross_entropy, rows, [ignored], {"ignore_index": -1, **mean}, masked
+    if name == "sparse-class_weights":  # rows 1 and 3 have the label of class weight 0
+        class_weights = np.array([1.0, 0.0, 1.0])
+        return (
+            al.sparse_softmax_cross_entropy,
+            rows,
+            [labels],
+            {"class_weights": class_weights, **mean},
+            masked,
+        )
+    if name == "dense-weights":
+        return al.softmax_cross_entropy, rows, [np.eye(3)[labels]], {"weights": weights, **mean}, masked
+    loss = al.sequence_loss if name == "sequence" else al.sequence_loss_by_example
+    steps_masked = (np.array([0, 1]), np.array([1, 1]))
+    return loss, rows.reshape(2, 2, 3), [labels.reshape(2, 2), weights.reshape(2, 2)], {}, steps_masked
+
+
+def check_masked_gradient(backend, name: str, got: Any, expected: Any) -> None:
+    """``got`` (autodiff) is ``expected`` (``value_and_grad``), exactly 0 at the masked examples."""
+    masked = masked_garbage(name)[-1]
+    got, expected = backend.to_numpy(got), backend.to_numpy(expected)
+    np.testing.assert_array_equal(got[masked], 0.0)
+    assert np.all(np.isfinite(got)), got
+    np.testing.assert_allclose(got, expected, rtol=AUTODIFF_RTOL, atol=1e-12)
+
+
+def masked_garbage_on(backend, name: str) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    loss, logits, args, options, _ = masked_garbage(name)
+    options = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    return loss, backend.asarray(logits), [backend.asarray(a) for a in args], options
+
+
+@pytest.mark.backend("torch")
+@pytest.mark.parametrize("mode", ["default", "composition", "weights_require_grad"])
+@pytest.mark.parametrize("name", MASKED_GARBAGE)
+def test_torch_masked_garbage_has_zero_gradient(backend, name, mode, configure):
+    """Examples of weight 0 (or ignored) whose logits hold NaN or inf get a gradient of exactly 0 on
+    every torch path: the analytic backward, ``F.cross_entropy`` (small calls, the default here),
+    the composition, and the composition that also differentiates the weights."""
+    torch = only(backend, "torch")
+    loss, logits, args, options = masked_garbage_on(backend, name)
+    expected = al.value_and_grad(loss)(logits, *args, **options)[1]
+    if mode == "composition":
+        configure(analytic_backward=False, delegate_to_torch=False)
+    if mode == "weights_require_grad":
+        if "weights" in options:
+            options["weights"] = options["weights"].clone().requires_grad_()
+        elif name in ("sequence", "by_example"):
+            args[-1] = args[-1].clone().requires_grad_()
+        else:
+            pytest.skip("no weights to differentiate")
+    z = logits.clone().requires_grad_()
+    torch.sum(loss(z, *args, **options)).backward()
+    check_masked_gradient(backend, name, z.grad, expected)
+
+
+@pytest.mark.backend("jax")
+@pytest.mark.parametrize("name", MASKED_GARBAGE)
+def test_jax_masked_garbage_has_zero_gradient(backend, name):
+    """As on torch: JAX differentiates the composition of these losses, under ``grad``, ``jit``
+    and ``vmap``."""
+    only(backend, "jax")
+    jax = importlib.import_module("jax")
+    jnp = backend.module
+    loss, logits, args, options = masked_garbage_on(backend, name)
+    expected = al.value_and_grad(loss)(logits, *args, **options)[1]
+
+    def total(z):
+        return jnp.sum(loss(z, *args, **options))
+
+    for got in (jax.grad(total)(logits), jax.jit(jax.grad(total))(logits)):
+        check_masked_gradient(backend, name, got, expected)
+    mapped = jax.vmap(jax.grad(total))(jnp.stack([logits, logits]))
+    check_masked_gradient(backend, name, mapped[1], expected)

@@ -13,7 +13,7 @@ from ._autodiff import Rule, compute, differentiable
 from ._lib._blocks import in_row_blocks, map_row_blocks, rows_per_block, scratch_block
 from ._lib._labels import check_weights
 from ._lib._ops import Ops
-from ._lib._reduce import example_scale, reduce_losses
+from ._lib._reduce import dropped_as_constants, example_scale, reduce_losses
 from ._lib._softmax import (
     difference,
     log_of_sum,
@@ -245,7 +245,9 @@ def _classes_last(call: DenseCall, logits: Array) -> tuple[Array, Array, Array |
 
 def _forward(call: DenseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     z, t, w = _classes_last(call, logits)
-    loss = dense_losses(z, t, label_smoothing=call.label_smoothing, ops=call.ops)
+    loss = dense_losses(
+        dropped_as_constants(z, w, call.ops), t, label_smoothing=call.label_smoothing, ops=call.ops
+    )
     return call.ops.as_result(reduce_losses(loss, w, call.reduction, call.ops), logits.dtype), ()
 
 

@@ -16,7 +16,7 @@ from ._autodiff import Rule, compute, differentiable
 from ._dense import dense_logits_vjp, dense_losses
 from ._lib._labels import Labels, checked_labels
 from ._lib._ops import Ops
-from ._lib._reduce import apply_weights, count_nonzero, poison, safe_divide
+from ._lib._reduce import apply_weights, count_nonzero, dropped_as_constants, poison, safe_divide
 from ._lib._validation import (
     Array,
     broadcast_like,
@@ -112,6 +112,7 @@ def step_losses(steps: Steps, logits: Array) -> Array:
     xp = ops.xp
     batch, time, classes = logits.shape
     dtype = compute_dtype(logits.dtype, xp)
+    logits = dropped_as_constants(logits, steps.weights, ops)
     if steps.loss_function is not None:
         flat = steps.loss_function(
             labels=xp.reshape(targets, (-1, *targets.shape[2:])),

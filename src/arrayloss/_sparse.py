@@ -21,7 +21,7 @@ from ._lib._labels import (
     label_indices,
 )
 from ._lib._ops import Ops
-from ._lib._reduce import example_scale, poison, reduce_losses
+from ._lib._reduce import dropped_as_constants, example_scale, poison, reduce_losses
 from ._lib._softmax import (
     exp_sums,
     shifted_log_sum,
@@ -519,8 +519,9 @@ def _forward(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
     """The loss, and the rows' ``(shift, log_sum)`` for the backward pass."""
     options, ops = call.options, call.ops
     z, dtype = _classes_last(call, logits)
+    w = options.example_weights(dtype, ops)
     loss, shift, log_sum = sparse_losses(
-        z,
+        dropped_as_constants(z, w, ops),
         options.labels.safe,
         label_smoothing=options.label_smoothing,
         z_loss=options.z_loss,
@@ -528,7 +529,6 @@ def _forward(call: SparseCall, logits: Array) -> tuple[Array, tuple[Array, ...]]
         chunk_size=options.chunk_size,
         softcap=options.softcap,
     )
-    w = options.example_weights(dtype, ops)
     out = reduce_losses(loss, w, options.reduction, ops, poisoned=options.labels.poisoned)
     return ops.as_result(out, logits.dtype), (shift, log_sum)
 

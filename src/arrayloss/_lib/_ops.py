@@ -63,6 +63,11 @@ class Ops:
         """Whether the library's autograd records operations on one of ``values`` (lists searched too)."""
         return False
 
+    def differentiates(self, x: Array) -> bool:
+        """Whether the library's autodiff may differentiate the operations on ``x``: records them
+        (PyTorch), or traces them, where it cannot tell whether a gradient will be taken (JAX)."""
+        return self.records_gradient((x,))
+
     def takes_analytic_backward(self, rule: Any, call: Any) -> bool:
         """Whether the library's autodiff should take ``rule`` (a loss's
         :class:`~arrayloss._autodiff.Rule`) for the checked ``call``."""

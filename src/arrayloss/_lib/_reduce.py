@@ -25,6 +25,21 @@ def apply_weights(loss: Array, weights: Array | None, ops: Ops) -> Array:
     return xp.where(dropped, xp.zeros_like(loss), loss) * weights
 
 
+def dropped_as_constants(z: Array, weights: Array | None, ops: Ops) -> Array:
+    """``z`` (classes last) with the examples of weight 0 made constants of the library's autodiff,
+    where it differentiates the operations on ``z``; else ``z`` itself.
+
+    :func:`apply_weights` drops their losses, but autodiff of the composition would still multiply
+    their cotangent of 0 by the derivative of their loss: NaN where their logits hold NaN or inf. A
+    selection passes nothing back to the branch it does not take, whatever that holds, and the
+    values (so the derivative with respect to a weight of 0, the loss) stay as they are.
+    """
+    if weights is None or not ops.differentiates(z):
+        return z
+    xp = ops.xp
+    return xp.where(xp.expand_dims(weights == 0, axis=-1), ops.constant(z), z)
+
+
 def safe_divide(numerator: Array, denominator: Array, ops: Ops) -> Array:
     """``numerator / denominator``, and 0 where the denominator is 0 (never NaN from 0/0)."""
     xp = ops.xp

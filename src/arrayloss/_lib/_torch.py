@@ -231,8 +231,10 @@ def cross_entropy(logits: Array, call: Any) -> Array:
     """``F.cross_entropy`` for a call that :func:`delegates`.
 
     Examples that are ignored or of weight 0 (their class's, or their own) are handed to
-    PyTorch as ignored; per-example weights multiply PyTorch's losses of each example, and a
-    mean is their sum over the summed weights, 0 where they sum to 0 (PyTorch: 0 / 0).
+    PyTorch as ignored, their logits as constants of autograd (PyTorch's ``log_softmax``
+    backward would give them NaN where they hold NaN or inf); per-example weights multiply
+    PyTorch's losses of each example, and a mean is their sum over the summed weights, 0 where
+    they sum to 0 (PyTorch: 0 / 0).
     """
     options = call.options
     labels, counted = options.raw_labels, options.labels.counted
@@ -249,6 +251,8 @@ def cross_entropy(logits: Array, call: Any) -> Array:
         kept = weights != 0
         counted = kept if counted is None else counted & kept
         handed = torch.where(counted, labels, skip)
+    if counted is not None and logits.requires_grad:
+        logits = torch.where(counted[:, None], logits, logits.detach())
     reduction = options.reduction
     weighted_mean = reduction == "mean" and counted is not None
     loss = torch.nn.functional.cross_entropy(
