@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, cast
 from ._autodiff import Rule, compute, differentiable
 from ._lib._labels import label_indices
 from ._lib._ops import Ops
-from ._lib._reduce import example_scale, reduce_losses
+from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._softmax import exp_sums
 from ._lib._validation import (
     Array,
@@ -540,6 +540,7 @@ def _backward(
     per_label = _per_label(call, scale)
     if per_label is not None:
         scale = scale * per_label
+    scale = poison(scale, lattice.poisoned, ops)  # a NaN loss, a NaN gradient
     return (xp.astype(grad * scale[:, None, None], logits.dtype, copy=False),)
 
 

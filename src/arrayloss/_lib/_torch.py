@@ -432,8 +432,6 @@ def _unchecked_ctc(logits: torch.Tensor, *targets: Any) -> tuple[torch.Tensor, .
     likelihood, alphas = torch.ops.aten._ctc_loss.Tensor(
         log_probs.transpose(0, 1), safe_labels, input_lengths, target_lengths, blank, zero_infinity
     )
-    used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
-    poisoned = (used & (safe_labels != labels)).any(dim=1)
     losses = torch.where(likelihood == math.inf, 0.0, likelihood) if zero_infinity else likelihood
     # The alphas in (B, T, 2S+1), -inf where PyTorch leaves them unwritten (past each sequence's
     # frames and states): the operator's outputs are the same from run to run (torch.library.opcheck).
@@ -442,7 +440,18 @@ def _unchecked_ctc(logits: torch.Tensor, *targets: Any) -> tuple[torch.Tensor, .
     padding = states.shape[0] - alphas.shape[2]
     alphas = torch.nn.functional.pad(alphas, (0, padding)) if padding else alphas
     alphas = torch.where(written, alphas, -math.inf)
-    return torch.where(poisoned, math.nan, losses), likelihood, alphas, log_probs
+    return (
+        torch.where(_poisoned(labels, classes, target_lengths), math.nan, losses),
+        likelihood,
+        alphas,
+        log_probs,
+    )
+
+
+def _poisoned(labels: torch.Tensor, classes: int, target_lengths: torch.Tensor) -> torch.Tensor:
+    """``[B]``: whether a sequence uses a label out of range: its loss and its gradient are NaN."""
+    used = torch.arange(labels.shape[1], device=labels.device) < target_lengths[:, None]
+    return (used & ((labels < 0) | (labels >= classes))).any(dim=1)
 
 
 def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tensor:
@@ -469,6 +478,7 @@ def _unchecked_ctc_gradient(logits: torch.Tensor, *arguments: Any) -> torch.Tens
         gradient = torch.where(barred, 0.0, gradient)
     if not ctc_gradient_is_logits_gradient(logits.device.type):  # the log_softmax backward
         gradient = gradient - log_probs.exp() * gradient.sum(dim=-1, keepdim=True)
+    gradient = torch.where(_poisoned(labels, classes, target_lengths)[None, :, None], math.nan, gradient)
     return gradient.transpose(0, 1).to(logits.dtype).contiguous()  # the layout the fake declares
 
 
