@@ -17,6 +17,7 @@ from ._lib._validation import (
     ArrayT,
     Reduction,
     as_index,
+    check_bool,
     check_floating,
     check_labels_in_range,
     check_reduction,
@@ -101,8 +102,7 @@ def check_ctc(
             f"got shape {tuple(labels.shape)}"
         )
     check_reduction(reduction)
-    if not isinstance(zero_infinity, bool):
-        raise TypeError(f"zero_infinity must be a bool, got {type(zero_infinity).__name__}")
+    check_bool("zero_infinity", zero_infinity)
     blank = as_index("blank", blank)
     if not 0 <= blank < classes:
         raise ValueError(f"blank is {blank}, outside the range [0, {classes}) of class indices")

@@ -15,6 +15,7 @@ from ._lib._validation import (
     Reduction,
     as_layout_of,
     broadcast_like,
+    check_bool,
     check_floating,
     check_logits,
     check_reduction,
@@ -66,8 +67,7 @@ def check_divergence(
     axis = check_logits(log_predictions, axis, xp, "log_predictions")
     check_reduction(reduction)
     check_floating("targets", targets, xp)
-    if not isinstance(log_targets, bool):
-        raise TypeError(f"log_targets must be a bool, got {type(log_targets).__name__}")
+    check_bool("log_targets", log_targets)
     shape = tuple(log_predictions.shape)
     if not same_shape(tuple(targets.shape), shape):
         raise ValueError(

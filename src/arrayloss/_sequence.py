@@ -20,6 +20,7 @@ from ._lib._reduce import apply_weights, count_nonzero, dropped_as_constants, po
 from ._lib._validation import (
     Array,
     broadcast_like,
+    check_bool,
     check_floating,
     check_labels,
     check_logits,
@@ -240,6 +241,8 @@ def check_sequence(
 ) -> SequenceCall:
     """Check the arguments of :func:`sequence_loss` once; return the call's record."""
     flags = Flags(average_across_timesteps, average_across_batch, sum_over_timesteps, sum_over_batch)
+    for name, value in flags._asdict().items():
+        check_bool(name, value)
     for first, second in _EXCLUSIVE_FLAGS:
         if getattr(flags, first) and getattr(flags, second):
             raise ValueError(f"{first} and {second} cannot both be True")
@@ -394,6 +397,7 @@ def check_by_example(
     xp: ModuleType | None,
 ) -> ByExampleCall:
     """Check the arguments of :func:`sequence_loss_by_example` once; lists of steps are stacked."""
+    check_bool("average_across_timesteps", average_across_timesteps)
     listed = isinstance(logits, (list, tuple))
     if listed:
         for name, seq in (("targets", targets), ("weights", weights)):

@@ -176,6 +176,12 @@ def as_index(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
 
 
+def check_bool(name: str, value: bool) -> None:
+    """``TypeError`` unless ``value`` is a bool (a flag given as a string or an array is a mistake)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 def check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
