@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import arrayloss as al
+from arrayloss.compat import optax as compat_optax
 from arrayloss.compat import tf
 from arrayloss.compat import torch as compat_torch
 from arrayloss.distributed import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
@@ -82,11 +83,34 @@ def sparse(**kwargs: Any) -> Build:
     )
 
 
+def probabilities(**kwargs: Any) -> Build:
+    """``(logits, targets)`` of 4 examples and 3 classes, uniform probabilities as the targets, with
+    options; a callable option gets the backend."""
+    return lambda b: (
+        (logits(b), logits(b, PROBS)),
+        {k: v(b) if callable(v) else v for k, v in kwargs.items()},
+    )
+
+
 def sequence(**kwargs: Any) -> Build:
     """``(logits, targets)`` of ``sequence_loss``: batch 2, time 3, 5 classes, with options."""
     return lambda b: (
         (logits(b, SEQ_LOGITS), labels(b, SEQ_TARGETS)),
         {k: v(b) if callable(v) else v for k, v in kwargs.items()},
+    )
+
+
+def paddings(logit_paddings: tuple[int, ...], label_paddings: tuple[int, ...], **kwargs: Any) -> Build:
+    """optax's ``(logits, logit_paddings, labels, label_paddings)`` of ``ctc_loss``'s batch (2, 3, 5) and
+    labels of width 2, with paddings of zeros (no padding) of the given shapes, and options."""
+    return lambda b: (
+        (
+            logits(b, SEQ_LOGITS),
+            logits(b, np.zeros(logit_paddings)),
+            labels(b, CTC_LABELS),
+            logits(b, np.zeros(label_paddings)),
+        ),
+        kwargs,
     )
 
 
@@ -672,7 +696,25 @@ CASES: list[BadInput] = [
             ("sum_over_batch", "average_across_timesteps"),
         )
     ],
+    BadInput(
+        "seq-flag-not-bool",
+        SEQ,
+        'average_across_batch="no"',
+        sequence(average_across_batch="no"),
+        TypeError,
+        "average_across_batch must be a bool, got str",
+        "average_across_batch",
+    ),
     # --- sequence_loss_by_example
+    BadInput(
+        "by-example-flag-not-bool",
+        BY_EXAMPLE,
+        "average_across_timesteps=None",
+        lambda b: (steps(b), {"average_across_timesteps": None}),
+        TypeError,
+        "average_across_timesteps must be a bool, got NoneType",
+        "average_across_timesteps",
+    ),
     BadInput(
         "by-example-lengths",
         BY_EXAMPLE,
@@ -1242,6 +1284,100 @@ CASES: list[BadInput] = [
     ),
     # --- compat.torch
     BadInput(
+        "torch-ce-probs-smoothing-above-one",
+        compat_torch.cross_entropy,
+        "label_smoothing=1.5 with probabilities as target",
+        probabilities(label_smoothing=1.5),
+        ValueError,
+        "label_smoothing must lie in [0, 1], got 1.5",
+        "label_smoothing",
+    ),
+    BadInput(
+        "torch-ce-probs-smoothing-negative",
+        compat_torch.cross_entropy,
+        "label_smoothing=-0.5 with probabilities as target",
+        probabilities(label_smoothing=-0.5),
+        ValueError,
+        "label_smoothing must lie in [0, 1], got -0.5",
+        "label_smoothing",
+    ),
+    BadInput(
+        "torch-ce-weighted-smoothing-above-one",
+        compat_torch.cross_entropy,
+        "label_smoothing=1.5 with class indices and weight",
+        sparse(weight=lambda b: ones(b, (3,)), label_smoothing=1.5),
+        ValueError,
+        "label_smoothing must lie in [0, 1], got 1.5",
+        "label_smoothing",
+    ),
+    BadInput(
+        "torch-ce-probs-weight-length",
+        compat_torch.cross_entropy,
+        "weight of length 2 for 3 classes, probabilities as target",
+        probabilities(weight=lambda b: ones(b, (2,))),
+        ValueError,
+        "weight must have shape (3,), one weight per class, got (2,)",
+        "weight",
+    ),
+    BadInput(
+        "torch-ce-probs-negative-weight",
+        compat_torch.cross_entropy,
+        "a negative weight, probabilities as target",
+        probabilities(weight=lambda b: logits(b, [1.0, -1.0, 1.0])),
+        ValueError,
+        "weight must be non-negative and not NaN",
+        "weight",
+        eager_only=True,
+    ),
+    BadInput(
+        "torch-ce-negative-weight",
+        compat_torch.cross_entropy,
+        "a negative weight, class indices as target",
+        sparse(weight=lambda b: logits(b, [1.0, -1.0, 1.0])),
+        ValueError,
+        "weight must be non-negative and not NaN",
+        "weight",
+        eager_only=True,
+    ),
+    BadInput(
+        "torch-ce-target-out-of-range",
+        compat_torch.cross_entropy,
+        "a target of 7 for 3 classes",
+        sparse_with_labels([0, 7, 1, 1]),
+        ValueError,
+        "target contains 7, outside the valid range [0, 3) of class indices",
+        "target",
+        eager_only=True,
+    ),
+    BadInput(
+        "torch-ce-scalar-input",
+        compat_torch.cross_entropy,
+        "0-d input",
+        lambda b: ((logits(b, 1.0), labels(b, 0)), {}),
+        ValueError,
+        "input must have at least one dimension (the classes), got a 0-d array",
+        "input",
+    ),
+    BadInput(
+        "torch-nll-weight-length",
+        compat_torch.nll_loss,
+        "weight of length 2 for 3 classes",
+        sparse(weight=lambda b: ones(b, (2,))),
+        ValueError,
+        "weight must have shape (3,), one weight per class, got (2,)",
+        "weight",
+    ),
+    BadInput(
+        "torch-nll-negative-weight",
+        compat_torch.nll_loss,
+        "a negative weight",
+        sparse(weight=lambda b: logits(b, [1.0, -1.0, 1.0])),
+        ValueError,
+        "weight must be non-negative and not NaN",
+        "weight",
+        eager_only=True,
+    ),
+    BadInput(
         "torch-ctc-log-probs-4d",
         compat_torch.ctc_loss,
         "log_probs of shape (3, 2, 5, 1)",
@@ -1269,6 +1405,83 @@ CASES: list[BadInput] = [
         "targets",
         eager_only=True,
     ),
+    BadInput(
+        "torch-ctc-int-lengths",
+        compat_torch.ctc_loss,
+        "input_lengths=3, an int, for unbatched log_probs (3, 5)",
+        lambda b: ((logits(b, np.zeros((3, 5))), labels(b, [1, 2]), 3, 2), {}),
+        TypeError,
+        "input_lengths must be an integer array or a sequence of ints, got int",
+        "input_lengths",
+    ),
+    BadInput(
+        "torch-ctc-integer-log-probs",
+        compat_torch.ctc_loss,
+        "integer log_probs",
+        lambda b: ((labels(b, np.zeros((3, 2, 5))), labels(b, CTC_LABELS), [3, 3], [2, 2]), {}),
+        TypeError,
+        "log_probs must have a real floating dtype",
+        "log_probs",
+    ),
+    BadInput(
+        "torch-ctc-input-length-too-long",
+        compat_torch.ctc_loss,
+        "input_lengths [4, 3] for log_probs of 3 frames",
+        lambda b: ((logits(b, np.zeros((3, 2, 5))), labels(b, CTC_LABELS), [4, 3], [2, 2]), {}),
+        ValueError,
+        "input_lengths contains 4, outside [0, 3] (the frames of log_probs)",
+        "input_lengths",
+        eager_only=True,
+    ),
+    BadInput(
+        "torch-ctc-target-out-of-range",
+        compat_torch.ctc_loss,
+        "a target of 7 for 5 classes",
+        lambda b: ((logits(b, np.zeros((3, 2, 5))), labels(b, [[1, 7], [3, 3]]), [3, 3], [2, 2]), {}),
+        ValueError,
+        "targets contains 7, outside the valid range [0, 5) of class indices",
+        "targets",
+        eager_only=True,
+    ),
+    # --- compat.optax: batch 2, 3 frames, 5 classes, labels of width 2
+    BadInput(
+        "optax-ctc-logit-paddings-shape",
+        compat_optax.ctc_loss,
+        "logit_paddings of shape (2, 2) for logits (2, 3, 5)",
+        paddings((2, 2), (2, 2)),
+        ValueError,
+        "logit_paddings has shape (2, 2) but logits has shape (2, 3, 5); "
+        "logit_paddings must have shape (B, T) for logits of shape (B, T, K)",
+        "logit_paddings",
+    ),
+    BadInput(
+        "optax-ctc-logit-paddings-1d",
+        compat_optax.ctc_loss,
+        "logit_paddings of shape (3,) for logits (2, 3, 5)",
+        paddings((3,), (2, 2)),
+        ValueError,
+        "logit_paddings has shape (3,) but logits has shape (2, 3, 5)",
+        "logit_paddings",
+    ),
+    BadInput(
+        "optax-ctc-label-paddings-shape",
+        compat_optax.ctc_loss,
+        "label_paddings of shape (2, 1) for labels (2, 2)",
+        paddings((2, 3), (2, 1)),
+        ValueError,
+        "label_paddings has shape (2, 1) but labels has shape (2, 2); "
+        "label_paddings must have shape (B, N) for labels of shape (B, N)",
+        "label_paddings",
+    ),
+    BadInput(
+        "optax-ctc-blank-id-out-of-range",
+        compat_optax.ctc_loss,
+        "blank_id=5 for 5 classes",
+        paddings((2, 3), (2, 2), blank_id=5),
+        ValueError,
+        "blank_id is 5, outside the range [0, 5) of class indices",
+        "blank_id",
+    ),
     # --- compat.tf
     BadInput(
         "tf-labels-shape",
@@ -1283,12 +1496,10 @@ CASES: list[BadInput] = [
 
 
 def function_name(function: Callable[..., Any]) -> str:
-    """The public name: ``compat.tf.`` or ``compat.torch.`` and the name for TensorFlow's or PyTorch's
-    conventions, ``distributed.`` and the name for the vocab-parallel losses, else the bare name."""
-    if function.__module__ == tf.__name__:
-        return f"compat.tf.{function.__name__}"
-    if function.__module__ == compat_torch.__name__:
-        return f"compat.torch.{function.__name__}"
+    """The public name: ``compat.tf.``, ``compat.torch.`` or ``compat.optax.`` and the name for another
+    library's conventions, ``distributed.`` and the name for the vocab-parallel losses, else the bare name."""
+    if function.__module__ in (tf.__name__, compat_torch.__name__, compat_optax.__name__):
+        return f"{function.__module__.removeprefix('arrayloss.')}.{function.__name__}"
     if function.__name__.startswith("vocab_parallel"):
         return f"distributed.{function.__name__}"
     return function.__name__

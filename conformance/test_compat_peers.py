@@ -215,6 +215,65 @@ def test_matches_pytorch_itself(backend):
     backend.assert_close(got, expected.numpy(), dtype="float64")
 
 
+# Calls that PyTorch or optax reject: the peer, the function, its arguments and options, and the error of
+# the adapter (PyTorch raises RuntimeError where the adapters raise ValueError).
+CTC_LOGITS = RNG.normal(size=(2, 3, 5))
+REJECTED = {
+    "torch-probabilities-smoothing-above-one": (
+        "torch",
+        "cross_entropy",
+        (LOGITS, PROBABILITIES),
+        {"label_smoothing": 1.5},
+        ValueError,
+    ),
+    "torch-probabilities-weight-length": (
+        "torch",
+        "cross_entropy",
+        (LOGITS, PROBABILITIES),
+        {"weight": CLASS_WEIGHTS[:4]},
+        ValueError,
+    ),
+    "torch-ctc-int-lengths": (
+        "torch",
+        "ctc_loss",
+        (log_softmax(LOGITS[:3]), np.array([1, 2]), 3, 2),
+        {},
+        TypeError,
+    ),
+    "optax-ctc-paddings-shapes": (
+        "optax",
+        "ctc_loss",
+        (CTC_LOGITS, np.zeros((2, 2)), np.array([[1, 2], [3, 3]]), np.zeros((2, 1))),
+        {},
+        ValueError,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED))
+def test_rejected_where_the_peer_rejects(backend, case):
+    """What the peer library rejects, the adapter rejects too (with an error naming the argument: see
+    ``bad_inputs.py``) rather than computing a number."""
+    peer, name, arrays, options, error = REJECTED[case]
+    if peer == "torch":
+        module = pytest.importorskip("torch")
+        theirs, ours, convert = module.nn.functional, compat_torch, module.from_numpy
+    else:
+        pytest.importorskip("optax")
+        theirs, ours = importlib.import_module("optax.losses"), compat_optax
+        convert = importlib.import_module("jax.numpy").asarray
+    with pytest.raises((RuntimeError, TypeError, ValueError)):
+        getattr(theirs, name)(
+            *(convert(a) if isinstance(a, np.ndarray) else a for a in arrays),
+            **{k: convert(v) for k, v in options.items()},
+        )
+    with pytest.raises(error):
+        getattr(ours, name)(
+            *(backend.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays),
+            **{k: backend.asarray(v) for k, v in options.items()},
+        )
+
+
 # --- optax
 
 

@@ -20,6 +20,8 @@ array([0.16984602])
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from .._autodiff import compute
 from .._binary import sigmoid_binary_cross_entropy as _sigmoid_binary_cross_entropy
 from .._binary import sigmoid_focal_loss as _sigmoid_focal_loss
@@ -28,8 +30,9 @@ from .._ctc import check_ctc
 from .._dense import softmax_cross_entropy as _softmax_cross_entropy
 from .._divergence import kl_divergence as _kl_divergence
 from .._lib._ops import Ops
-from .._lib._validation import Array, normalize_axis, ops_of
+from .._lib._validation import Array, normalize_axis, ops_of, same_shape
 from .._sparse import sparse_softmax_cross_entropy
+from ._names import peer_names
 
 __all__ = [
     "ctc_loss",
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 Axis = int | tuple[int, ...] | None
+
+# The words of ctc_loss's error messages that name its arguments, and optax's names.
+_CTC_NAMES = {"blank index": "blank_id", "blank": "blank_id", "label_length": "padding"}
 
 
 def _classes_last(
@@ -153,6 +159,21 @@ def kl_divergence_with_log_targets(
     return _divergence(log_predictions, log_targets, axis, where, log_targets=True)
 
 
+def _lengths(name: str, paddings: Array, of: str, like: Array, axes: str, xp: ModuleType) -> Array:
+    """The lengths ``(B,)`` (entries before the padding) that ``paddings`` give of the array ``like``
+    named ``of``, whose ``axes`` are ``"BTK"`` or ``"BN"``: ``paddings`` has the shape of its first two."""
+    if (
+        paddings.ndim != 2
+        or like.ndim != len(axes)
+        or not same_shape(tuple(paddings.shape), tuple(like.shape[:2]))
+    ):
+        raise ValueError(
+            f"{name} has shape {tuple(paddings.shape)} but {of} has shape {tuple(like.shape)}; "
+            f"{name} must have shape (B, {axes[1]}) for {of} of shape ({', '.join(axes)})"
+        )
+    return xp.sum(xp.astype(paddings == 0, xp.int32), axis=1)
+
+
 def ctc_loss(
     logits: Array,
     logit_paddings: Array,
@@ -180,18 +201,17 @@ def ctc_loss(
         "label_paddings": label_paddings,
     }
     xp = ops_of(named, None).xp
-
-    def lengths(paddings: Array) -> Array:  # the frames (labels) before the padding
-        return xp.sum(xp.astype(paddings == 0, xp.int32), axis=1)
-
-    call = check_ctc(
-        logits=logits,
-        labels=labels,
-        logit_lengths=lengths(logit_paddings),
-        label_lengths=lengths(label_paddings),
-        blank=blank_id,
-        reduction="none",
-        zero_infinity=False,
-        xp=xp,
-    )
+    logit_lengths = _lengths("logit_paddings", logit_paddings, "logits", logits, "BTK", xp)
+    label_lengths = _lengths("label_paddings", label_paddings, "labels", labels, "BN", xp)
+    with peer_names(_CTC_NAMES):
+        call = check_ctc(
+            logits=logits,
+            labels=labels,
+            logit_lengths=logit_lengths,
+            label_lengths=label_lengths,
+            blank=blank_id,
+            reduction="none",
+            zero_infinity=False,
+            xp=xp,
+        )
     return compute(CTC_RULE, call._replace(log_epsilon=float(log_epsilon)))

@@ -27,20 +27,23 @@ array(0.16984602)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 from typing import cast
 
 from .._binary import sigmoid_binary_cross_entropy
 from .._ctc import ctc_loss as _ctc_loss
 from .._dense import softmax_cross_entropy
 from .._divergence import kl_divergence
-from .._lib._labels import Labels, checked_labels
+from .._lib._backends import is_array
+from .._lib._labels import Labels, check_class_weights, checked_labels
 from .._lib._ops import Ops
 from .._lib._validation import (
     Array,
     Reduction,
     as_index,
-    check_floating,
+    check_fraction,
     check_labels,
+    check_logits,
     check_reduction,
     class_axis_last,
     compute_dtype,
@@ -49,12 +52,25 @@ from .._lib._validation import (
     size_of,
 )
 from .._sparse import sparse_softmax_cross_entropy
+from ._names import peer_names
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy", "ctc_loss", "kl_div", "nll_loss"]
 
+# The names of arrayloss's arguments (words of its error messages) and of the adapters'.
+_CLASS_NAMES = {"logits": "input", "labels": "target", "targets": "target", "class_weights": "weight"}
+_CTC_NAMES = {
+    "logits": "log_probs",
+    "labels": "targets",
+    "logit_lengths": "input_lengths",
+    "label_lengths": "target_lengths",
+    "label_length": "target_length",
+    "max_label_length": "max_target_length",
+}
 
-def _class_axis(input: Array) -> int:
-    return 1 if input.ndim > 1 else 0
+
+def _class_axis(input: Array, xp: ModuleType) -> int:
+    """The class axis of ``input``, checked (a real floating dtype, not 0-d, at least one class)."""
+    return check_logits(input, 1 if input.ndim > 1 else 0, xp, name="input")
 
 
 def _count(x: Array, ops: Ops) -> Array:
@@ -115,12 +131,26 @@ def cross_entropy(
     ``(N, d1, ...)`` (or ``()``), or floating probabilities of the shape of ``input``.
     ``weight`` ``(C,)`` weights the classes; ``ignore_index`` applies to class indices.
     """
+    with peer_names(_CLASS_NAMES):
+        return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def _cross_entropy(
+    input: Array,
+    target: Array,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> Array:
     ops = ops_of({"input": input, "target": target, "weight": weight}, None, optional=("weight",))
     xp = ops.xp
     check_reduction(reduction)
-    axis = _class_axis(input)
-    check_floating("input", input, xp)
+    check_fraction("label_smoothing", label_smoothing)
+    axis = _class_axis(input, xp)
     num_classes = input.shape[axis]
+    if weight is not None:
+        check_class_weights(weight, num_classes, ops)
     if xp.isdtype(target.dtype, "real floating"):  # probabilities: every element counts once
         t = target
         if label_smoothing:
@@ -168,10 +198,12 @@ def nll_loss(
     ops = ops_of({"input": input, "target": target, "weight": weight}, None, optional=("weight",))
     xp = ops.xp
     check_reduction(reduction)
-    check_floating("input", input, xp)
-    axis = _class_axis(input)
+    axis = _class_axis(input, xp)
     num_classes = input.shape[axis]
-    check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
+    with peer_names(_CLASS_NAMES):
+        if weight is not None:
+            check_class_weights(weight, num_classes, ops)
+        check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
     labels = checked_labels(target, num_classes, ignore_index, ops, name="target")
     picked = ops.pick(class_axis_last(input, axis, xp), labels.safe)
     scale = _target_weights(labels, weight, picked.dtype, ops)
@@ -233,9 +265,14 @@ def _lengths(name: str, lengths: Array | Sequence[int], like: Array, batched: bo
     as an array ``(N,)`` in the namespace and on the device of ``like``."""
     xp = ops.xp
     if isinstance(lengths, (list, tuple)):
-        array = xp.asarray([as_index(name, n) for n in lengths], device=ops.device(like))
-    else:
+        values = [as_index(f"{name}[{i}]", n) for i, n in enumerate(lengths)]
+        array = xp.asarray(values, device=ops.device(like))
+    elif is_array(lengths):
         array = lengths
+    else:  # as PyTorch, which takes a tensor or a tuple of ints
+        raise TypeError(
+            f"{name} must be an integer array or a sequence of ints, got {type(lengths).__name__}"
+        )
     if not batched:
         if array.ndim > 1 or (array.ndim == 1 and array.shape[0] != 1):
             raise ValueError(
@@ -311,13 +348,14 @@ def ctc_loss(
         if not xp.isdtype(targets.dtype, "integral"):
             raise TypeError(f"targets must have an integer dtype, got {targets.dtype}")
         targets = _padded_targets(targets, target_lengths, ops) if batched else targets[None, :]
-    loss = _ctc_loss(
-        logits,
-        targets,
-        logit_lengths=input_lengths,
-        label_lengths=target_lengths,
-        blank=blank,
-        reduction=cast(Reduction, reduction),  # checked by ctc_loss
-        zero_infinity=zero_infinity,
-    )
+    with peer_names(_CTC_NAMES):
+        loss = _ctc_loss(
+            logits,
+            targets,
+            logit_lengths=input_lengths,
+            label_lengths=target_lengths,
+            blank=blank,
+            reduction=cast(Reduction, reduction),  # checked by ctc_loss
+            zero_infinity=zero_infinity,
+        )
     return loss if batched or reduction != "none" else xp.reshape(loss, ())
