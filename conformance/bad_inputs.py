@@ -1033,6 +1033,19 @@ CASES: list[BadInput] = [
         "log_targets must be a bool, got int",
         "log_targets",
     ),
+    BadInput(
+        "kl-negative-targets",
+        al.kl_divergence,
+        "a target of -0.5",
+        lambda b: (
+            (logits(b), logits(b, np.full((4, 3), 0.5) - 1.0 * (np.arange(12) == 5).reshape(4, 3))),
+            {},
+        ),
+        ValueError,
+        "targets must be probabilities, not negative; it contains negative values or NaN",
+        "targets",
+        eager_only=True,
+    ),
     # --- value_and_grad
     BadInput(
         "value-and-grad-logsumexp",

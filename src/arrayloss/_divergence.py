@@ -23,6 +23,7 @@ from ._lib._validation import (
     compute_dtype,
     ops_of,
     same_shape,
+    size_of,
 )
 
 
@@ -76,6 +77,8 @@ def check_divergence(
     if weights is not None:
         example_shape = shape[:axis] + shape[axis + 1 :]
         check_weights("weights", weights, example_shape, "per-example loss", ops)
+    if not log_targets and ops.is_eager(targets) and size_of(shape) and not bool(xp.min(targets) >= 0):
+        raise ValueError("targets must be probabilities, not negative; it contains negative values or NaN")
     return DivergenceCall(ops, log_predictions, targets, axis, log_targets, weights, reduction)
 
 
@@ -96,7 +99,7 @@ def _forward(call: DivergenceCall, log_predictions: Array) -> tuple[Array, tuple
     dtype = compute_dtype(log_predictions.dtype, xp)
     log_p = xp.astype(class_axis_last(log_predictions, call.axis, xp), dtype, copy=False)
     given, t, w = _targets(call, dtype)
-    present = t > 0
+    present = t != 0  # a negative target (not checked on arrays whose values are not read): NaN
     zero = xp.zeros_like(t)
     # Where t = 0 both logarithms are replaced by 0 before they meet t: no 0 * -inf, no log(0).
     log_t = xp.where(present, given, zero) if call.log_targets else xp.log(xp.where(present, t, zero + 1))
