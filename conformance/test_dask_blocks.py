@@ -310,3 +310,104 @@ def test_cluster_value_and_gradient_without_spilling(backend, cluster_client):
     np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(got_steps, [expected_losses.mean()], rtol=2e-5)
     np.testing.assert_allclose(got_steps_grad[0], expected_grad, rtol=1e-4, atol=1e-9)
+
+
+# Rows of which a whole block is empty: the first block of 3 rows filtered out by boolean indexing (block
+# sizes unknown), or the kept rows in blocks of known sizes, one of them 0. Dask's own maximum fails on
+# such a block at compute() ("zero-size array to reduction operation maximum").
+KEPT = np.asarray([False, False, False, True, True, False, True, True])
+EMPTY_BLOCK_CLASSES, EMPTY_BLOCK_FEATURES = 5, 3
+
+
+def with_an_empty_row_block(backend, values: np.ndarray, emptied: str, class_block: int) -> Any:
+    """``values[KEPT]`` as a Dask array whose blocks of rows include an empty one, its classes (if any) in
+    blocks of ``class_block``."""
+    other = tuple(
+        (class_block, n - class_block) if n == EMPTY_BLOCK_CLASSES > class_block else (n,)
+        for n in values.shape[1:]
+    )
+    if emptied == "boolean":
+        rows = blocked(backend, values, ((3, 3, 2), *other))
+        out = rows[blocked(backend, KEPT, ((3, 3, 2),))]
+        assert np.isnan(out.shape[0])
+        return out
+    kept = values[KEPT]
+    return blocked(backend, kept, ((2, 0, 2), *other))
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    exps = np.exp(z - z.max(axis=-1, keepdims=True))
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def log_softmax_rows(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def reduced(losses: np.ndarray, grad_rows: np.ndarray, reduction: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reduced losses and the gradient of their reduction, from each row's loss and gradient."""
+    if reduction == "mean":
+        return losses.mean(), grad_rows / losses.shape[0]
+    return losses, grad_rows  # "none": the gradient of their sum
+
+
+@pytest.mark.parametrize("class_block", [EMPTY_BLOCK_CLASSES, 3], ids=["one-class-block", "class-blocks"])
+@pytest.mark.parametrize("emptied", ["boolean", "known"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_losses_with_an_empty_row_block(backend, emptied, class_block, reduction):
+    """Values and gradients of the losses built on the rows' maximum, against the plain NumPy formulas
+    on the kept rows."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(scale=2.0, size=(KEPT.size, EMPTY_BLOCK_CLASSES))
+    labels = rng.integers(0, EMPTY_BLOCK_CLASSES, size=KEPT.size)
+    targets = rng.dirichlet(np.ones(EMPTY_BLOCK_CLASSES), size=KEPT.size)
+    hidden = rng.normal(size=(KEPT.size, EMPTY_BLOCK_FEATURES))
+    weight = rng.normal(size=(EMPTY_BLOCK_CLASSES, EMPTY_BLOCK_FEATURES))
+
+    def rows(values: np.ndarray) -> Any:
+        return with_an_empty_row_block(backend, values, emptied, class_block)
+
+    with no_compute(backend):
+        sparse = al.value_and_grad(al.sparse_softmax_cross_entropy)(
+            rows(logits), rows(labels), reduction=reduction
+        )
+        dense = al.value_and_grad(al.softmax_cross_entropy)(rows(logits), rows(targets), reduction=reduction)
+        w = blocked(backend, weight, (class_block, EMPTY_BLOCK_FEATURES))
+        linear_value, (d_hidden, d_weight) = al.value_and_grad(al.linear_cross_entropy)(
+            rows(hidden), w, rows(labels), reduction=reduction
+        )
+    got = computed(*sparse, *dense, linear_value, d_hidden, d_weight)[0]
+
+    z, y, t, h = logits[KEPT], labels[KEPT], targets[KEPT], hidden[KEPT]
+    one_hot = np.eye(EMPTY_BLOCK_CLASSES)[y]
+    log_probs = log_softmax_rows(z)
+    sparse_expected = reduced(-log_probs[np.arange(y.size), y], softmax_rows(z) - one_hot, reduction)
+    dense_expected = reduced(-(t * log_probs).sum(axis=-1), softmax_rows(z) - t, reduction)
+    linear_logits = h @ weight.T
+    linear_loss, d_logits = reduced(
+        -log_softmax_rows(linear_logits)[np.arange(y.size), y],
+        softmax_rows(linear_logits) - one_hot,
+        reduction,
+    )
+    expected = [*sparse_expected, *dense_expected, linear_loss, d_logits @ weight, d_logits.T @ h]
+    for name, got_one, want in zip(
+        ["sparse", "d_sparse", "dense", "d_dense", "linear", "d_hidden", "d_weight"],
+        got,
+        expected,
+        strict=True,
+    ):
+        np.testing.assert_allclose(got_one, want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("class_block", [EMPTY_BLOCK_CLASSES, 3], ids=["one-class-block", "class-blocks"])
+@pytest.mark.parametrize("emptied", ["boolean", "known"])
+def test_logsumexp_with_an_empty_row_block(backend, emptied, class_block):
+    logits = np.random.default_rng(8).normal(scale=2.0, size=(KEPT.size, EMPTY_BLOCK_CLASSES))
+    z = with_an_empty_row_block(backend, logits, emptied, class_block)
+    with no_compute(backend):
+        lse, log_probs = al.logsumexp(z), al.log_softmax(z)
+    (got_lse, got_log_probs), _ = computed(lse, log_probs)
+    kept = logits[KEPT]
+    np.testing.assert_allclose(got_lse, np.log(np.exp(kept).sum(axis=-1)), rtol=1e-12)
+    np.testing.assert_allclose(got_log_probs, log_softmax_rows(kept), rtol=1e-12, atol=1e-14)

@@ -6,7 +6,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from ._lib._ops import Ops
-from ._lib._softmax import shifted_log_sum
+from ._lib._softmax import log_softmax_rows, shifted_log_sum
 from ._lib._validation import Array, ArrayT, check_floating, in_compute_dtype, normalize_axis, ops_of
 
 
@@ -45,7 +45,9 @@ def logsumexp(
     -------
     array
         Of the dtype, namespace and device of ``x``. A slice of all ``-inf`` gives
-        ``-inf``, one holding ``+inf`` gives ``+inf``, one holding NaN gives NaN.
+        ``-inf``, one holding ``+inf`` gives ``+inf``, one holding NaN gives NaN, and
+        an empty one (``axis`` of size 0) gives ``-inf``, the logarithm of an empty sum
+        (as ``scipy.special.logsumexp``).
 
     Examples
     --------
@@ -75,7 +77,12 @@ def log_softmax(x: ArrayT, /, *, axis: int = -1, xp: ModuleType | None = None) -
     Returns
     -------
     array
-        The shape, dtype, namespace and device of ``x``.
+        The shape, dtype, namespace and device of ``x`` (empty where ``axis`` has size
+        0). Where a slice's log-sum-exp is not finite, the values of
+        ``scipy.special.log_softmax``: NaN in a slice of all ``-inf``, and in a slice
+        holding ``+inf`` NaN at its ``+inf`` entries and ``-inf`` elsewhere (``inf -
+        inf`` is NaN); NaN in a slice holding NaN. No floating-point warning, except on
+        Dask for a slice holding ``+inf`` (NumPy's, in the task that computes it).
 
     Examples
     --------
@@ -85,6 +92,5 @@ def log_softmax(x: ArrayT, /, *, axis: int = -1, xp: ModuleType | None = None) -
     array([-0.69314718, -0.69314718,        -inf])
     """
     z, axis, ops, dtype = _checked(x, axis, xp)
-    shift, log_sum = shifted_log_sum(z, ops)
-    out = ops.xp.astype((z - shift) - log_sum, dtype, copy=False)
+    out = ops.xp.astype(log_softmax_rows(z, ops), dtype, copy=False)
     return cast(ArrayT, ops.xp.moveaxis(out, -1, axis))

@@ -35,15 +35,28 @@ def exp_sums(z: Array, ops: Ops, *, scratch: Array | None = None) -> ExpSums:
     On eager host arrays whose rows all have a finite maximum (checked, one value per
     row), every sum holds ``exp(0) = 1``: the shift and the logarithm need no masks
     (the same numbers, fewer steps).
+
+    Rows of no elements (a last axis of size 0) have a sum of 0 and a ``log_sum`` of
+    ``-inf``, the logarithm of an empty sum (as ``scipy.special.logsumexp``), with a
+    shift of 0: there is no maximum to take.
     """
+    return _exp_sums(z, ops, scratch)[0]
+
+
+def _exp_sums(z: Array, ops: Ops, scratch: Array | None) -> tuple[ExpSums, bool]:
+    """:func:`exp_sums`, and whether every row's maximum was read and found finite (eager arrays only):
+    then every ``log_sum`` is finite, since every sum lies between 1 and the number of its terms."""
     xp = ops.xp
-    if size_of(tuple(z.shape[:-1])) == 0:  # no rows: nothing to reduce (Dask's max fails on an empty array)
-        shift = xp.zeros((*z.shape[:-1], 1), dtype=z.dtype, device=ops.device(z))
-        return ExpSums(shift, xp.exp(z), shift, shift)
+    if size_of(tuple(z.shape)) == 0 or z.shape[-1] == 0:  # a static shape: the branch costs nothing
+        # Nothing to take the maximum of (the libraries' maxima raise on an empty axis). The sums over
+        # the last axis are zeros of the rows' shape, in z's namespace, device and dtype, also where
+        # the number of rows is unknown (Dask after boolean indexing).
+        total = ops.row_sum(z)
+        return ExpSums(ops.constant(total), xp.exp(z), total, total - math.inf), False
     shift, finite = finite_shift(ops.row_max(z), ops, eager=ops.is_eager(z))
     exps = ops.exp_of_temporary(difference(z, shift, ops, scratch=scratch))
     total = ops.row_sum(exps)
-    return ExpSums(shift, exps, total, xp.log(total) if finite else log_of_sum(total, ops))
+    return ExpSums(shift, exps, total, xp.log(total) if finite else log_of_sum(total, ops)), finite
 
 
 def finite_shift(row_max: Array, ops: Ops, *, eager: bool) -> tuple[Array, bool]:
@@ -65,6 +78,34 @@ def shifted_log_sum(z: Array, ops: Ops, *, scratch: Array | None = None) -> tupl
     """``(shift, log_sum)`` of :func:`exp_sums`: ``log(sum(exp(z))) = shift + log_sum``, axis kept."""
     parts = exp_sums(z, ops, scratch=scratch)
     return parts.shift, parts.log_sum
+
+
+def log_softmax_rows(z: Array, ops: Ops) -> Array:
+    """``log(softmax(z))`` over the last axis, as ``(z - shift) - log_sum`` of :func:`exp_sums`.
+
+    Where a row's ``log_sum`` is not finite, the values of ``scipy.special.log_softmax``
+    (IEEE arithmetic: NaN for every entry of a row of all ``-inf`` and for the ``+inf``
+    entries of a row holding ``+inf``, whose other entries are ``-inf``; NaN in a row
+    holding NaN), without the floating-point "invalid" warning of ``inf - inf``:
+
+    - eager host arrays whose rows all have a finite maximum (read by :func:`exp_sums`
+      anyway): every ``log_sum`` is finite, the plain difference;
+    - other eager host arrays (a row of all ``-inf``, or holding ``+inf`` or NaN): by
+      :func:`subtract`, which takes more passes over the rows;
+    - arrays whose values are not read: a ``log_sum`` of ``-inf`` (a row of all
+      ``-inf``) is replaced by NaN, one value per row, so that no entry computes
+      ``-inf - -inf``. A row holding ``+inf`` still computes ``inf - inf`` at its
+      ``+inf`` entries: silent on PyTorch and JAX, not on Dask's NumPy blocks.
+    """
+    parts, finite = _exp_sums(z, ops, None)
+    shift, log_sum = parts.shift, parts.log_sum
+    del parts  # the exponentials, whose memory the differences below can then reuse
+    shifted = z - shift
+    if finite:
+        return shifted - log_sum
+    if ops.is_eager(z):
+        return subtract(shifted, log_sum, ops)
+    return shifted - ops.xp.where(log_sum == -math.inf, math.nan, log_sum)
 
 
 def difference(x: Array, y: Array, ops: Ops, *, scratch: Array | None = None) -> Array:
