@@ -147,7 +147,8 @@ def kl_divergence(
         float16 and bfloat16 are accumulated in float32.
     targets : array
         Real floating, the shape of ``log_predictions``: probabilities :math:`t`, or
-        their logarithms with ``log_targets=True``. Not checked to sum to 1.
+        their logarithms with ``log_targets=True``. Not checked to sum to 1; negative
+        probabilities raise a ``ValueError`` on eager host arrays and give NaN elsewhere.
     axis : int, optional
         The class axis, summed over. Default: the last.
     log_targets : bool, optional
