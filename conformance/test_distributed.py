@@ -198,6 +198,34 @@ def test_batched_logits_and_a_vocab_start_array(backend):
         backend.assert_close(out, expected, dtype=dtype)
 
 
+def test_linear_rows_of_weight_zero_may_hold_nan(backend):
+    """Rows ignored or of weight 0 whose hidden values are NaN: the value and every rank's gradients
+    are those of the batch with zeros in those rows. (With inf there, NumPy's matmul of the forward
+    pass warns of ``inf - inf``; the numbers are the same.)"""
+    rng = np.random.default_rng(4)
+    _, labels, options = problem("everything", seed=4)  # row 0 ignored, row 1 of weight 0
+    hidden, weight = rng.normal(size=(ROWS, FEATURES)), rng.normal(size=(CLASSES, FEATURES))
+    clean, dirty = hidden.copy(), hidden.copy()
+    clean[:2], dirty[:2] = 0.0, np.nan
+    expected, (d_hidden, d_weight) = al.value_and_grad(al.linear_cross_entropy)(
+        clean, weight, labels, reduction="mean", **options
+    )
+    dtype = backend.float_dtypes[-1]
+    given, y, h = on(backend, options, dtype), backend.asarray(labels), backend.asarray(dirty, dtype)
+
+    def rank(r: int, start: int, stop: int, collectives: Collectives) -> Any:
+        w = backend.asarray(weight[start:stop], dtype)
+        return al.value_and_grad(vocab_parallel_linear_cross_entropy)(
+            h, w, y, vocab_start=start, collectives=collectives, reduction="mean", chunk_size=4, **given
+        )
+
+    bounds = SPLITS["two"]
+    for r, (value, (g_hidden, g_weight)) in enumerate(on_ranks(bounds, backend.xp, rank)):
+        backend.assert_close(value, expected, dtype=dtype)
+        backend.assert_close(g_hidden, d_hidden, dtype=dtype)
+        backend.assert_close(g_weight, d_weight[bounds[r] : bounds[r + 1]], dtype=dtype)
+
+
 @pytest.mark.parametrize("chunk_size", [repeated(1), 4, None])
 @pytest.mark.parametrize("case", ["plain", "everything"])
 def test_linear_matches_linear_cross_entropy(backend, case, chunk_size):

@@ -192,6 +192,50 @@ def test_value_and_grad_registered(backend):
         np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
+@pytest.mark.parametrize("garbage", [np.nan, np.inf])
+def test_hidden_rows_of_weight_zero_may_hold_anything(backend, garbage):
+    """A row of weight 0 whose hidden values are NaN or inf: the loss and the gradients of every
+    input are those of the batch with that row's values replaced (its gradient 0), on every path
+    (``value_and_grad``, PyTorch's autograd, ``jax.grad``), with no warning."""
+    if "float64" not in backend.float_dtypes:
+        pytest.skip(f"{backend.name} has no float64 on {backend.device}")
+    arrays, options = problem("everything", seed=8)  # the first row has weight 0
+    dirty = {**arrays, "hidden": arrays["hidden"].copy()}
+    dirty["hidden"][0] = garbage
+    clean = {**arrays, "hidden": arrays["hidden"].copy()}
+    clean["hidden"][0] = 0.0
+    expected = expected_gradients(clean, options, "mean")
+    assert not expected["hidden"][0].any()
+    on_backend, given = on(backend, dirty, "float64"), on(backend, options, "float64")
+    fns = {"value_and_grad": al.value_and_grad(al.linear_cross_entropy)}
+    names = ("hidden", "weight", "bias")
+    if backend.name == "torch":
+
+        def autograd(hidden: Any, weight: Any, labels: Any, *, bias: Any, **options: Any) -> Any:
+            leaves = [a.clone().requires_grad_() for a in (hidden, weight, bias)]
+            value = al.linear_cross_entropy(leaves[0], leaves[1], labels, bias=leaves[2], **options)
+            value.backward()
+            return value, tuple(leaf.grad for leaf in leaves)
+
+        fns["torch autograd"] = autograd
+    if backend.name == "jax":
+        jax = importlib.import_module("jax")
+
+        def jax_grad(hidden: Any, weight: Any, labels: Any, *, bias: Any, **options: Any) -> Any:
+            def total(h: Any, w: Any, b: Any) -> Any:
+                return al.linear_cross_entropy(h, w, labels, bias=b, **options)
+
+            return jax.value_and_grad(total, argnums=(0, 1, 2))(hidden, weight, bias)
+
+        fns["jax.grad"] = jax_grad
+    for path, fn in fns.items():
+        value, grads = call(fn, on_backend, given, reduction="mean", chunk_size=3)
+        backend.assert_close(value, reference_loss(clean, options, "mean"), dtype="float64")
+        for name, grad in zip(names, grads, strict=True):
+            got = backend.check_result(grad, dtype="float64", shape=arrays[name].shape)
+            np.testing.assert_allclose(got, expected[name], rtol=1e-6, atol=1e-8, err_msg=f"{path}: {name}")
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_torch_backward_matches_finite_differences(backend, reduction):
     if backend.name != "torch":

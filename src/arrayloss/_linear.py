@@ -19,6 +19,7 @@ from ._lib._blocks import map_row_blocks
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
 from ._lib._settings import current
+from ._lib._softmax import zero_dropped_rows
 from ._lib._validation import (
     Array,
     ArrayT,
@@ -221,11 +222,22 @@ def add_transposed_product(total: Array, g: Array, h: Array, ops: Ops) -> Array:
 
 
 def add_chunk_gradients(
-    totals: tuple[Array, Array | None], g: Array, h: Array, weight: Array, ops: Ops
+    totals: tuple[Array, Array | None],
+    g: Array,
+    h: Array,
+    weight: Array,
+    ops: Ops,
+    *,
+    scale: Array | None = None,
 ) -> tuple[tuple[Array, Array | None], Array]:
     """The weight's and bias's gradient ``totals`` with a chunk's part added, for the gradient ``g`` of
-    its logits ``h @ weight.T (+ bias)``, and the gradient of its hidden rows ``h``."""
+    its logits ``h @ weight.T (+ bias)``, and the gradient of its hidden rows ``h``.
+
+    ``scale``, where some rows may be dropped: the rows' gradient factors. The hidden rows of a
+    factor 0 are left out of the weight's gradient, whatever they hold (``0 * NaN`` is NaN)."""
     d_weight, d_bias = totals
+    if scale is not None:
+        h = zero_dropped_rows(h, scale, ops)
     d_weight = add_transposed_product(d_weight, g, h, ops)
     if d_bias is not None:
         d_bias = d_bias + ops.xp.sum(g, axis=0)
@@ -270,6 +282,8 @@ def _value_and_gradients(
         totals: tuple[Array, Array | None], hidden_rows: Array, label_rows: Array, scale_rows: Array
     ) -> tuple[tuple[Array, Array | None], tuple[Array, Array]]:
         h = xp.astype(hidden_rows, call.dtype, copy=False)
+        if w is not None:  # rows of weight 0 count as zeros, whatever they hold: 0 * NaN would be NaN
+            h = zero_dropped_rows(h, scale_rows, ops)
         g, loss = gradient_rows_and_losses(
             rows.logits(h, ops),
             label_rows,

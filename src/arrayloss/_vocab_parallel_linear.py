@@ -172,7 +172,8 @@ def _linear_pass(
             num_classes=num_classes,
             owned=owned,
         )
-        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops)
+        dropped = given[0] if gradients.masked else None
+        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops, scale=dropped)
         return totals, (*outputs, d_hidden_rows)
 
     per_row = (rows.hidden, rows.labels)
