@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from test_properties import backend_property
 
 import arrayloss as al
+from arrayloss._lib._settings import settings as arrayloss_settings
 from arrayloss.distributed import (
     Collectives,
     torch_collectives,
@@ -196,6 +197,28 @@ def test_batched_logits_and_a_vocab_start_array(backend):
 
     for out in on_ranks(SPLITS["two"], backend.xp, rank):
         backend.assert_close(out, expected, dtype=dtype)
+
+
+def test_linear_default_chunks_pair_up_across_unequal_shards(backend):
+    """Without ``chunk_size``, ranks whose shards differ in width (20 and 17 classes) take the same
+    chunks of rows, so that their all-reduces pair up: the chunks do not follow the setting
+    ``linear_chunk_bytes``, which here would give them 2 and 3 rows of float64 logits."""
+    rng = np.random.default_rng(5)
+    _, labels, options = problem("plain", seed=5)
+    hidden, weight = rng.normal(size=(ROWS, FEATURES)), rng.normal(size=(CLASSES, FEATURES))
+    expected = ref.sparse_ce(hidden @ weight.T, labels, reduction="mean", **options)
+    dtype = backend.float_dtypes[-1]
+    y, h = backend.asarray(labels), backend.asarray(hidden, dtype)
+
+    def rank(r: int, start: int, stop: int, collectives: Collectives) -> Any:
+        w = backend.asarray(weight[start:stop], dtype)
+        with arrayloss_settings(linear_chunk_bytes=408):  # settings are per thread
+            return vocab_parallel_linear_cross_entropy(
+                h, w, y, vocab_start=start, collectives=collectives, reduction="mean"
+            )
+
+    for value in on_ranks(SPLITS["two"], backend.xp, rank):
+        backend.assert_close(value, expected, dtype=dtype)
 
 
 def test_linear_rows_of_weight_zero_may_hold_nan(backend):

@@ -32,6 +32,10 @@ from ._lib._validation import (
 )
 from ._sparse import LabelOptions, check_label_options, gradient_rows_and_losses, losses_and_row_stats
 
+# Rows per chunk of a rank's shard of the classes by default: 32 MiB of float32 logits of a shard of
+# 16384 classes (a vocabulary of 128k over 8 ranks).
+SHARD_CHUNK_ROWS = 512
+
 
 class LinearCall(NamedTuple):
     """A checked call of :func:`linear_cross_entropy` (see :class:`~._autodiff.Call`).
@@ -130,9 +134,12 @@ def check_linear(
     if rows is None or (chunk_size is None and ops.has_blocks(hidden)):
         # An unknown number of rows, or rows in the library's own blocks (Dask): one call, no loop.
         chunk_size = None
-    elif chunk_size is None:  # chunks of logits of at most about linear_chunk_bytes, of equal rows
-        row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
-        most = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
+    elif chunk_size is None:  # chunks of equal rows
+        if vocab_shard:  # the same on every rank, whose all-reduces pair up: not from its own classes
+            most = max(1, min(rows, SHARD_CHUNK_ROWS))
+        else:  # logits of at most about linear_chunk_bytes
+            row_bytes = num_classes * int(xp.finfo(dtype).bits) // 8
+            most = max(1, min(rows, current().linear_chunk_bytes // row_bytes))
         chunk_size = -(-rows // -(-rows // most)) if rows else most  # no short last chunk to handle apart
     return LinearCall(ops, hidden, weight, bias, options, dtype, chunk_size)
 

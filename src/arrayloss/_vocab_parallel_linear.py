@@ -317,9 +317,9 @@ def vocab_parallel_linear_cross_entropy(
     weights, ignore_index, label_smoothing, z_loss, reduction
         As in :func:`~arrayloss.sparse_softmax_cross_entropy`.
     chunk_size : int, optional
-        Rows per chunk, as in :func:`~arrayloss.linear_cross_entropy` (default: chunks of
-        about 32 MiB of local logits). The same on every rank: the ranks' all-reduces
-        must pair up.
+        Rows per chunk, as in :func:`~arrayloss.linear_cross_entropy`. The same on every
+        rank: the ranks' all-reduces must pair up. Default: 512 rows (on every rank, whatever
+        the width of its shard), 32 MiB of float32 logits of a shard of 16384 classes.
     xp : namespace, optional
         Force an array namespace; inferred from the arrays when omitted.
 
