@@ -306,6 +306,29 @@ def test_half_precision_accumulates_in_float32(backend):
             backend.assert_close(out, expected, dtype=dtype)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_infinite_logits_with_label_smoothing(backend, reduction):
+    """A row holding +inf (one of weight 0, one counted) with label smoothing: the numbers of
+    ``sparse_softmax_cross_entropy`` on the full logits (NaN for the counted row), with no ``inf - inf``
+    warning from the mean over the shards."""
+    logits, labels, _ = problem("plain", seed=6)
+    logits[0, 25] = logits[3, 2] = np.inf  # in the second and the first shard
+    weights = np.ones(ROWS)
+    weights[0] = 0.0
+    options = {"label_smoothing": 0.1, "reduction": reduction, "weights": weights}
+    expected = al.sparse_softmax_cross_entropy(logits, labels, **options)
+    dtype = backend.float_dtypes[-1]
+    y, given = backend.asarray(labels), on(backend, options, dtype)
+
+    def rank(r: int, start: int, stop: int, collectives: Collectives) -> Any:
+        shard = backend.asarray(logits[:, start:stop], dtype)
+        return vocab_parallel_cross_entropy(shard, y, vocab_start=start, collectives=collectives, **given)
+
+    for out in on_ranks(SPLITS["two"], backend.xp, rank):
+        got = backend.check_result(out, dtype=dtype, shape=expected.shape)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, equal_nan=True)
+
+
 def test_labels_outside_every_shard(backend):
     """Eager arrays: every rank raises, naming the label and the number of classes; others: NaN."""
     logits, labels, _ = problem("plain", seed=5)

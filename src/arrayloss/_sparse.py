@@ -264,7 +264,8 @@ def losses_from_gaps(
     if label_smoothing:
         assert mean_gap is not None  # given with label_smoothing
         xp = ops.xp
-        smooth = xp.where(xp.isfinite(log_sum), log_sum - mean_gap, math.nan)
+        finite = xp.isfinite(log_sum)  # else NaN, with no inf - inf of a mean gap summed over shards
+        smooth = xp.where(finite, log_sum - xp.where(finite, mean_gap, 0.0), math.nan)
         # At 1 the label's term has weight 0 and is left out: 0 * inf would be NaN (and a warning).
         loss = smooth if label_smoothing == 1.0 else (1.0 - label_smoothing) * loss + label_smoothing * smooth
     if z_loss:
