@@ -76,3 +76,14 @@ def test_tfa_sequence_loss_takes_tfa_positional_flags_and_name():
     np.testing.assert_allclose(tfa.sequence_loss(logits, labels, weights), np.mean(STEP_LOSSES), atol=1e-8)
     with pytest.raises(ValueError, match="average_across_timesteps and sum_over_timesteps"):
         tfa.sequence_loss(logits, labels, weights, True, False, True)
+
+
+def test_tensorflow_name_argument_is_accepted():
+    """TensorFlow's ``name=`` (a name scope) in its positional place: ported calls run unchanged."""
+    out = tf.sparse_softmax_cross_entropy_with_logits(labels=LABELS[0], logits=LOGITS[0], name="xent")
+    np.testing.assert_allclose(out, STEP_LOSSES[0], atol=1e-8)
+    by_example = tf.sequence_loss_by_example(LOGITS, LABELS, WEIGHTS, True, None, "loss")
+    np.testing.assert_allclose(by_example, BY_EXAMPLE, atol=1e-8)
+    np.testing.assert_allclose(
+        tf.sequence_loss(LOGITS, LABELS, WEIGHTS, True, True, None, "loss"), sum(BY_EXAMPLE) / 2, atol=1e-8
+    )

@@ -19,10 +19,13 @@ from .._sparse import sparse_softmax_cross_entropy
 __all__ = ["sequence_loss", "sequence_loss_by_example", "sparse_softmax_cross_entropy_with_logits"]
 
 
-def sparse_softmax_cross_entropy_with_logits(*, labels: Array, logits: Array) -> Array:
+def sparse_softmax_cross_entropy_with_logits(
+    *, labels: Array, logits: Array, name: str | None = None
+) -> Array:
     """``tf.nn.sparse_softmax_cross_entropy_with_logits``: per-example loss over the last axis.
 
-    Labels outside ``[0, C)`` raise on eager host arrays, as TensorFlow does on CPU.
+    Labels outside ``[0, C)`` raise on eager host arrays, as TensorFlow does on CPU. ``name`` (a
+    TensorFlow name scope) is accepted and unused, here and in this module's other functions.
     """
     return sparse_softmax_cross_entropy(logits, labels)
 
@@ -33,6 +36,7 @@ def sequence_loss_by_example(
     weights: Sequence[Array] | Array,
     average_across_timesteps: bool = True,
     softmax_loss_function: LossFunction | None = None,
+    name: str | None = None,
 ) -> Array:
     """``tf.contrib.legacy_seq2seq.sequence_loss_by_example``: one loss per sequence, ``[batch]``."""
     return _by_example(
@@ -51,6 +55,7 @@ def sequence_loss(
     average_across_timesteps: bool = True,
     average_across_batch: bool = True,
     softmax_loss_function: LossFunction | None = None,
+    name: str | None = None,
 ) -> Array:
     """``tf.contrib.legacy_seq2seq.sequence_loss``: the per-sequence losses summed, divided by the batch size.
 
