@@ -369,6 +369,21 @@ def test_overlapping_shards_are_reported(backend):
     on_ranks(SPLITS["two"], backend.xp, rank)
 
 
+def test_a_gap_between_shards_is_reported(backend):
+    """Shards that leave a class out (one rank holding classes [1, 38)): a label of that class names
+    the gap, not a range that holds it."""
+    if not backend.eager:
+        pytest.skip("values are checked on eager host arrays only")
+    logits, labels, _ = problem("plain", seed=7)
+    labels[4] = 0
+    with pytest.raises(
+        ValueError, match=r"labels contains 0, a class that no rank holds: .* must cover \[0, 37\)"
+    ):
+        vocab_parallel_cross_entropy(
+            backend.asarray(logits), backend.asarray(labels), vocab_start=1, collectives=OneRank()
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

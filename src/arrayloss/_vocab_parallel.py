@@ -238,6 +238,11 @@ def unowned_labels(stats: ShardStats, options: LabelOptions, ops: Ops, eager: bo
     first = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int8)))
     value = int(xp.reshape(labels, (-1,))[first])
     owners_of = int(xp.reshape(owners, (-1,))[first])
+    if owners_of == 0 and 0 <= value < total:  # the shards leave a gap (and reach past the classes)
+        raise ValueError(
+            f"labels contains {value}, a class that no rank holds: the shards [vocab_start, "
+            f"vocab_start + C_local) of the ranks, {total} classes in all, must cover [0, {total})"
+        )
     if owners_of == 0:
         raise ValueError(
             f"labels contains {value}, outside the valid range [0, {total}) of class indices "
