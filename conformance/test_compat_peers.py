@@ -265,12 +265,12 @@ def test_rejected_where_the_peer_rejects(backend, case):
     with pytest.raises((RuntimeError, TypeError, ValueError)):
         getattr(theirs, name)(
             *(convert(a) if isinstance(a, np.ndarray) else a for a in arrays),
-            **{k: convert(v) for k, v in options.items()},
+            **{k: convert(v) if isinstance(v, np.ndarray) else v for k, v in options.items()},
         )
     with pytest.raises(error):
         getattr(ours, name)(
             *(backend.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays),
-            **{k: backend.asarray(v) for k, v in options.items()},
+            **{k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()},
         )
 
 

@@ -67,3 +67,19 @@ def test_an_array_of_an_unsupported_library_is_named():
         al.sparse_softmax_cross_entropy(EagerTensor(), np.zeros(2, dtype=np.int64))
     message = str(raised.value)
     assert "an array of tensorflow" in message and "numpy.asarray(logits)" in message
+
+
+def test_numpy_scalars_are_accepted_as_numeric_options():
+    """NumPy's integer and float scalars (what ``np.int64(...)`` or a computed schedule gives) are taken
+    as the Python numbers they hold, for chunk sizes, indices and fractions alike."""
+    logits, labels = np.asarray([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]), np.asarray([0, 2])
+    options = {"label_smoothing": 0.1, "z_loss": 0.01, "ignore_index": -1, "softcap": 5.0}
+    expected = al.sparse_softmax_cross_entropy(logits, labels, chunk_size=1, **options)
+    numpy_scalars = {
+        "label_smoothing": np.float32(0.1),
+        "z_loss": np.float64(0.01),
+        "ignore_index": np.int64(-1),
+        "softcap": np.float64(5.0),
+    }
+    got = al.sparse_softmax_cross_entropy(logits, labels, chunk_size=np.int64(1), **numpy_scalars)
+    np.testing.assert_allclose(got, expected, rtol=1e-7)

@@ -24,6 +24,7 @@ from ._lib._validation import (
     Array,
     ArrayT,
     Reduction,
+    as_real,
     broadcast_like,
     check_broadcastable,
     check_floating,
@@ -99,7 +100,7 @@ def check_binary(
         check_broadcastable("pos_weight", pos_weight, shape, "logits")
     if alpha is not None:
         check_fraction("alpha", alpha)
-    if gamma is not None and not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
+    if gamma is not None and not 0.0 <= as_real("gamma", gamma) < math.inf:
         raise ValueError(f"gamma must be a non-negative finite number, got {gamma!r}")
     return BinaryCall(ops, logits, targets, weights, pos_weight, label_smoothing, alpha, gamma, reduction)
 

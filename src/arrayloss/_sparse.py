@@ -36,6 +36,7 @@ from ._lib._validation import (
     Reduction,
     as_index,
     as_layout_of,
+    as_real,
     check_chunk_size,
     check_fraction,
     check_labels,
@@ -88,13 +89,13 @@ def check_label_options(
     are checked to be non-negative and ``class_weights`` must be None.
     """
     check_reduction(reduction)
-    if softcap is not None and not (isinstance(softcap, (int, float)) and 0 < softcap < math.inf):
+    if softcap is not None and not 0 < as_real("softcap", softcap) < math.inf:
         raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
-    check_fraction("label_smoothing", label_smoothing)
-    check_chunk_size(chunk_size)
+    label_smoothing = check_fraction("label_smoothing", label_smoothing)
+    chunk_size = check_chunk_size(chunk_size)
     if ignore_index is not None:
         ignore_index = as_index("ignore_index", ignore_index)
-    if not z_loss >= 0:
+    if not as_real("z_loss", z_loss) >= 0:
         raise ValueError(f"z_loss must be non-negative, got {z_loss!r}")
     if class_weights is not None and num_classes is not None:
         check_class_weights(class_weights, num_classes, ops)

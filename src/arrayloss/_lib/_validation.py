@@ -9,6 +9,7 @@ public entry, and compute from what the checks return.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from types import ModuleType
@@ -169,11 +170,22 @@ def check_reduction(reduction: str) -> None:
 
 
 def as_index(name: str, value: Any) -> int:
-    """``value`` as a Python int (NumPy integers and the like are accepted); ``TypeError`` otherwise."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    """``value`` as a Python int (NumPy integers and the like are accepted, a bool is not);
+    ``TypeError`` otherwise."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def as_real(name: str, value: Any) -> float:
+    """``value`` as a Python float (ints and NumPy's real scalars are accepted, a bool is not);
+    ``TypeError`` otherwise."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
 
 
 def check_bool(name: str, value: bool) -> None:
@@ -182,9 +194,12 @@ def check_bool(name: str, value: bool) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
-def check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+def check_fraction(name: str, value: float) -> float:
+    """``value`` as a float in [0, 1]; ``TypeError`` or ``ValueError`` naming it otherwise."""
+    fraction = as_real(name, value)
+    if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return fraction
 
 
 def check_labels_in_range(
@@ -221,14 +236,17 @@ def check_same_length(named: dict[str, Sequence[Any]]) -> int:
     return next(iter(lengths.values()))
 
 
-def check_chunk_size(chunk_size: int | None) -> None:
-    """Raise ``TypeError``/``ValueError`` naming ``chunk_size`` unless it is ``None`` or a positive int."""
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    """``chunk_size`` as None or a positive Python int; ``TypeError``/``ValueError`` naming it otherwise."""
     if chunk_size is None:
-        return
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
-        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
+        return None
+    try:
+        rows = as_index("chunk_size", chunk_size)
+    except TypeError:
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}") from None
+    if rows < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+    return rows
 
 
 def as_layout_of(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
