@@ -9,8 +9,9 @@ from contextlib import contextmanager
 
 @contextmanager
 def peer_names(names: dict[str, str]) -> Iterator[None]:
-    """Inside, the ``TypeError`` and ``ValueError`` raised name the arguments as the adapter does:
-    ``names`` maps arrayloss's names (whole words of a message; the longest first) to the adapter's."""
+    """Inside (a ``with`` block, or a function it decorates), the ``TypeError`` and ``ValueError`` raised
+    name the arguments as the adapter does: ``names`` maps arrayloss's names (whole words of a message;
+    the longest first) to the adapter's."""
     try:
         yield
     except (TypeError, ValueError) as error:

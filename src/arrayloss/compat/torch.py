@@ -117,6 +117,7 @@ def _target_weights(labels: Labels, weight: Array | None, dtype: object, ops: Op
     return xp.where(labels.counted, scale, xp.zeros_like(scale))
 
 
+@peer_names(_CLASS_NAMES)
 def cross_entropy(
     input: Array,
     target: Array,
@@ -131,18 +132,6 @@ def cross_entropy(
     ``(N, d1, ...)`` (or ``()``), or floating probabilities of the shape of ``input``.
     ``weight`` ``(C,)`` weights the classes; ``ignore_index`` applies to class indices.
     """
-    with peer_names(_CLASS_NAMES):
-        return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
-
-
-def _cross_entropy(
-    input: Array,
-    target: Array,
-    weight: Array | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-) -> Array:
     ops = ops_of({"input": input, "target": target, "weight": weight}, None, optional=("weight",))
     xp = ops.xp
     check_reduction(reduction)
