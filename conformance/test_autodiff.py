@@ -435,6 +435,33 @@ def test_torch_func_vmap(backend):
 
 
 @pytest.mark.backend("torch")
+@pytest.mark.parametrize(
+    "name", ["logsumexp", "log_softmax", "log_softmax-axis0", "sparse-axis0", "dense-axis0", "kl-axis0"]
+)
+def test_torch_func_vmap_of_every_layout(backend, name):
+    """``torch.func.vmap`` of the forward pass where a class axis moves (``torch.moveaxis`` has no
+    batching rule there): the values of a loop over the batch."""
+    torch = only(backend, "torch")
+    rng = np.random.default_rng(4)
+    x = backend.asarray(rng.normal(size=(3, 4, 5)), "float64")
+    labels = torch.asarray(rng.integers(0, 4, size=(3, 5)), device=backend.device)
+    targets = torch.softmax(backend.asarray(rng.normal(size=(3, 4, 5)), "float64"), dim=1)
+    calls = {
+        "logsumexp": lambda z, y, t: al.logsumexp(z),
+        "log_softmax": lambda z, y, t: al.log_softmax(z),
+        "log_softmax-axis0": lambda z, y, t: al.log_softmax(z, axis=0),
+        "sparse-axis0": lambda z, y, t: al.sparse_softmax_cross_entropy(z, y, axis=0),
+        "dense-axis0": lambda z, y, t: al.softmax_cross_entropy(z, t, axis=0),
+        "kl-axis0": lambda z, y, t: al.kl_divergence(torch.log_softmax(z, dim=0), t, axis=0),
+    }
+    fn = calls[name]
+    got = torch.func.vmap(fn)(x, labels, targets)
+    expected = torch.stack([fn(x[i], labels[i], targets[i]) for i in range(3)])
+    got = backend.check_result(got, dtype="float64", shape=tuple(expected.shape))
+    np.testing.assert_allclose(got, backend.to_numpy(expected), rtol=1e-12)
+
+
+@pytest.mark.backend("torch")
 @pytest.mark.parametrize("order", ["vmap_of_grad", "grad_of_vmap"])
 def test_torch_func_per_example_gradients(backend, path, order):
     """``vmap(grad(loss))`` (per-example gradients, as in DP-SGD) and ``grad(vmap(loss))`` against PyTorch.

@@ -7,7 +7,15 @@ from typing import Any, cast
 
 from ._lib._ops import Ops
 from ._lib._softmax import log_softmax_rows, shifted_log_sum
-from ._lib._validation import Array, ArrayT, check_floating, in_compute_dtype, normalize_axis, ops_of
+from ._lib._validation import (
+    Array,
+    ArrayT,
+    check_floating,
+    in_compute_dtype,
+    move_axis,
+    normalize_axis,
+    ops_of,
+)
 
 
 def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Ops, Any]:
@@ -20,7 +28,7 @@ def _checked(x: Array, axis: int, xp: ModuleType | None) -> tuple[Array, int, Op
         raise ValueError("x must have at least one dimension, got a 0-d array")
     axis = normalize_axis(axis, x.ndim, "x")
     z = in_compute_dtype(x, xp)
-    return xp.moveaxis(z, axis, -1), axis, ops, x.dtype
+    return move_axis(z, axis, -1, xp), axis, ops, x.dtype
 
 
 def logsumexp(
@@ -59,7 +67,7 @@ def logsumexp(
     z, axis, ops, dtype = _checked(x, axis, xp)
     shift, log_sum = shifted_log_sum(z, ops)
     out = ops.xp.astype(log_sum + shift, dtype, copy=False)
-    return cast(ArrayT, ops.xp.moveaxis(out, -1, axis) if keepdims else out[..., 0])
+    return cast(ArrayT, move_axis(out, -1, axis, ops.xp) if keepdims else out[..., 0])
 
 
 def log_softmax(x: ArrayT, /, *, axis: int = -1, xp: ModuleType | None = None) -> ArrayT:
@@ -93,4 +101,4 @@ def log_softmax(x: ArrayT, /, *, axis: int = -1, xp: ModuleType | None = None) -
     """
     z, axis, ops, dtype = _checked(x, axis, xp)
     out = ops.xp.astype(log_softmax_rows(z, ops), dtype, copy=False)
-    return cast(ArrayT, ops.xp.moveaxis(out, -1, axis))
+    return cast(ArrayT, move_axis(out, -1, axis, ops.xp))

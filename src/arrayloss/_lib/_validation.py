@@ -121,9 +121,21 @@ def normalize_axis(axis: int, ndim: int, name: str = "logits") -> int:
     return axis % ndim
 
 
+def move_axis(x: Array, source: int, destination: int, xp: ModuleType) -> Array:
+    """``moveaxis(x, source, destination)``, as ``permute_dims`` (``torch.func.vmap`` has no batching
+    rule for ``torch.moveaxis``), and ``x`` itself where nothing moves."""
+    ndim = x.ndim
+    source, destination = source % ndim, destination % ndim
+    if source == destination:
+        return x
+    order = [d for d in range(ndim) if d != source]
+    order.insert(destination, source)
+    return xp.permute_dims(x, tuple(order))
+
+
 def class_axis_last(x: Array, axis: int, xp: ModuleType) -> Array:
     """Move the (normalized) class ``axis`` of ``x`` to the end, without a copy when it is already last."""
-    return x if axis == x.ndim - 1 else xp.moveaxis(x, axis, -1)
+    return move_axis(x, axis, -1, xp)
 
 
 def check_logits(logits: Array, axis: int, xp: ModuleType, name: str = "logits") -> int:
@@ -251,7 +263,7 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
 
 def as_layout_of(grad: Array, like: Array, axis: int, xp: ModuleType) -> Array:
     """A classes-last gradient back in the layout (class ``axis``) and dtype of the input ``like``."""
-    grad = grad if axis == like.ndim - 1 else xp.moveaxis(grad, -1, axis)
+    grad = move_axis(grad, -1, axis, xp)
     return xp.astype(grad, like.dtype, copy=False)
 
 
