@@ -401,6 +401,50 @@ def test_inputs_unchanged(backend):
     np.testing.assert_array_equal(backend.to_numpy(y), labels)
 
 
+@pytest.mark.parametrize("path", ["default", "composition", "per_example"])
+def test_infeasible_gradient_is_nan_on_every_autodiff_path(backend, path, configure):
+    """Without ``zero_infinity``, an infeasible sequence's gradient is NaN on its frames and 0 past
+    them, the others' finite, on each path of the backend's autodiff: the default (PyTorch's kernels
+    or the rule), the composition differentiated through the recursion, and per-example gradients
+    (``vmap`` of ``grad``)."""
+    logits, labels, options = tiny_case("infeasible")  # the first sequence: 2 frames for [1, 1]
+    if backend.name == "torch":
+        torch = backend.module
+
+        def per_example(z, y, a, b):
+            def one(z1, y1, a1, b1):
+                return al.ctc_loss(z1[None], y1[None], logit_lengths=a1[None], label_lengths=b1[None]).sum()
+
+            return torch.func.vmap(torch.func.grad(one))(z, y, a, b)
+
+        def default(z, y, a, b):
+            z = z.clone().requires_grad_()
+            al.ctc_loss(z, y, logit_lengths=a, label_lengths=b, reduction="sum").backward()
+            return z.grad
+    elif backend.name == "jax":
+        jax = importlib.import_module("jax")
+
+        def per_example(z, y, a, b):
+            def one(z1, y1, a1, b1):
+                return al.ctc_loss(z1[None], y1[None], logit_lengths=a1[None], label_lengths=b1[None]).sum()
+
+            return jax.vmap(jax.grad(one))(z, y, a, b)
+
+        def default(z, y, a, b):
+            return jax.grad(lambda q: al.ctc_loss(q, y, logit_lengths=a, label_lengths=b, reduction="sum"))(z)
+    else:
+        pytest.skip("the autodiff of PyTorch and JAX")
+    if path == "composition":
+        configure(analytic_backward=False, delegate_to_torch=False)
+    z, y, given = on_backend(backend, logits, labels, options, "float64")
+    fn = per_example if path == "per_example" else default
+    got = backend.check_result(
+        fn(z, y, given["logit_lengths"], given["label_lengths"]), dtype="float64", shape=logits.shape
+    )
+    assert np.isnan(got[0, :2]).all() and (got[0, 2:] == 0).all()
+    assert np.isfinite(got[1:]).all()
+
+
 def test_unchecked_label_out_of_range_gives_nan(backend):
     """On arrays whose values are not read (JAX, Dask, GPU): a used label out of range makes its
     sequence's loss NaN, the others' right; eager arrays raise (``bad_inputs.py``)."""

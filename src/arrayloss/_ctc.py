@@ -462,6 +462,21 @@ def _losses(call: CTCCall, log_likelihood: Array) -> Array:
     return loss
 
 
+def _nan_gradient_where_infeasible(log_probs: Array, log_likelihood: Array, ops: Ops) -> Array:
+    """``[B]`` zeros whose gradient is NaN on the frames of an infeasible sequence, as the rule's and
+    PyTorch's: autodiff of the recursion gives it 0 (no alignment, nothing to differentiate).
+
+    ``sqrt(u) - sqrt(u)`` held constant, where ``u`` is 1 for a feasible sequence and 0 times the sum of
+    its finite log-probabilities for an infeasible one: the derivative of ``sqrt`` at 0 is infinite,
+    times 0 NaN. Frames past the logit lengths get none of it (``_log_probs`` holds them constant).
+    """
+    xp = ops.xp
+    total = xp.sum(xp.where(xp.isfinite(log_probs), log_probs, xp.zeros_like(log_probs)), axis=(1, 2))
+    u = xp.where(log_likelihood > -math.inf, xp.ones_like(total), 0.0 * total)
+    root = xp.sqrt(u)
+    return root - ops.constant(root)
+
+
 def _per_label(call: CTCCall, like: Array) -> Array | None:
     """``1 / max(label_length, 1)`` per sequence for ``reduction="mean"`` (PyTorch's), else None;
     unchecked label lengths clamped to the labels' columns."""
@@ -495,6 +510,8 @@ def _forward(call: CTCCall, logits: Array) -> tuple[Array, tuple[Array, ...]]:
     last, alphas = _alphas(lattice, ops, differentiated, floor)
     log_likelihood = _log_sum(ops.xp.where(lattice.ends, last, _neg_inf(last, ops)), ops)
     loss = _losses(call, log_likelihood)
+    if differentiated and ops.differentiates(logits) and not call.zero_infinity:
+        loss = loss + _nan_gradient_where_infeasible(log_probs, log_likelihood, ops)
     value = _reduced(call, loss, lattice.poisoned)
     residuals = (log_probs, *alphas, log_likelihood, lattice.emissions)
     return ops.as_result(value, logits.dtype), residuals
