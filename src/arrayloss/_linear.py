@@ -229,22 +229,11 @@ def add_transposed_product(total: Array, g: Array, h: Array, ops: Ops) -> Array:
 
 
 def add_chunk_gradients(
-    totals: tuple[Array, Array | None],
-    g: Array,
-    h: Array,
-    weight: Array,
-    ops: Ops,
-    *,
-    scale: Array | None = None,
+    totals: tuple[Array, Array | None], g: Array, h: Array, weight: Array, ops: Ops
 ) -> tuple[tuple[Array, Array | None], Array]:
     """The weight's and bias's gradient ``totals`` with a chunk's part added, for the gradient ``g`` of
-    its logits ``h @ weight.T (+ bias)``, and the gradient of its hidden rows ``h``.
-
-    ``scale``, where some rows may be dropped: the rows' gradient factors. The hidden rows of a
-    factor 0 are left out of the weight's gradient, whatever they hold (``0 * NaN`` is NaN)."""
+    its logits ``h @ weight.T (+ bias)``, and the gradient of its hidden rows ``h``."""
     d_weight, d_bias = totals
-    if scale is not None:
-        h = zero_dropped_rows(h, scale, ops)
     d_weight = add_transposed_product(d_weight, g, h, ops)
     if d_bias is not None:
         d_bias = d_bias + ops.xp.sum(g, axis=0)

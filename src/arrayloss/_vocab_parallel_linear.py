@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, cast
 from ._autodiff import Rule, compute, differentiable
 from ._lib._ops import Ops
 from ._lib._reduce import example_scale, poison, reduce_losses
+from ._lib._softmax import zero_dropped_rows
 from ._lib._validation import Array, ArrayT, Reduction
 from ._linear import LinearCall, _rows, _rows_as, add_chunk_gradients, check_linear, zero_totals
 from ._sparse import sparse_logits_vjp
@@ -135,6 +136,8 @@ def _linear_pass(
         totals: tuple[Array, Array | None] | None, hidden_rows: Array, label_rows: Array, *given: Array
     ) -> tuple[tuple[Array, Array | None] | None, tuple[Array, ...]]:
         h = xp.astype(hidden_rows, linear.dtype, copy=False)
+        if gradients is not None and gradients.masked:  # as linear_cross_entropy's gradient pass
+            h = zero_dropped_rows(h, given[0], ops)
         z = rows.logits(h, ops)
         outputs: tuple[Array, ...] = ()
         if stats is None:
@@ -172,8 +175,7 @@ def _linear_pass(
             num_classes=num_classes,
             owned=owned,
         )
-        dropped = given[0] if gradients.masked else None
-        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops, scale=dropped)
+        totals, d_hidden_rows = add_chunk_gradients(totals, g, h, rows.weight, ops)
         return totals, (*outputs, d_hidden_rows)
 
     per_row = (rows.hidden, rows.labels)
