@@ -37,6 +37,7 @@ from .._divergence import kl_divergence
 from .._lib._backends import is_array
 from .._lib._labels import Labels, check_class_weights, checked_labels
 from .._lib._ops import Ops
+from .._lib._reduce import poison
 from .._lib._validation import (
     Array,
     Reduction,
@@ -175,6 +176,7 @@ def cross_entropy(
     return _reduce(losses, xp.sum(losses), denominator, reduction, ops)
 
 
+@peer_names(_CLASS_NAMES)
 def nll_loss(
     input: Array,
     target: Array,
@@ -189,17 +191,14 @@ def nll_loss(
     check_reduction(reduction)
     axis = _class_axis(input, xp)
     num_classes = input.shape[axis]
-    with peer_names(_CLASS_NAMES):
-        if weight is not None:
-            check_class_weights(weight, num_classes, ops)
-        check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
+    if weight is not None:
+        check_class_weights(weight, num_classes, ops)
+    check_labels(target, input.shape[:axis] + input.shape[axis + 1 :], xp, name="target")
     labels = checked_labels(target, num_classes, ignore_index, ops, name="target")
     picked = ops.pick(class_axis_last(input, axis, xp), labels.safe)
     scale = _target_weights(labels, weight, picked.dtype, ops)
     # An ignored target is 0 whatever its input (no 0 * -inf); out of range unchecked: NaN.
-    losses = -(scale * xp.where(scale == 0, xp.zeros_like(picked), picked))
-    if labels.poisoned is not None:
-        losses = xp.where(labels.poisoned, xp.full_like(losses, float("nan")), losses)
+    losses = poison(-(scale * xp.where(scale == 0, xp.zeros_like(picked), picked)), labels.poisoned, ops)
     return _reduce(losses, xp.sum(losses), xp.sum(scale), reduction, ops)
 
 
